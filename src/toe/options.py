@@ -1,0 +1,161 @@
+"""Command-line plumbing shared by every recipe and the ``toe`` command.
+
+- :class:`ArgumentParser`: argparse that reports a mistake as one line (no usage dump, no traceback);
+- :class:`UserError` and :func:`run_main`: user mistakes found after parsing end the same way;
+- the ToE flags (spec section 2) with each recipe's paper settings as defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+from .schedule import DISTANCES, SEEDINGS, ToESchedule
+from .token_select import TokenSelect
+
+
+class UserError(Exception):
+    """A mistake of the user (flag, path, file): reported as one sentence, exit status 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
+    """Run a command's ``main``; a :class:`UserError` becomes one line on stderr and exit status 2."""
+    try:
+        main(argv)
+    except UserError as error:
+        sys.stderr.write(f"error: {error}\n")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+
+
+@dataclass(frozen=True)
+class PaperSettings:
+    """A recipe's published ToE settings."""
+
+    expansion_step: tuple[int, ...]
+    keep_rate: tuple[float, ...]
+    initialization_keep_rate: float
+    expansion_multiple_stage: int = 2
+
+
+PAPER_SETTINGS = {
+    "deit": PaperSettings((0, 100, 200), (0.5, 0.75, 1.0), 0.25),
+    "lvvit": PaperSettings((0, 100, 200), (0.4, 0.7, 1.0), 0.2),
+    "efficienttrain": PaperSettings((0, 100, 200), (0.6, 0.8, 1.0), 0.3),
+}
+
+
+def add_toe_arguments(parser: argparse.ArgumentParser, recipe: str = "deit", always_on: bool = False) -> None:
+    """Add the ToE flags. Unless ``always_on``, ToE is off until ``--toe`` or a schedule flag is given."""
+    paper = PAPER_SETTINGS[recipe]
+    group = parser.add_argument_group(
+        "Token Expansion (ToE)",
+        "ToE is off unless --toe or one of --expansion-step/--keep-rate/--initialization-keep-rate is given; "
+        f"flags left out take the paper's {recipe} settings."
+        if not always_on
+        else f"Flags left out take the paper's {recipe} settings.",
+    )
+    if not always_on:
+        group.add_argument("--toe", action="store_true", help="train with ToE using the paper's settings")
+    group.add_argument(
+        "--expansion-step",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="EPOCH",
+        help=f"epoch at which each stage starts (paper: {' '.join(map(str, paper.expansion_step))})",
+    )
+    group.add_argument(
+        "--keep-rate",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="RATE",
+        help=f"fraction of patch tokens kept per stage (paper: {' '.join(map(str, paper.keep_rate))})",
+    )
+    group.add_argument(
+        "--initialization-keep-rate",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help=f"fraction of patch tokens taken as seeds (paper: {paper.initialization_keep_rate})",
+    )
+    group.add_argument(
+        "--expansion-multiple-stage",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"greedy sub-steps per stage (paper: {paper.expansion_multiple_stage})",
+    )
+    group.add_argument("--distance", choices=DISTANCES, default="cosine", help="token similarity (default cosine)")
+    group.add_argument(
+        "--seeding",
+        choices=SEEDINGS,
+        default="reference",
+        help="seed raster: the published one (reference) or evenly spread (uniform)",
+    )
+    group.add_argument("--sparse-eval", action="store_true", help="also reduce tokens when evaluating")
+    parser.set_defaults(toe_recipe=recipe, toe_always_on=always_on)
+
+
+def toe_enabled(args: argparse.Namespace) -> bool:
+    """Whether the parsed flags ask for ToE."""
+    return bool(
+        args.toe_always_on
+        or getattr(args, "toe", False)
+        or args.expansion_step is not None
+        or args.keep_rate is not None
+        or args.initialization_keep_rate is not None
+        or args.expansion_multiple_stage is not None
+    )
+
+
+def schedule_from_args(args: argparse.Namespace) -> ToESchedule | None:
+    """The validated schedule the flags ask for (paper settings fill what is left out), or None."""
+    if not toe_enabled(args):
+        if args.sparse_eval or args.distance != "cosine" or args.seeding != "reference":
+            raise UserError("--sparse-eval, --distance and --seeding need ToE: add --toe or the ToE schedule flags")
+        return None
+    paper = PAPER_SETTINGS[args.toe_recipe]
+
+    def pick(value, default):
+        return default if value is None else value
+
+    try:
+        return ToESchedule(
+            pick(args.expansion_step, paper.expansion_step),
+            pick(args.keep_rate, paper.keep_rate),
+            pick(args.initialization_keep_rate, paper.initialization_keep_rate),
+            pick(args.expansion_multiple_stage, paper.expansion_multiple_stage),
+        )
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def token_select_from_args(args: argparse.Namespace) -> TokenSelect | None:
+    """A :class:`TokenSelect` built from the flags, or None when ToE is off."""
+    schedule = schedule_from_args(args)
+    if schedule is None:
+        return None
+    return TokenSelect(
+        schedule.expansion_step,
+        schedule.keep_rate,
+        schedule.initialization_keep_rate,
+        schedule.expansion_multiple_stage,
+        distance=args.distance,
+        seeding=args.seeding,
+        sparse_eval=args.sparse_eval,
+    )
