@@ -1,0 +1,80 @@
+"""The ``toe`` command: ``toe flops`` (analytic cost of a schedule)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from .options import ArgumentParser, UserError, add_toe_arguments, run_main, schedule_from_args
+
+
+def _build_flops_model(args: argparse.Namespace):
+    """The model to measure, built on the meta device (no memory, no weights, no network)."""
+    import timm
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    kwargs = {} if args.input_size is None else {"img_size": args.input_size}
+    with torch.device("meta"):
+        if args.embed_dim is not None:
+            return f"ViT width {args.embed_dim} depth {args.depth}", VisionTransformer(
+                img_size=args.input_size or 224,
+                patch_size=args.patch_size,
+                embed_dim=args.embed_dim,
+                depth=args.depth,
+                num_heads=max(1, args.embed_dim // 64),
+                mlp_ratio=args.mlp_ratio,
+                num_classes=args.num_classes,
+            )
+        if not timm.is_model(args.model):
+            raise UserError(f"--model {args.model} is not a timm model name")
+        return args.model, timm.create_model(args.model, num_classes=args.num_classes, **kwargs)
+
+
+def flops_main(args: argparse.Namespace) -> None:
+    from .flops import format_costs, schedule_costs, vit_shape
+
+    name, model = _build_flops_model(args)
+    schedule = schedule_from_args(args)
+    shape = vit_shape(model)
+    print(format_costs(name, shape, schedule_costs(shape, schedule, args.epochs)))
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="toe", description="Token Expansion (ToE) tools.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    flops = commands.add_parser(
+        "flops",
+        help="analytic forward cost of each ToE stage and the speedup of a whole schedule",
+        description="Print forward GFLOPs per image of each ToE stage and the whole schedule's speedup. "
+        "Give a timm model name, or --embed-dim/--depth/--patch-size for a plain ViT.",
+    )
+    flops.add_argument("--model", default="deit_small_patch16_224", help="timm model name")
+    flops.add_argument("--input-size", type=int, default=None, help="image size (default: the model's)")
+    flops.add_argument("--embed-dim", type=int, default=None, help="plain ViT width (instead of --model)")
+    flops.add_argument("--depth", type=int, default=12, help="plain ViT depth (with --embed-dim)")
+    flops.add_argument("--patch-size", type=int, default=16, help="plain ViT patch size (with --embed-dim)")
+    flops.add_argument("--mlp-ratio", type=float, default=4.0, help="plain ViT MLP ratio (with --embed-dim)")
+    flops.add_argument("--num-classes", type=int, default=1000)
+    flops.add_argument("--epochs", type=int, default=300)
+    add_toe_arguments(flops, "deit", always_on=True)
+    flops.set_defaults(handler=flops_main)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "epochs", 1) < 1:
+        raise UserError(f"--epochs must be at least 1, got {args.epochs}")
+    args.handler(args)
+
+
+def entry_point() -> None:
+    """Console-script entry point."""
+    run_main(main)
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,140 @@
+"""Analytic forward cost of a ViT under a ToE schedule (the ``toe flops`` command).
+
+Costs are multiply-accumulates (MACs) per image, the unit DeiT and the ToE paper call "FLOPs"
+(DeiT-S: 4.60 G). A transformer block on N tokens of width C with MLP ratio r costs
+(4 + 2r) N C^2 (qkv, projection, MLP) + 2 N^2 C (attention scores and weighted sum). ToE runs block 0
+on all tokens and blocks 1.. on prefix + M tokens. Training costs about 3x the forward in every stage,
+so the ratios below are also the training-compute ratios. Norms, activations and softmax are not
+counted (as in fvcore and torch.utils.flop_counter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .schedule import ToESchedule
+
+
+@dataclass(frozen=True)
+class ViTShape:
+    """What the cost of a ViT forward depends on."""
+
+    embed_dim: int
+    depth: int
+    mlp_ratio: float
+    num_patches: int
+    num_prefix_tokens: int
+    stem_macs: int
+    head_macs: int
+    dense_head_macs: int = 0  # per-token heads that see the full (scattered-back) grid, e.g. LV-ViT
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """One row of the schedule table: a stage, its epochs [first, end) and its forward cost."""
+
+    stage: int
+    first_epoch: int
+    end_epoch: int
+    tokens: int  # sequence length fed to blocks 1.. (prefix + M)
+    macs: float
+
+    @property
+    def epochs(self) -> int:
+        return self.end_epoch - self.first_epoch
+
+
+def block_macs(embed_dim: int, mlp_ratio: float, tokens: int) -> float:
+    """MACs of one pre-norm transformer block on ``tokens`` tokens."""
+    return (4 + 2 * mlp_ratio) * tokens * embed_dim**2 + 2 * tokens**2 * embed_dim
+
+
+def forward_macs(shape: ViTShape, kept: int | None = None) -> float:
+    """MACs of one image's forward with ``kept`` patch tokens after block 0 (None = all)."""
+    full = shape.num_prefix_tokens + shape.num_patches
+    reduced = shape.num_prefix_tokens + (shape.num_patches if kept is None else kept)
+    blocks = block_macs(shape.embed_dim, shape.mlp_ratio, full)
+    blocks += (shape.depth - 1) * block_macs(shape.embed_dim, shape.mlp_ratio, reduced)
+    return shape.stem_macs + blocks + shape.head_macs + shape.dense_head_macs
+
+
+def selection_macs(shape: ViTShape, kept: int) -> float:
+    """MACs of ToE's cosine scoring: every patch token against each of the ``kept`` selected tokens."""
+    return shape.num_patches * kept * shape.embed_dim
+
+
+def vit_shape(model: nn.Module) -> ViTShape:
+    """Read a :class:`ViTShape` off a timm VisionTransformer-family model (any device, meta too)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    fc1 = getattr(getattr(model.blocks[0], "mlp", None), "fc1", None)
+    if not isinstance(fc1, nn.Linear):
+        raise TypeError(f"cannot read the MLP width of {type(model).__name__}: blocks[0].mlp.fc1 is not a Linear")
+    param = next(model.parameters())
+    in_chans = getattr(getattr(model.patch_embed, "proj", None), "in_channels", 3)
+    image = torch.zeros(1, in_chans, *model.patch_embed.img_size, device=param.device, dtype=param.dtype)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.patch_embed(image)
+    heads = [m for name in ("head", "head_dist") if isinstance(m := getattr(model, name, None), nn.Linear)]
+    dense = getattr(model, "aux_head", None)
+    return ViTShape(
+        embed_dim=model.embed_dim,
+        depth=len(model.blocks),
+        mlp_ratio=fc1.out_features / fc1.in_features,
+        num_patches=model.patch_embed.num_patches,
+        num_prefix_tokens=model.num_prefix_tokens,
+        stem_macs=counter.get_total_flops() // 2,
+        head_macs=sum(h.in_features * h.out_features for h in heads),
+        dense_head_macs=(
+            dense.in_features * dense.out_features * model.patch_embed.num_patches
+            if isinstance(dense, nn.Linear)
+            else 0
+        ),
+    )
+
+
+def schedule_costs(shape: ViTShape, schedule: ToESchedule | None, epochs: int) -> list[StageCost]:
+    """Forward cost of every stage of ``schedule`` over ``epochs`` epochs (None: one full-token row)."""
+    full_tokens = shape.num_prefix_tokens + shape.num_patches
+    if schedule is None:
+        return [StageCost(0, 0, epochs, full_tokens, forward_macs(shape))]
+    counts = schedule.token_counts(shape.num_patches)
+    rows = []
+    for stage, first, end in schedule.stage_epochs(epochs):
+        if schedule.is_active(stage):
+            kept = counts.kept[stage - 1]
+            rows.append(StageCost(stage, first, end, shape.num_prefix_tokens + kept, forward_macs(shape, kept)))
+        else:
+            rows.append(StageCost(stage, first, end, full_tokens, forward_macs(shape)))
+    return rows
+
+
+def schedule_speedup(shape: ViTShape, costs: list[StageCost]) -> float:
+    """Full-token compute over the schedule's compute, for the same epochs."""
+    total_epochs = sum(row.epochs for row in costs)
+    return total_epochs * forward_macs(shape) / sum(row.epochs * row.macs for row in costs)
+
+
+def format_costs(name: str, shape: ViTShape, costs: list[StageCost]) -> str:
+    """The ``toe flops`` table."""
+    full = forward_macs(shape)
+    epochs = sum(row.epochs for row in costs)
+    lines = [
+        f"{name}: {shape.num_patches} patch tokens + {shape.num_prefix_tokens} prefix, "
+        f"{shape.depth} blocks of width {shape.embed_dim}",
+        "GFLOPs = forward multiply-adds per image, as DeiT reports them; training costs about 3x in every stage",
+        "",
+        f"{'stage':>5}  {'epochs':>11}  {'tokens (blocks 1..)':>19}  {'GFLOPs':>7}  {'vs full':>7}",
+    ]
+    for row in costs:
+        span = f"{row.first_epoch}-{row.end_epoch - 1}"
+        lines.append(f"{row.stage:>5}  {span:>11}  {row.tokens:>19}  {row.macs / 1e9:>7.2f}  {full / row.macs:>6.2f}x")
+    lines += [
+        "",
+        f"full-token: {full / 1e9:.2f} GFLOPs per image; whole schedule over {epochs} epochs: "
+        f"{schedule_speedup(shape, costs):.2f}x less compute than full-token training",
+    ]
+    return "\n".join(lines)
