@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements.txt
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks datasets ToE
+	$(BIN)/ruff check .
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -112,7 +112,7 @@ def main() -> None:
                 if args.no_reference or batch > args.reference_max_batch:
                     cells += ["-", "-"]
                 else:
-                    ref = op_time(lambda t: reference_token_select(t, [0.5, 0.75, 1.0], 0.25, 2, stage), x, 1, 0)
+                    ref = op_time(lambda t, s=stage: reference_token_select(t, [0.5, 0.75, 1.0], 0.25, 2, s), x, 1, 0)
                     cells += [f"{ref * 1e3:.0f} ms", f"{ref / ours:.0f}x"]
                 impl_ms = REFERENCE_OP_MS.get((batch, channels, stage))
                 cells += [f"{impl_ms} ms", f"{impl_ms / 1e3 / ours:.1f}x"] if impl_ms else ["-", "-"]
