@@ -1,0 +1,65 @@
+"""Datasets of the recipes: any ImageNet-layout folder, CIFAR-10/100; class count inferred.
+
+Every problem a user can cause (missing folder, no class folders, an empty class, train and val classes
+that differ, CIFAR not downloaded) raises :class:`~toe.options.UserError` naming the path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from torch.utils.data import Dataset
+from torchvision import datasets as tv_datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from ..options import UserError
+
+DATA_SETS = ("IMNET", "CIFAR10", "CIFAR100", "INAT", "INAT19")
+
+
+def build_dataset(
+    data_set: str, data_path: str | Path, is_train: bool, transform: Callable | None, download: bool = False
+) -> tuple[Dataset, int]:
+    """The train or val split of ``data_set`` and its number of classes."""
+    root = Path(data_path)
+    if data_set == "IMNET":
+        return image_folder(root / ("train" if is_train else "val"), transform)
+    if data_set in ("CIFAR10", "CIFAR100"):
+        cls = tv_datasets.CIFAR10 if data_set == "CIFAR10" else tv_datasets.CIFAR100
+        try:
+            dataset = cls(str(root), train=is_train, transform=transform, download=download)
+        except RuntimeError as error:
+            raise UserError(f"--data-path {root}: {data_set} not found there ({error}); add --download") from None
+        return dataset, len(dataset.classes)
+    if data_set in ("INAT", "INAT19"):
+        raise UserError(
+            f"--data-set {data_set} is not supported; arrange iNaturalist in ImageNet layout "
+            "(train/<class>/..., val/<class>/...) and use --data-set IMNET"
+        )
+    raise UserError(f"--data-set must be one of {', '.join(DATA_SETS)}, got {data_set}")
+
+
+def image_folder(folder: Path, transform: Callable | None) -> tuple[tv_datasets.ImageFolder, int]:
+    """An ImageFolder with checks that name the offending path."""
+    if not folder.is_dir():
+        raise UserError(f"data folder {folder} does not exist (expected train/ and val/ with one folder per class)")
+    classes = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
+    if not classes:
+        raise UserError(f"data folder {folder} has no class folders (expected {folder}/<class>/<image>)")
+    for name in classes:
+        if not any(p.suffix.lower() in IMG_EXTENSIONS for p in (folder / name).rglob("*") if p.is_file()):
+            raise UserError(f"class folder {folder / name} holds no images")
+    dataset = tv_datasets.ImageFolder(str(folder), transform=transform)
+    return dataset, len(dataset.classes)
+
+
+def check_same_classes(train: Dataset, val: Dataset, train_path: str, val_path: str) -> None:
+    """Train and val must use the same class list (same folders), else labels would not match."""
+    train_classes, val_classes = getattr(train, "classes", None), getattr(val, "classes", None)
+    if train_classes is not None and val_classes is not None and list(train_classes) != list(val_classes):
+        missing = sorted(set(train_classes) ^ set(val_classes))[:3]
+        raise UserError(
+            f"{train_path} and {val_path} have different class folders (e.g. {', '.join(missing)}); "
+            "both need the same classes"
+        )

@@ -1,0 +1,79 @@
+"""Image transforms of the DeiT recipe, built from timm and torchvision.
+
+Train: timm ``create_transform`` (random resized crop, flip, RandAugment, colour jitter, random erasing);
+for inputs <= 32 px the crop is a RandomCrop with 4 px padding (DeiT's CIFAR-size rule). ``three_augment``
+is DeiT III's 3-Augment (one of grayscale / solarize / blur, then colour jitter). Eval: resize to
+input / crop_ratio (bicubic), centre crop.
+"""
+
+from __future__ import annotations
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torchvision import transforms as T
+
+
+def build_train_transform(
+    input_size: int,
+    color_jitter: float = 0.3,
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1",
+    interpolation: str = "bicubic",
+    re_prob: float = 0.25,
+    re_mode: str = "pixel",
+    re_count: int = 1,
+    three_augment: bool = False,
+    simple_random_crop: bool = False,
+    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
+    std: tuple[float, ...] = IMAGENET_DEFAULT_STD,
+) -> T.Compose:
+    """The training transform of a DeiT-style recipe."""
+    if three_augment:
+        return _three_augment(input_size, color_jitter, simple_random_crop, mean, std)
+    transform = create_transform(
+        input_size=input_size,
+        is_training=True,
+        color_jitter=color_jitter,
+        auto_augment=None if auto_augment in (None, "", "none") else auto_augment,
+        interpolation=interpolation,
+        re_prob=re_prob,
+        re_mode=re_mode,
+        re_count=re_count,
+        mean=mean,
+        std=std,
+    )
+    if input_size <= 32:
+        transform.transforms[0] = T.RandomCrop(input_size, padding=4)
+    return transform
+
+
+def build_eval_transform(
+    input_size: int,
+    crop_ratio: float = 0.875,
+    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
+    std: tuple[float, ...] = IMAGENET_DEFAULT_STD,
+) -> T.Compose:
+    """Resize to input / crop_ratio (bicubic), centre crop, normalise."""
+    return T.Compose(
+        [
+            T.Resize(int(input_size / crop_ratio), interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(input_size),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+
+
+def _three_augment(input_size: int, color_jitter: float, simple_random_crop: bool, mean, std) -> T.Compose:
+    if simple_random_crop:
+        crop = [
+            T.Resize(input_size, interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomCrop(input_size, padding=4, padding_mode="reflect"),
+        ]
+    else:
+        crop = [T.RandomResizedCrop(input_size, interpolation=T.InterpolationMode.BICUBIC)]
+    steps = crop + [
+        T.RandomHorizontalFlip(),
+        T.RandomChoice([T.Grayscale(num_output_channels=3), T.RandomSolarize(128, p=1.0), T.GaussianBlur(5)]),
+    ]
+    if color_jitter:
+        steps.append(T.ColorJitter(color_jitter, color_jitter, color_jitter))
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(mean, std)])

@@ -1,0 +1,177 @@
+"""One training epoch and one evaluation pass, shared by every recipe."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from timm.utils import accuracy
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..options import UserError
+from .distributed import DistInfo, all_reduce_sum
+from .logger import progress
+from .precision import Precision
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class EpochStats:
+    """What one training epoch did (this process's view; loss averaged over its steps)."""
+
+    loss: float
+    lr: float
+    steps: int
+    updates: int
+    images: int
+    compute_time: float  # seconds in forward/backward/step, data loading excluded
+    data_time: float  # seconds waiting for the loader
+    wall_time: float
+    tokens: int | None  # sequence length fed to blocks 1.. in the last step
+
+
+@dataclass
+class StepHooks:
+    """Recipe-specific steps around the model call.
+
+    prepare: (images, targets) -> (images, targets) on the device, before mixup (e.g. Fourier crop,
+        token-label targets); mixup: timm Mixup-like callable; after_update: called with the number of
+        optimizer updates done so far (e.g. per-iteration LR schedules).
+    """
+
+    prepare: Callable | None = None
+    mixup: Callable | None = None
+    after_update: Callable[[int], None] | None = None
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+    dist: DistInfo,
+    epoch: int,
+    *,
+    num_updates: int = 0,
+    accum_steps: int = 1,
+    clip_grad: float | None = None,
+    clip_mode: str = "norm",
+    model_ema=None,
+    hooks: StepHooks | None = None,
+    tokens_of: Callable[[], int | None] | None = None,
+    show_progress: bool = True,
+) -> EpochStats:
+    """Train for one pass over ``loader``; raises :class:`TrainingDiverged` on a non-finite loss."""
+    hooks = hooks or StepHooks()
+    device = dist.device
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    total_steps = len(loader)
+    loss_sum, images, compute_time, data_time = 0.0, 0, 0.0, 0.0
+    start = last = time.perf_counter()
+    step = -1
+    for step, (samples, targets) in enumerate(
+        progress(loader, total_steps, f"epoch {epoch}", dist.is_main and show_progress)
+    ):
+        ready = time.perf_counter()
+        data_time += ready - last
+        samples = samples.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if hooks.prepare is not None:
+            samples, targets = hooks.prepare(samples, targets)
+        if hooks.mixup is not None:
+            samples, targets = hooks.mixup(samples, targets)
+        update = (step + 1) % accum_steps == 0 or step + 1 == total_steps
+        sync = contextlib.nullcontext() if update or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with precision.autocast():
+                outputs = model(samples)
+                loss = criterion(samples, outputs, targets)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(
+                    f"the loss became {loss_value} at epoch {epoch}, step {step}; training stopped "
+                    "(the last checkpoint is kept; try a lower --lr, --clip-grad or fp32)"
+                )
+            precision.backward(loss / accum_steps)
+        if update:
+            precision.step(optimizer, parameters, clip_grad, clip_mode)
+            optimizer.zero_grad(set_to_none=True)
+            num_updates += 1
+            if model_ema is not None:
+                model_ema.update(unwrap(model), step=num_updates)
+            if hooks.after_update is not None:
+                hooks.after_update(num_updates)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        last = time.perf_counter()
+        compute_time += last - ready
+        loss_sum += loss_value
+        images += samples.shape[0]
+    if step < 0:
+        raise UserError("the training loader produced no batch (fewer images than --batch-size?)")
+    return EpochStats(
+        loss=loss_sum / (step + 1),
+        lr=optimizer.param_groups[0]["lr"],
+        steps=step + 1,
+        updates=num_updates,
+        images=images,
+        compute_time=compute_time,
+        data_time=data_time,
+        wall_time=time.perf_counter() - start,
+        tokens=tokens_of() if tokens_of is not None else None,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    precision: Precision,
+    dist: DistInfo,
+    *,
+    reduce: bool = False,
+    prepare: Callable | None = None,
+    show_progress: bool = True,
+    description: str = "eval",
+) -> dict[str, float]:
+    """Cross-entropy loss, top-1 and top-5 accuracy (%) over ``loader``; ``reduce`` sums over processes."""
+    model.eval()
+    device = dist.device
+    loss_sum = correct1 = correct5 = count = 0.0
+    for images, targets in progress(loader, len(loader), description, dist.is_main and show_progress):
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if prepare is not None:
+            images, targets = prepare(images, targets)
+        with precision.autocast():
+            outputs = model(images)
+        outputs = outputs.float()
+        acc1, acc5 = accuracy(outputs, targets, topk=(1, min(5, outputs.shape[1])))
+        n = images.shape[0]
+        loss_sum += nn.functional.cross_entropy(outputs, targets, reduction="sum").item()
+        correct1 += acc1.item() * n / 100
+        correct5 += acc5.item() * n / 100
+        count += n
+    if reduce:
+        loss_sum, correct1, correct5, count = all_reduce_sum([loss_sum, correct1, correct5, count], dist, device)
+    return {"loss": loss_sum / count, "acc1": 100 * correct1 / count, "acc5": 100 * correct5 / count}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP and/or torch.compile wrappers."""
+    while True:
+        inner = model._orig_mod if hasattr(model, "_orig_mod") else getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
