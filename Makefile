@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint clean
+.PHONY: install test lint demo clean
 
 install: $(STAMP)
 
@@ -21,5 +21,8 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
+demo: $(STAMP)
+	PYTHON=$(abspath $(BIN)/python) ToE/deit/run/demo.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) output data/demo .pytest_cache .ruff_cache

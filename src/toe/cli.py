@@ -1,4 +1,4 @@
-"""The ``toe`` command: ``toe flops`` (analytic cost of a schedule)."""
+"""The ``toe`` command: ``toe flops`` (analytic cost of a schedule), ``toe report`` (a run's summary)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,13 @@ def flops_main(args: argparse.Namespace) -> None:
     print(format_costs(name, shape, schedule_costs(shape, schedule, args.epochs)))
 
 
+def report_main(args: argparse.Namespace) -> None:
+    from .report import format_report
+
+    for i, folder in enumerate(args.output_dirs):
+        print(("\n" if i else "") + format_report(folder))
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="toe", description="Token Expansion (ToE) tools.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
@@ -61,6 +68,13 @@ def build_parser() -> ArgumentParser:
     add_toe_arguments(flops, "deit", always_on=True)
     flops.set_defaults(handler=flops_main)
 
+    report = commands.add_parser(
+        "report",
+        help="summary of a training run: stages, tokens, time per epoch, measured speedup, top-1",
+        description="Summarise training runs from their log.txt.",
+    )
+    report.add_argument("output_dirs", nargs="+", metavar="OUTPUT_DIR", help="a run's --output_dir")
+    report.set_defaults(handler=report_main)
     return parser
 
 

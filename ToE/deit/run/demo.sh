@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The demo (`make demo`): a small DeiT with ToE on the generated shapes dataset, on the CPU, in minutes.
+# A compressed 3-stage schedule: epochs 0-2 keep 33 of 65 tokens, 3-5 keep 49, 6-8 use all 65.
+# Variables: PYTHON (default python), DATA (default data/demo), OUTPUT (default output/demo).
+# Running it again continues (or just reports) the run in OUTPUT; delete OUTPUT to start over.
+set -euo pipefail
+PYTHON=${PYTHON:-python}
+DATA=${DATA:-data/demo}
+OUTPUT=${OUTPUT:-output/demo}
+cd "$(dirname "$0")/../../.."
+
+"$PYTHON" datasets/make_demo_data.py --out "$DATA"
+"$PYTHON" ToE/deit/main.py \
+  --data-path "$DATA" --output_dir "$OUTPUT" --auto-resume --device cpu --num_workers 0 --seed 0 \
+  --model deit_tiny_patch16_224 --input-size 32 --patch-size 4 --model-kwargs depth=6 \
+  --epochs 9 --batch-size 64 --unscale-lr --lr 1e-3 --warmup-epochs 0 --drop-path 0.05 \
+  --aa rand-m5-mstd0.5-inc1 --mixup 0 --cutmix 0 --reprob 0 --model-ema-decay 0.99 \
+  --toe --expansion-step 0 3 6 --keep-rate 0.5 0.75 1.0 --initialization-keep-rate 0.25 \
+  --expansion-multiple-stage 2
+echo
+"$PYTHON" -m toe.cli report "$OUTPUT"

@@ -1,0 +1,362 @@
+"""The DeiT recipe (facebookresearch/deit main.py flags) with Token Expansion, on the shared engine.
+
+    python ToE/deit/main.py --model deit_small_patch16_224 --data-path /imagenet --output_dir out --toe
+    torchrun --nproc_per_node=4 ToE/deit/main.py ... (see ToE/deit/run/)
+
+Without the ToE flags this is plain DeiT training (the baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from timm.data import Mixup
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.utils import ModelEmaV3
+
+from ..data import (
+    DATA_SETS,
+    build_dataset,
+    build_eval_loader,
+    build_eval_transform,
+    build_train_loader,
+    build_train_transform,
+    check_same_classes,
+)
+from ..engine import Precision, RunLogger, StepHooks, TrainingRun, evaluate_run, fit, init_distributed, resume
+from ..engine.distributed import cleanup
+from ..engine.losses import DISTILLATION_TYPES, BaseLoss, DistillationLoss, classification_loss
+from ..integration import apply_toe
+from ..options import ArgumentParser, UserError, add_toe_arguments, run_main, token_select_from_args
+from .common import (
+    add_engine_arguments,
+    check_input_size,
+    create_model,
+    load_finetune_weights,
+    n_parameters,
+    parse_model_kwargs,
+    prepare_output_dir,
+    save_args,
+    wrap_model,
+)
+from .summary import describe_toe
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="ToE/deit/main.py",
+        description="DeiT training and evaluation with Token Expansion (ToE).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--batch-size", default=64, type=int, help="batch size per process")
+    p.add_argument("--epochs", default=300, type=int)
+    p.add_argument("--bce-loss", action="store_true", help="binary cross-entropy (DeiT III)")
+    p.add_argument("--unscale-lr", action="store_true", help="do not scale --lr by total batch / 512")
+    p.add_argument("--accum-iter", default=1, type=int, help="gradient accumulation steps per update")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="deit_base_patch16_224", type=str, help="timm model name")
+    g.add_argument("--input-size", default=224, type=int, help="image size")
+    g.add_argument("--patch-size", default=None, type=int, help="patch size (default: the model's, 16 for deit_*)")
+    g.add_argument("--drop", type=float, default=0.0, help="dropout rate")
+    g.add_argument("--drop-path", type=float, default=0.1, help="drop path rate")
+    g.add_argument(
+        "--model-ema", action=argparse.BooleanOptionalAction, default=True, help="keep an EMA of the weights"
+    )
+    g.add_argument("--model-ema-decay", type=float, default=0.99996)
+    g.add_argument("--model-ema-force-cpu", action="store_true")
+
+    g = p.add_argument_group("optimizer")
+    g.add_argument("--opt", default="adamw", type=str)
+    g.add_argument("--opt-eps", default=1e-8, type=float)
+    g.add_argument("--opt-betas", default=None, type=float, nargs="+")
+    g.add_argument("--clip-grad", type=float, default=None, help="gradient clipping norm (off)")
+    g.add_argument("--clip-mode", type=str, default="norm", choices=["norm", "value", "agc"])
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=0.05)
+
+    g = p.add_argument_group("learning-rate schedule")
+    g.add_argument("--sched", default="cosine", type=str)
+    g.add_argument("--lr", type=float, default=5e-4, help="learning rate at total batch 512 (scaled linearly)")
+    g.add_argument("--lr-noise", type=float, nargs="+", default=None)
+    g.add_argument("--lr-noise-pct", type=float, default=0.67)
+    g.add_argument("--lr-noise-std", type=float, default=1.0)
+    g.add_argument("--warmup-lr", type=float, default=1e-6)
+    g.add_argument("--min-lr", type=float, default=1e-5)
+    g.add_argument("--decay-epochs", type=float, default=30)
+    g.add_argument("--warmup-epochs", type=int, default=5)
+    g.add_argument("--cooldown-epochs", type=int, default=10)
+    g.add_argument("--patience-epochs", type=int, default=10)
+    g.add_argument("--decay-rate", "--dr", type=float, default=0.1)
+
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--color-jitter", type=float, default=0.3)
+    g.add_argument("--aa", type=str, default="rand-m9-mstd0.5-inc1", help="RandAugment policy ('none' to disable)")
+    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    g.add_argument("--train-interpolation", type=str, default="bicubic")
+    g.add_argument(
+        "--repeated-aug",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="repeated augmentation x3 (when distributed)",
+    )
+    g.add_argument("--ThreeAugment", action="store_true", help="DeiT III 3-Augment instead of RandAugment")
+    g.add_argument("--src", action="store_true", help="simple random crop (with --ThreeAugment)")
+    g.add_argument("--reprob", type=float, default=0.25, help="random erase probability")
+    g.add_argument("--remode", type=str, default="pixel")
+    g.add_argument("--recount", type=int, default=1)
+    g.add_argument("--mixup", type=float, default=0.8)
+    g.add_argument("--cutmix", type=float, default=1.0)
+    g.add_argument("--cutmix-minmax", type=float, nargs="+", default=None)
+    g.add_argument("--mixup-prob", type=float, default=1.0)
+    g.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    g.add_argument("--mixup-mode", type=str, default="batch", choices=["batch", "pair", "elem"])
+
+    g = p.add_argument_group("distillation")
+    g.add_argument("--teacher-model", default="regnety_160", type=str)
+    g.add_argument("--teacher-path", type=str, default="", help="teacher weights (file or https URL)")
+    g.add_argument("--distillation-type", default="none", choices=DISTILLATION_TYPES)
+    g.add_argument("--distillation-alpha", default=0.5, type=float)
+    g.add_argument("--distillation-tau", default=1.0, type=float)
+
+    g = p.add_argument_group("fine-tuning")
+    g.add_argument("--finetune", default="", help="weights to fine-tune from (file or https URL)")
+    g.add_argument("--attn-only", action="store_true", help="train only attention, position embedding and head")
+
+    g = p.add_argument_group("data and run")
+    g.add_argument("--data-path", default="data/imagenet", type=str, help="dataset root")
+    g.add_argument(
+        "--data-set",
+        default="IMNET",
+        choices=DATA_SETS,
+        help="IMNET = any ImageNet-layout folder (train/, val/; class count inferred)",
+    )
+    g.add_argument("--download", action="store_true", help="download CIFAR into --data-path")
+    g.add_argument("--output_dir", default="", help="where to save checkpoints and logs (nothing saved if empty)")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--seed", default=0, type=int)
+    g.add_argument("--resume", default="", help="checkpoint to resume from")
+    g.add_argument("--start_epoch", default=0, type=int, help="first epoch when not resuming")
+    g.add_argument("--eval", action="store_true", help="evaluation only")
+    g.add_argument("--eval-crop-ratio", default=0.875, type=float)
+    g.add_argument("--dist-eval", action="store_true", help="distributed evaluation")
+    g.add_argument("--num_workers", default=10, type=int)
+    g.add_argument("--pin-mem", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--world_size", default=1, type=int, help="set by torchrun (WORLD_SIZE)")
+    g.add_argument("--dist_url", default="env://", help="distributed rendezvous")
+
+    add_engine_arguments(p)
+    add_toe_arguments(p, "deit")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Flag combinations that make no sense, caught before any work."""
+    for flag, value, low in (
+        ("--batch-size", args.batch_size, 1),
+        ("--epochs", args.epochs, 1),
+        ("--accum-iter", args.accum_iter, 1),
+        ("--input-size", args.input_size, 8),
+        ("--num_workers", args.num_workers, 0),
+    ):
+        if value < low:
+            raise UserError(f"{flag} must be at least {low}, got {value}")
+    if mixup_active(args) and args.batch_size % 2:
+        raise UserError(f"--batch-size {args.batch_size} must be even with --mixup/--cutmix (or set both to 0)")
+    if args.distillation_type != "none" and not args.teacher_path:
+        raise UserError(f"--distillation-type {args.distillation_type} needs --teacher-path")
+    if args.src and not args.ThreeAugment:
+        raise UserError("--src only applies with --ThreeAugment")
+    if not 0 < args.eval_crop_ratio <= 1:
+        raise UserError(f"--eval-crop-ratio must lie in (0, 1], got {args.eval_crop_ratio}")
+    if args.data_set == "IMNET" and not Path(args.data_path).is_dir():
+        raise UserError(f"--data-path {args.data_path} does not exist")
+
+
+def mixup_active(args: argparse.Namespace) -> bool:
+    return args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+
+
+def main(argv: Sequence[str] | None = None) -> dict | None:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    token_select = token_select_from_args(args)
+    dist = init_distributed(args.device, args.dist_url)
+    try:
+        return _train_or_evaluate(args, dist, token_select)
+    finally:
+        cleanup(dist)
+
+
+def _train_or_evaluate(args, dist, token_select) -> dict | None:
+    resuming = bool(args.resume) or args.auto_resume or args.eval
+    output_dir = prepare_output_dir(args.output_dir, resuming, dist, "--output_dir")
+    device = dist.device
+
+    train_transform = build_train_transform(
+        args.input_size,
+        args.color_jitter,
+        args.aa,
+        args.train_interpolation,
+        args.reprob,
+        args.remode,
+        args.recount,
+        three_augment=args.ThreeAugment,
+        simple_random_crop=args.src,
+    )
+    train_set, num_classes = build_dataset(args.data_set, args.data_path, True, train_transform, args.download)
+    val_set, _ = build_dataset(
+        args.data_set, args.data_path, False, build_eval_transform(args.input_size, args.eval_crop_ratio), args.download
+    )
+    check_same_classes(train_set, val_set, f"{args.data_path}/train", f"{args.data_path}/val")
+
+    torch.manual_seed(args.seed)  # identical initial weights on every process
+    model_kwargs = {
+        "img_size": args.input_size,
+        "drop_rate": args.drop,
+        "drop_path_rate": args.drop_path,
+        **({"patch_size": args.patch_size} if args.patch_size else {}),
+        **parse_model_kwargs(args.model_kwargs),
+    }
+    model = create_model(args.model, num_classes, **model_kwargs)
+    check_input_size(model, args.input_size)
+    log = RunLogger(output_dir, dist.is_main, tensorboard=not args.eval)
+    if args.finetune:
+        log.print(load_finetune_weights(model, args.finetune))
+    if args.attn_only:
+        _train_attention_only(model)
+    if token_select is not None:
+        apply_toe(model, token_select)
+    if args.distillation_type != "none":
+        if not hasattr(model, "set_distilled_training"):
+            raise UserError(
+                f"--distillation-type {args.distillation_type} needs a distilled model "
+                f"(deit_*_distilled_*), not {args.model}"
+            )
+        model.set_distilled_training(True)
+    model.to(device)
+    model_ema = None
+    if args.model_ema:
+        model_ema = ModelEmaV3(
+            model, decay=args.model_ema_decay, device=torch.device("cpu") if args.model_ema_force_cpu else None
+        )
+
+    world_batch = args.batch_size * dist.world_size * args.accum_iter
+    if not args.unscale_lr:
+        args.lr = args.lr * world_batch / 512.0
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(args))
+    lr_scheduler, _ = create_scheduler_v2(optimizer, **scheduler_kwargs(args))
+    base_loss = classification_loss(mixup_active(args), args.smoothing, args.bce_loss)
+    criterion = BaseLoss(base_loss)
+    if args.distillation_type != "none":
+        teacher = _build_teacher(args, num_classes, device)
+        criterion = DistillationLoss(
+            base_loss, teacher, args.distillation_type, args.distillation_alpha, args.distillation_tau
+        )
+    mixup = None
+    if mixup_active(args):
+        mixup = Mixup(
+            mixup_alpha=args.mixup,
+            cutmix_alpha=args.cutmix,
+            cutmix_minmax=args.cutmix_minmax,
+            prob=args.mixup_prob,
+            switch_prob=args.mixup_switch_prob,
+            mode=args.mixup_mode,
+            label_smoothing=args.smoothing,
+            num_classes=num_classes,
+        )
+
+    run = TrainingRun(
+        model=wrap_model(model, dist, args.compile),
+        module=model,
+        criterion=criterion,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        precision=Precision.from_flag(device, args.amp_dtype, enabled=not args.no_amp),
+        train_loader=build_train_loader(
+            train_set, args.batch_size, dist, args.seed, args.num_workers, args.pin_mem, args.repeated_aug
+        ),
+        val_loader=build_eval_loader(
+            val_set, int(1.5 * args.batch_size), dist, args.dist_eval, args.num_workers, args.pin_mem
+        ),
+        dist=dist,
+        epochs=args.epochs,
+        seed=args.seed,
+        output_dir=output_dir,
+        args=save_args(None, args, dist),
+        model_ema=model_ema,
+        hooks=StepHooks(mixup=mixup),
+        accum_steps=args.accum_iter,
+        clip_grad=args.clip_grad,
+        clip_mode=args.clip_mode,
+        lr_step_offset=0,
+        dist_eval=args.dist_eval,
+        show_progress=not args.no_progress,
+        extra_log={"n_parameters": n_parameters(model)},
+        start_epoch=args.start_epoch,
+    )
+    checkpoint = Path(args.resume) if args.resume else None
+    if checkpoint is None and args.auto_resume and output_dir is not None and (output_dir / "checkpoint.pth").exists():
+        checkpoint = output_dir / "checkpoint.pth"
+    if checkpoint is not None:
+        resume(run, checkpoint, "--resume" if args.resume else "--auto-resume")
+        log.print(f"resumed from {checkpoint}: continuing at epoch {run.start_epoch}")
+
+    if args.eval:
+        metrics = evaluate_run(run)
+        log.print(
+            f"Accuracy of the network on the {len(val_set)} test images: {metrics['test_acc1']:.2f}% "
+            f"(top-5 {metrics['test_acc5']:.2f}%, loss {metrics['test_loss']:.4f})"
+        )
+        if "test_ema_acc1" in metrics:
+            log.print(f"Accuracy of the EMA on the {len(val_set)} test images: {metrics['test_ema_acc1']:.2f}%")
+        log.close()
+        return metrics
+
+    save_args(output_dir, args, dist)
+    log.print(
+        f"{args.model}: {n_parameters(model) / 1e6:.2f}M parameters, {num_classes} classes, "
+        f"{len(train_set)} training images, {dist.world_size} process(es) on {device}, "
+        f"{run.precision.name}, lr {args.lr:.2e} at total batch {world_batch}"
+    )
+    log.print(describe_toe(model, args.epochs))
+    started = time.perf_counter()
+    record = fit(run, log)
+    log.print(f"training time {time.perf_counter() - started:.0f}s")
+    log.close()
+    return record
+
+
+def _train_attention_only(model: torch.nn.Module) -> None:
+    """DeiT's --attn-only: train the attention layers, the position embedding and the head(s)."""
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = ".attn." in name or name.startswith(("head", "pos_embed"))
+
+
+def _build_teacher(args, num_classes: int, device: torch.device) -> torch.nn.Module:
+    from ..engine import load_weights
+
+    teacher = create_model(args.teacher_model, num_classes)
+    state = load_weights(args.teacher_path, "--teacher-path")
+    try:
+        teacher.load_state_dict(state)
+    except RuntimeError as error:
+        lines = str(error).splitlines()
+        detail = lines[1].strip() if len(lines) > 1 else str(error)
+        raise UserError(
+            f"--teacher-path {args.teacher_path} does not fit --teacher-model {args.teacher_model} ({detail})"
+        ) from None
+    return teacher.to(device).eval()
+
+
+def cli() -> None:
+    run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,27 @@
+"""One-paragraph description of a model's ToE schedule, printed when training starts."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..integration import has_toe
+
+
+def describe_toe(model: nn.Module, epochs: int) -> str:
+    """E.g. 'ToE: stage 1 (epochs 0-99) 99 of 197 tokens after block 0; ...' or the baseline note."""
+    if not has_toe(model):
+        return "ToE: off (full-token training)"
+    select = model.token_select
+    schedule = select.schedule
+    num_patches = model.patch_embed.num_patches
+    prefix = model.num_prefix_tokens
+    counts = schedule.token_counts(num_patches)
+    parts = []
+    for stage, first, end in schedule.stage_epochs(epochs):
+        tokens = prefix + (counts.kept[stage - 1] if schedule.is_active(stage) else num_patches)
+        parts.append(f"stage {stage} (epochs {first}-{end - 1}) {tokens} of {prefix + num_patches} tokens")
+    return (
+        f"ToE: {'; '.join(parts)} after block 0 "
+        f"(seeds {counts.seeds}, {select.distance}, {select.seeding} seeding, "
+        f"{'sparse' if select.sparse_eval else 'full-token'} evaluation)"
+    )

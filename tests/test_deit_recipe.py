@@ -1,0 +1,288 @@
+"""The DeiT recipe end to end on a tiny generated dataset (in-process CLI runs, CPU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+from helpers import ROOT, TINY_DEIT, assert_one_line_error, load_model_state, run_cli
+
+from toe.engine import trainer
+from toe.recipes import deit
+from toe.recipes.common import load_finetune_weights
+
+
+def deit_run(capsys, tiny_data, output, *extra):
+    return run_cli(deit.main, [*TINY_DEIT, "--data-path", tiny_data, "--output_dir", output, *extra], capsys)
+
+
+def read_log(output):
+    return [json.loads(line) for line in (output / "log.txt").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def toe_run(tiny_data, tmp_path_factory):
+    """Three epochs through the three ToE stages (0 1 2), shared by several tests."""
+    output = tmp_path_factory.mktemp("toe_run")
+    from toe.options import run_main
+
+    run_main(
+        deit.main,
+        [
+            *TINY_DEIT,
+            "--data-path",
+            str(tiny_data),
+            "--output_dir",
+            str(output),
+            "--epochs",
+            "3",
+            "--toe",
+            "--expansion-step",
+            "0",
+            "1",
+            "2",
+        ],
+    )
+    return output
+
+
+def test_three_epochs_cross_three_stages_with_the_right_token_counts(toe_run):
+    log = read_log(toe_run)
+    assert [r["epoch"] for r in log] == [0, 1, 2]
+    assert [r["toe_stage"] for r in log] == [1, 2, 3]
+    assert [r["toe_tokens"] for r in log] == [1 + 32, 1 + 48, 1 + 64]  # 64 patches at .5 / .75 / 1
+    for record in log:
+        assert {
+            "train_loss",
+            "train_lr",
+            "test_acc1",
+            "test_acc5",
+            "test_ema_acc1",
+            "train_compute_time",
+            "epoch_time",
+            "train_images_per_sec",
+            "n_parameters",
+        } <= set(record)
+        assert 0 < record["train_compute_time"] <= record["epoch_time"]
+    for name in ("checkpoint.pth", "best_checkpoint.pth", "best_ema_checkpoint.pth", "args.json"):
+        assert (toe_run / name).is_file()
+    assert any((toe_run / "tensorboard").iterdir())
+
+
+def test_evaluation_is_full_token_for_model_and_ema(toe_run, tiny_data, capsys):
+    """The logged accuracies equal those of plain timm models (no ToE) loaded from the checkpoint."""
+    from toe.data import build_dataset, build_eval_transform
+
+    state = torch.load(toe_run / "checkpoint.pth", map_location="cpu", weights_only=True)
+    val, _ = build_dataset("IMNET", tiny_data, False, build_eval_transform(32))
+    images = torch.stack([val[i][0] for i in range(len(val))])
+    labels = torch.tensor([val[i][1] for i in range(len(val))])
+    last = read_log(toe_run)[-1]
+    for key, logged in (("model", last["test_acc1"]), ("model_ema", last["test_ema_acc1"])):
+        plain = timm.create_model(
+            "deit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2
+        )
+        plain.load_state_dict(state[key])
+        with torch.no_grad():
+            accuracy = (plain.eval()(images).argmax(1) == labels).float().mean().item() * 100
+        assert accuracy == pytest.approx(logged, abs=1e-4)
+
+
+def test_eval_flag_reports_the_checkpoint_accuracy(toe_run, tiny_data, capsys):
+    status, out, err = run_cli(
+        deit.main, [*TINY_DEIT, "--data-path", tiny_data, "--eval", "--resume", toe_run / "checkpoint.pth"], capsys
+    )
+    assert status == 0, err
+    logged = read_log(toe_run)[-1]["test_acc1"]
+    assert f"Accuracy of the network on the 40 test images: {logged:.2f}%" in out
+
+
+def test_resume_gives_the_same_weights_and_schedule_as_an_uninterrupted_run(tiny_data, tmp_path, capsys, monkeypatch):
+    flags = ["--epochs", "3", "--toe", "--expansion-step", "0", "1", "2", "--seed", "7"]
+    full = tmp_path / "full"
+    assert deit_run(capsys, tiny_data, full, *flags)[0] == 0
+
+    stopped = tmp_path / "stopped"
+    real_train = trainer.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        if args[6] == 2:  # the epoch argument: stop before the last epoch, as a kill would
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
+    assert deit_run(capsys, tiny_data, stopped, *flags)[0] == 130
+    monkeypatch.setattr(trainer, "train_one_epoch", real_train)
+    assert [r["epoch"] for r in read_log(stopped)] == [0, 1]
+
+    status, out, err = deit_run(capsys, tiny_data, stopped, *flags, "--resume", stopped / "checkpoint.pth")
+    assert status == 0, err
+    assert "continuing at epoch 2" in out
+    resumed_log, full_log = read_log(stopped), read_log(full)
+    assert [r["train_lr"] for r in resumed_log] == [r["train_lr"] for r in full_log]
+    assert [r["train_loss"] for r in resumed_log] == [r["train_loss"] for r in full_log]
+    for key in ("model", "model_ema", "optimizer"):
+        a = torch.load(full / "checkpoint.pth", weights_only=True)[key]
+        b = torch.load(stopped / "checkpoint.pth", weights_only=True)[key]
+        if key == "optimizer":
+            a, b = {i: s["exp_avg"] for i, s in a["state"].items()}, {i: s["exp_avg"] for i, s in b["state"].items()}
+        assert a.keys() == b.keys()
+        for name in a:
+            assert torch.equal(a[name], b[name]), f"{key}.{name} differs after resuming"
+
+
+def test_baseline_without_toe_flags_is_full_token(tiny_data, tmp_path, capsys):
+    status, out, err = deit_run(capsys, tiny_data, tmp_path / "base", "--epochs", "1", "--no-model-ema")
+    assert status == 0, err
+    record = read_log(tmp_path / "base")[0]
+    assert record["toe_stage"] is None and record["toe_tokens"] == 65
+    assert "ToE: off" in out and "test_ema_acc1" not in record
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+def test_distillation_with_a_tiny_teacher(tiny_data, tmp_path, capsys, kind):
+    teacher = timm.create_model("resnet10t", num_classes=10)
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
+    tiny = [a for a in TINY_DEIT]
+    tiny[tiny.index("deit_tiny_patch16_224")] = "deit_tiny_distilled_patch16_224"
+    status, out, err = run_cli(
+        deit.main,
+        [
+            *tiny,
+            "--data-path",
+            tiny_data,
+            "--output_dir",
+            tmp_path / kind,
+            "--epochs",
+            "1",
+            "--toe",
+            "--distillation-type",
+            kind,
+            "--teacher-model",
+            "resnet10t",
+            "--teacher-path",
+            tmp_path / "teacher.pth",
+        ],
+        capsys,
+    )
+    assert status == 0, err
+    record = read_log(tmp_path / kind)[0]
+    assert record["toe_tokens"] == 2 + 32  # cls and dist tokens both kept in front
+    assert torch.isfinite(torch.tensor(record["train_loss"]))
+
+
+def test_distillation_loss_values():
+    from toe.engine.losses import DistillationLoss
+
+    class Teacher(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    inputs = torch.randn(4, 5)
+    cls_logits, dist_logits, targets = torch.randn(4, 5), torch.randn(4, 5), torch.randint(0, 5, (4,))
+    base = torch.nn.CrossEntropyLoss()
+    hard = DistillationLoss(base, Teacher(), "hard", 0.5, 1.0)(inputs, (cls_logits, dist_logits), targets)
+    expected = 0.5 * base(cls_logits, targets) + 0.5 * base(dist_logits, inputs.argmax(1))
+    torch.testing.assert_close(hard, expected)
+    soft = DistillationLoss(base, Teacher(), "soft", 1.0, 2.0)(inputs, (cls_logits, dist_logits), targets)
+    p_teacher = (inputs / 2).softmax(1)
+    kl = (p_teacher * (p_teacher.log() - (dist_logits / 2).log_softmax(1))).sum() * 4 / dist_logits.numel()
+    torch.testing.assert_close(soft, kl)
+
+
+def test_finetune_drops_the_head_and_resamples_the_position_embedding(toe_run, tiny_data, tmp_path, capsys):
+    source = load_model_state(toe_run / "checkpoint.pth")
+    model = timm.create_model(
+        "deit_tiny_patch16_224", num_classes=5, img_size=48, patch_size=4, embed_dim=32, depth=3, num_heads=2
+    )
+    report = load_finetune_weights(model, str(toe_run / "checkpoint.pth"))
+    assert "2 head tensors dropped" in report
+    state = model.state_dict()
+    assert state["pos_embed"].shape == (1, 1 + 144, 32)
+    assert torch.equal(state["pos_embed"][:, 0], source["pos_embed"][:, 0])  # cls position kept
+    assert torch.equal(state["blocks.1.mlp.fc1.weight"], source["blocks.1.mlp.fc1.weight"])
+    assert state["head.weight"].shape == (5, 32)
+
+    status, out, err = deit_run(
+        capsys,
+        tiny_data,
+        tmp_path / "ft",
+        "--epochs",
+        "1",
+        "--input-size",
+        "48",
+        "--finetune",
+        toe_run / "checkpoint.pth",
+        "--toe",
+    )
+    assert status == 0, err
+    assert "2 head tensors dropped" not in out  # same 10 classes: the head is kept
+    assert read_log(tmp_path / "ft")[0]["toe_tokens"] == 1 + 72  # 12 x 12 patches at 48 px
+
+
+def test_bad_input_is_one_clear_line(tiny_data, tmp_path, capsys, toe_run):
+    empty = tmp_path / "empty_classes"
+    (empty / "train" / "a").mkdir(parents=True)
+    (empty / "val" / "a").mkdir(parents=True)
+    not_a_checkpoint = tmp_path / "notes.pth"
+    not_a_checkpoint.write_text("hello")
+    cases = [
+        (["--data-path", tmp_path / "missing"], ["--data-path", "does not exist"]),
+        (["--data-path", empty], ["holds no images", "train/a"]),
+        (["--data-path", tiny_data, "--toe", "--keep-rate", "0.5", "1.0"], ["--keep-rate", "same number"]),
+        (["--data-path", tiny_data, "--model", "deit_nonexistent"], ["--model deit_nonexistent"]),
+        (["--data-path", tiny_data, "--resume", not_a_checkpoint], ["--resume", "notes.pth", "not"]),
+        (["--data-path", tiny_data, "--output_dir", toe_run], ["already holds a run"]),
+        (["--data-path", tiny_data, "--batch-size", "15"], ["--batch-size 15 must be even"]),
+        (["--data-path", tiny_data, "--distillation-type", "soft"], ["--teacher-path"]),
+        (["--data-path", tiny_data, "--batch-size", "1000", "--mixup", "0", "--cutmix", "0"], ["--batch-size 1000"]),
+        (["--data-path", tiny_data, "--input-size", "30"], ["--input-size 30", "patch size 4"]),
+    ]
+    for extra, fragments in cases:
+        status, _, err = run_cli(deit.main, [*TINY_DEIT, "--epochs", "1", *extra], capsys)
+        assert_one_line_error(status, err, *fragments)
+
+
+def test_main_script_help_and_a_user_error_from_a_fresh_process(tmp_path):
+    script = ROOT / "ToE" / "deit" / "main.py"
+    help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=120)
+    assert help_text.returncode == 0
+    for flag in (
+        "--expansion-step",
+        "--keep-rate",
+        "--initialization-keep-rate",
+        "--expansion-multiple-stage",
+        "--distance",
+        "--sparse-eval",
+        "--seeding",
+        "--model-ema",
+        "--repeated-aug",
+        "--dist-eval",
+        "--finetune",
+        "--teacher-model",
+        "--amp-dtype",
+        "--auto-resume",
+    ):
+        assert flag in help_text.stdout
+    bad = subprocess.run(
+        [sys.executable, script, "--data-path", tmp_path / "nowhere"], capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip() == f"error: --data-path {tmp_path / 'nowhere'} does not exist"
+
+
+def test_toe_report_summarises_the_run(toe_run, capsys):
+    from toe.cli import main as toe_main
+
+    status, out, err = run_cli(toe_main, ["report", toe_run], capsys)
+    assert status == 0, err
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("1", "0-0", "33"), ("2", "1-1", "49"), ("3", "2-2", "65")]
+    assert rows[-1][-1] == "1.00x" and all(r[-1].endswith("x") for r in rows)
+    assert "top-1 (model): final" in out and "top-1 (EMA): final" in out and "checkpoint.pth" in out
+    status, _, err = run_cli(toe_main, ["report", toe_run / "missing"], capsys)
+    assert_one_line_error(status, err, "no log.txt")
