@@ -3,9 +3,9 @@
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .distributed import DistInfo, init_distributed
 from .logger import RunLogger, read_log
-from .loop import EpochStats, StepHooks, TrainingDiverged, evaluate, train_one_epoch, unwrap
+from .loop import EpochStats, StepHooks, TrainingDiverged, evaluate, to_device, train_one_epoch, unwrap
 from .precision import AMP_DTYPES, Precision
-from .trainer import TrainingRun, evaluate_run, fit, resume, set_toe_stage
+from .trainer import TrainingRun, checkpoint_state, evaluate_run, fit, restore, resume, set_toe_stage
 
 __all__ = [
     "AMP_DTYPES",
@@ -16,6 +16,7 @@ __all__ = [
     "StepHooks",
     "TrainingDiverged",
     "TrainingRun",
+    "checkpoint_state",
     "evaluate",
     "evaluate_run",
     "fit",
@@ -23,9 +24,11 @@ __all__ = [
     "load_checkpoint",
     "load_weights",
     "read_log",
+    "restore",
     "resume",
     "save_checkpoint",
     "set_toe_stage",
+    "to_device",
     "train_one_epoch",
     "unwrap",
 ]

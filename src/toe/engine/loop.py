@@ -43,8 +43,8 @@ class StepHooks:
     """Recipe-specific steps around the model call.
 
     prepare: (images, targets) -> (images, targets) on the device, before mixup (e.g. Fourier crop,
-        token-label targets); mixup: timm Mixup-like callable; after_update: called with the number of
-        optimizer updates done so far (e.g. per-iteration LR schedules).
+        token-label targets; targets may be tuples/dicts of tensors); mixup: timm Mixup-like callable;
+        after_update: called with the number of optimizer updates done so far (per-iteration LR).
     """
 
     prepare: Callable | None = None
@@ -85,8 +85,7 @@ def train_one_epoch(
     ):
         ready = time.perf_counter()
         data_time += ready - last
-        samples = samples.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
+        samples, targets = to_device(samples, device), to_device(targets, device)
         if hooks.prepare is not None:
             samples, targets = hooks.prepare(samples, targets)
         if hooks.mixup is not None:
@@ -150,8 +149,7 @@ def evaluate(
     device = dist.device
     loss_sum = correct1 = correct5 = count = 0.0
     for images, targets in progress(loader, len(loader), description, dist.is_main and show_progress):
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
+        images, targets = to_device(images, device), to_device(targets, device)
         if prepare is not None:
             images, targets = prepare(images, targets)
         with precision.autocast():
@@ -166,6 +164,17 @@ def evaluate(
     if reduce:
         loss_sum, correct1, correct5, count = all_reduce_sum([loss_sum, correct1, correct5, count], dist, device)
     return {"loss": loss_sum / count, "acc1": 100 * correct1 / count, "acc5": 100 * correct5 / count}
+
+
+def to_device(batch, device: torch.device):
+    """Move a tensor, or tuples/lists/dicts of tensors (e.g. token-label targets), to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(item, device) for item in batch)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    return batch
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -57,7 +57,6 @@ class TrainingRun:
     lr_step_offset: int = 0  # DeiT steps the schedule with step(epoch), timm's train.py with step(epoch + 1)
     sched_on_updates: bool = False  # per-iteration schedule (step_update) instead of per epoch
     dist_eval: bool = False
-    best_from_ema: bool = False  # rank checkpoints by the EMA's top-1 (timm train.py) instead of the model's
     show_progress: bool = True
     extra_log: dict = field(default_factory=dict)
     start_epoch: int = 0
@@ -106,19 +105,27 @@ def checkpoint_state(run: TrainingRun, epoch: int, record: dict | None) -> dict:
 
 def resume(run: TrainingRun, path: str | Path, flag: str = "--resume") -> None:
     """Load a checkpoint into ``run`` and continue after its epoch."""
-    state = load_checkpoint(path, flag)
+    restore(run, load_checkpoint(path, flag), f"{flag} {path}")
+
+
+def restore(run: TrainingRun, state: dict, source: str) -> None:
+    """Load a checkpoint's ``state`` (see :func:`checkpoint_state`) into ``run``; ``source`` names it in errors.
+
+    Recipes that change the model between runs (e.g. EfficientTrain's resolution stages) adapt the
+    state first, then call this.
+    """
     missing, unexpected = _keys_mismatch(run.module, state["model"])
     if missing or unexpected:
         example = (missing or unexpected)[0]
         raise UserError(
-            f"{flag} {path} was saved for a different model ({len(missing)} missing and {len(unexpected)} "
+            f"{source} was saved for a different model ({len(missing)} missing and {len(unexpected)} "
             f"unexpected weights, e.g. {example}); use the same --model as the run that wrote it"
         )
     try:
         run.module.load_state_dict(state["model"])
     except RuntimeError as error:
         detail = str(error).splitlines()[-1].strip()
-        raise UserError(f"{flag} {path} was saved for a model of another shape: {detail}") from None
+        raise UserError(f"{source} was saved for a model of another shape: {detail}") from None
     if "optimizer" not in state:  # a bare model checkpoint: weights only
         return
     run.optimizer.load_state_dict(state["optimizer"])
