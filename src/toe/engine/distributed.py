@@ -49,8 +49,26 @@ def init_distributed(device: str, dist_url: str = "env://") -> DistInfo:
     else:
         torch_device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size, rank=rank)
+        if dist_url == "env://":
+            dist.init_process_group(
+                backend=backend, store=_attempt_store(rank, world_size), world_size=world_size, rank=rank
+            )
+        else:
+            dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size, rank=rank)
     return DistInfo(rank, world_size, local_rank, torch_device)
+
+
+def _attempt_store(rank: int, world_size: int) -> dist.Store:
+    """torchrun's store, with keys private to this restart attempt.
+
+    After torchrun restarts failed workers (--max-restarts), the store still holds the previous
+    attempt's keys; with torch 2.14 a restarted gloo worker could read a dead peer's address from it
+    and fail to connect (or hang). Prefixing by TORCHELASTIC_RESTART_COUNT keeps attempts apart.
+    """
+    from torch.distributed.rendezvous import rendezvous
+
+    store, _, _ = next(rendezvous("env://", rank, world_size))
+    return dist.PrefixStore(f"toe/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def barrier(info: DistInfo) -> None:
@@ -84,3 +102,12 @@ def replicas_in_sync(module: torch.nn.Module, info: DistInfo) -> bool | None:
     gathered = [torch.empty_like(local) for _ in range(info.world_size)]
     dist.all_gather(gathered, local)
     return all(torch.equal(gathered[0], other) for other in gathered[1:])
+
+
+def gather_objects(obj: object, info: DistInfo) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every process (``[obj]`` when alone)."""
+    if not info.enabled:
+        return [obj]
+    gathered: list = [None] * info.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from ..options import UserError
 from .distributed import DistInfo, all_reduce_sum
+from .failpoints import failpoint
 from .logger import progress
 from .precision import Precision
 
@@ -25,17 +27,21 @@ class TrainingDiverged(UserError):
 
 @dataclass
 class EpochStats:
-    """What one training epoch did (this process's view; loss averaged over its steps)."""
+    """What one training epoch did so far (this process's view); a mid-epoch checkpoint stores it."""
 
-    loss: float
-    lr: float
-    steps: int
-    updates: int
-    images: int
-    compute_time: float  # seconds in forward/backward/step, data loading excluded
-    data_time: float  # seconds waiting for the loader
-    wall_time: float
-    tokens: int | None  # sequence length fed to blocks 1.. in the last step
+    steps: int = 0  # batches done in this epoch
+    loss_sum: float = 0.0
+    images: int = 0
+    compute_time: float = 0.0  # seconds in forward/backward/step, data loading excluded
+    data_time: float = 0.0  # seconds waiting for the loader
+    wall_time: float = 0.0
+    updates: int = 0  # optimizer updates since the start of training
+    lr: float = 0.0
+    tokens: int | None = None  # sequence length fed to blocks 1.. in the last step
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.steps, 1)
 
 
 @dataclass
@@ -69,22 +75,32 @@ def train_one_epoch(
     hooks: StepHooks | None = None,
     tokens_of: Callable[[], int | None] | None = None,
     show_progress: bool = True,
+    resume_from: EpochStats | None = None,
+    on_update: Callable[[EpochStats], None] | None = None,
 ) -> EpochStats:
-    """Train for one pass over ``loader``; raises :class:`TrainingDiverged` on a non-finite loss."""
+    """Train for one pass over ``loader``; raises :class:`TrainingDiverged` on a non-finite loss.
+
+    ``resume_from``: the stats of the part of this epoch done before a mid-epoch checkpoint (the
+    loader then yields only the rest). ``on_update``: called with the running stats after every
+    optimizer update (mid-epoch checkpoints).
+    """
     hooks = hooks or StepHooks()
     device = dist.device
     model.train()
     optimizer.zero_grad(set_to_none=True)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    total_steps = len(loader)
-    loss_sum, images, compute_time, data_time = 0.0, 0, 0.0, 0.0
+    stats = dataclasses.replace(resume_from) if resume_from is not None else EpochStats()
+    stats.updates = num_updates
+    first_step = stats.steps
+    total_steps = first_step + len(loader)
+    if total_steps == 0:
+        raise UserError("the training loader produced no batch (fewer images than --batch-size?)")
     start = last = time.perf_counter()
-    step = -1
-    for step, (samples, targets) in enumerate(
-        progress(loader, total_steps, f"epoch {epoch}", dist.is_main and show_progress)
-    ):
+    wall_before = stats.wall_time
+    batches = progress(loader, len(loader), f"epoch {epoch}", dist.is_main and show_progress)
+    for step, (samples, targets) in enumerate(batches, start=first_step):
         ready = time.perf_counter()
-        data_time += ready - last
+        stats.data_time += ready - last
         samples, targets = to_device(samples, device), to_device(targets, device)
         if hooks.prepare is not None:
             samples, targets = hooks.prepare(samples, targets)
@@ -106,30 +122,26 @@ def train_one_epoch(
         if update:
             precision.step(optimizer, parameters, clip_grad, clip_mode)
             optimizer.zero_grad(set_to_none=True)
-            num_updates += 1
+            stats.updates += 1
             if model_ema is not None:
-                model_ema.update(unwrap(model), step=num_updates)
+                model_ema.update(unwrap(model), step=stats.updates)
             if hooks.after_update is not None:
-                hooks.after_update(num_updates)
+                hooks.after_update(stats.updates)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         last = time.perf_counter()
-        compute_time += last - ready
-        loss_sum += loss_value
-        images += samples.shape[0]
-    if step < 0:
-        raise UserError("the training loader produced no batch (fewer images than --batch-size?)")
-    return EpochStats(
-        loss=loss_sum / (step + 1),
-        lr=optimizer.param_groups[0]["lr"],
-        steps=step + 1,
-        updates=num_updates,
-        images=images,
-        compute_time=compute_time,
-        data_time=data_time,
-        wall_time=time.perf_counter() - start,
-        tokens=tokens_of() if tokens_of is not None else None,
-    )
+        stats.compute_time += last - ready
+        stats.loss_sum += loss_value
+        stats.images += samples.shape[0]
+        stats.steps = step + 1
+        stats.wall_time = wall_before + last - start
+        stats.lr = optimizer.param_groups[0]["lr"]
+        if update:
+            if on_update is not None and step + 1 < total_steps:
+                on_update(stats)
+            failpoint("train-step")
+    stats.tokens = tokens_of() if tokens_of is not None else None
+    return stats
 
 
 @torch.no_grad()

@@ -1,17 +1,21 @@
 """The epoch loop every recipe runs: ToE stage, train, LR step, evaluate, checkpoint, log.
 
-Per epoch, in this order (so that a kill at any point loses at most the epoch in progress):
+Per epoch, in this order (so that a kill at any point loses at most the work since the last checkpoint):
 1. seed the main-process RNGs for the epoch and start the sampler's epoch;
 2. set the ToE stage of the live model (and of the EMA, which matters only with --sparse-eval);
-3. train one epoch, then step the epoch-wise LR schedule;
+3. train one epoch (every ``save_every_steps`` updates, write a mid-epoch checkpoint.pth that holds
+   the epoch's partial statistics and the RNG states; the sampler skips what was done on resume),
+   then step the epoch-wise LR schedule;
 4. evaluate the model and the EMA full-token (unless --sparse-eval);
 5. write best_checkpoint.pth / best_ema_checkpoint.pth when a top-1 improved, then checkpoint.pth
-   (holding this epoch's log record), then append the record to log.txt and TensorBoard.
+   (keeping the one it replaces as checkpoint-prev.pth, and holding this epoch's log record), then
+   append the record to log.txt and TensorBoard.
 On resume, log.txt is cut back to the checkpoint's epoch and completed from the checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,11 +28,12 @@ from torch.utils.data import DataLoader
 from ..data.sampling import seed_epoch
 from ..integration import has_toe
 from ..options import UserError
-from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import DistInfo, all_reduce_sum, replicas_in_sync
+from .checkpoint import load_checkpoint, load_latest, remove_stale_temporaries, save_checkpoint
+from .distributed import DistInfo, all_reduce_sum, gather_objects, replicas_in_sync
 from .logger import RunLogger, read_log
 from .loop import EpochStats, StepHooks, evaluate, train_one_epoch
 from .precision import Precision
+from .rng import capture_rng, restore_rng
 
 
 @dataclass
@@ -59,10 +64,13 @@ class TrainingRun:
     dist_eval: bool = False
     show_progress: bool = True
     extra_log: dict = field(default_factory=dict)
+    save_every_steps: int = 0  # mid-epoch checkpoint every N optimizer updates (0: only at epoch ends)
+    skipped_images: Callable[[], int] | None = None  # unreadable images skipped so far (--skip-corrupt)
     start_epoch: int = 0
     num_updates: int = 0
     best: dict = field(default_factory=dict)
     last_record: dict | None = None
+    partial: dict | None = None  # the unfinished epoch of a mid-epoch checkpoint being resumed
 
 
 def set_toe_stage(run: TrainingRun, epoch: int) -> int | None:
@@ -86,7 +94,11 @@ def tokens_fed_to_blocks(module: nn.Module) -> int | None:
     return int(getattr(module, "num_prefix_tokens", 0) + patch_embed.num_patches)
 
 
-def checkpoint_state(run: TrainingRun, epoch: int, record: dict | None) -> dict:
+def checkpoint_state(run: TrainingRun, epoch: int, record: dict | None, partial: dict | None = None) -> dict:
+    """What a checkpoint holds after ``epoch`` (the last finished epoch; -1 before the first).
+
+    ``record`` is that epoch's log record; ``partial`` describes the epoch in progress (mid-epoch).
+    """
     state = {
         "model": run.module.state_dict(),
         "optimizer": run.optimizer.state_dict(),
@@ -97,6 +109,7 @@ def checkpoint_state(run: TrainingRun, epoch: int, record: dict | None) -> dict:
         "best": dict(run.best),
         "args": run.args,
         "log_record": json.dumps(record) if record is not None else None,
+        "partial": partial,
     }
     if run.model_ema is not None:
         state["model_ema"] = run.model_ema.module.state_dict()
@@ -137,15 +150,43 @@ def restore(run: TrainingRun, state: dict, source: str) -> None:
     run.start_epoch = int(state["epoch"]) + 1
     run.num_updates = int(state.get("num_updates", 0))
     run.best = dict(state.get("best") or {})
+    run.partial = state.get("partial")
+    run.last_record = json.loads(state["log_record"]) if state.get("log_record") else None
     if run.output_dir is not None and run.dist.is_main:
         _restore_log(run.output_dir, int(state["epoch"]), state.get("log_record"))
+
+
+def auto_resume(run: TrainingRun) -> str | None:
+    """Continue from the newest readable checkpoint in ``run.output_dir`` (checkpoint.pth, else
+    checkpoint-prev.pth), if any; returns a line to print, or None for a fresh start."""
+    if run.output_dir is None:
+        return None
+    if run.dist.is_main:
+        remove_stale_temporaries(run.output_dir)
+    found = load_latest(run.output_dir)
+    if found is None:
+        return None
+    state, path, note = found
+    restore(run, state, f"--auto-resume {path}")
+    where = f"epoch {run.start_epoch}" + (f", step {run.partial['stats']['steps']}" if run.partial else "")
+    return (f"{note}\n" if note else "") + f"resumed from {path}: continuing at {where}"
 
 
 def fit(run: TrainingRun, log: RunLogger) -> dict | None:
     """Train from ``run.start_epoch`` to ``run.epochs``; returns the last epoch's log record."""
     for epoch in range(run.start_epoch, run.epochs):
         seed_epoch(run.seed, epoch, run.dist.rank)
-        run.train_loader.sampler.set_epoch(epoch)
+        partial = run.partial if run.partial is not None and run.partial["epoch"] == epoch else None
+        done = EpochStats(**partial["stats"]) if partial else None
+        run.train_loader.sampler.set_epoch(epoch, skip=done.steps * run.train_loader.batch_size if done else 0)
+        if partial:
+            if len(partial["rng"]) != run.dist.world_size:
+                raise UserError(
+                    f"the checkpoint was written in the middle of epoch {epoch} by {len(partial['rng'])} "
+                    f"process(es); resume it with the same number of processes (not {run.dist.world_size})"
+                )
+            restore_rng(partial["rng"][run.dist.rank])
+        run.partial = None
         stage = set_toe_stage(run, epoch)
         stats = train_one_epoch(
             run.model,
@@ -163,6 +204,8 @@ def fit(run: TrainingRun, log: RunLogger) -> dict | None:
             hooks=run.hooks,
             tokens_of=lambda: tokens_fed_to_blocks(run.module),
             show_progress=run.show_progress,
+            resume_from=done,
+            on_update=lambda s, e=epoch: _save_mid_epoch(run, e, s),
         )
         run.num_updates = stats.updates
         if run.lr_scheduler is not None and not run.sched_on_updates:
@@ -173,6 +216,23 @@ def fit(run: TrainingRun, log: RunLogger) -> dict | None:
         log.print(_summary_line(record))
         run.last_record = record
     return run.last_record
+
+
+def _save_mid_epoch(run: TrainingRun, epoch: int, stats: EpochStats) -> None:
+    """Every ``save_every_steps`` updates: checkpoint.pth with the unfinished epoch's state."""
+    updates_in_epoch = stats.updates - run.num_updates
+    if not run.save_every_steps or updates_in_epoch % run.save_every_steps:
+        return
+    rng = gather_objects(capture_rng(), run.dist)  # one entry per process
+    if run.output_dir is None or not run.dist.is_main:
+        return
+    run_state = dataclasses.replace(run, num_updates=stats.updates)
+    partial = {"epoch": epoch, "stats": dataclasses.asdict(stats), "rng": rng}
+    save_checkpoint(
+        checkpoint_state(run_state, epoch - 1, run.last_record, partial),
+        run.output_dir / "checkpoint.pth",
+        keep_previous=True,
+    )
 
 
 def evaluate_run(run: TrainingRun) -> dict[str, float]:
@@ -191,7 +251,7 @@ def evaluate_run(run: TrainingRun) -> dict[str, float]:
 
 def _epoch_record(run: TrainingRun, epoch: int, stage: int | None, stats: EpochStats) -> tuple[dict, list[str]]:
     """The epoch's log record and the metrics (test_acc1, test_ema_acc1) that reached a new best."""
-    loss_sum, images = all_reduce_sum([stats.loss * stats.steps, stats.images], run.dist, run.dist.device)
+    loss_sum, images = all_reduce_sum([stats.loss_sum, stats.images], run.dist, run.dist.device)
     steps = all_reduce_sum([stats.steps], run.dist, run.dist.device)[0]
     record = {
         "epoch": epoch,
@@ -207,6 +267,8 @@ def _epoch_record(run: TrainingRun, epoch: int, stage: int | None, stats: EpochS
         "train_images": int(images),
         **run.extra_log,
     }
+    if run.skipped_images is not None:
+        record["train_skipped_images"] = run.skipped_images()
     in_sync = replicas_in_sync(run.module, run.dist)
     if in_sync is not None:
         record["replicas_in_sync"] = in_sync
@@ -228,7 +290,7 @@ def _save_epoch(run: TrainingRun, epoch: int, record: dict, improved: list[str])
     names = {"test_acc1": "best_checkpoint.pth", "test_ema_acc1": "best_ema_checkpoint.pth"}
     for key in improved:
         save_checkpoint(state, run.output_dir / names[key])
-    save_checkpoint(state, run.output_dir / "checkpoint.pth")
+    save_checkpoint(state, run.output_dir / "checkpoint.pth", keep_previous=True)
 
 
 def _restore_log(output_dir: Path, epoch: int, record_json: str | None) -> None:

@@ -1,0 +1,35 @@
+"""Capture and restore every random stream of the training process (for mid-epoch checkpoints).
+
+The states are converted to tensors, ints and lists so that checkpoints still load with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+
+def capture_rng() -> dict:
+    """The states of torch (CPU and CUDA), numpy and Python's ``random``."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        "python": [version, list(internal), gauss_next],
+    }
+
+
+def restore_rng(state: dict) -> None:
+    """Put back what :func:`capture_rng` returned."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
