@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
+import torch
+
 from .schedule import DISTANCES, SEEDINGS, ToESchedule
 from .token_select import TokenSelect
 
@@ -35,6 +37,12 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
         main(argv)
     except UserError as error:
         sys.stderr.write(f"error: {error}\n")
+        sys.exit(2)
+    except torch.OutOfMemoryError:
+        sys.stderr.write(
+            "error: out of memory: use a smaller batch per process (with more gradient accumulation to keep "
+            "the effective batch, e.g. --batch-size and --accum-iter) or bf16 autocast (--amp-dtype bf16)\n"
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from ..engine.distributed import DistInfo
 from ..options import UserError
+from .guard import GuardedDataset
 from .sampling import EpochRandomSampler, KeyedSampler, SeededDataset
 
 
@@ -18,8 +20,13 @@ def build_train_loader(
     num_workers: int = 4,
     pin_memory: bool = True,
     repeated_aug: bool = False,
+    skip_corrupt: bool = False,
 ) -> DataLoader:
-    """Shuffled batches (last partial batch dropped); the sampler is a :class:`KeyedSampler`."""
+    """Shuffled batches (last partial batch dropped); the sampler is a :class:`KeyedSampler`.
+
+    Unreadable images stop the run naming the file, or with ``skip_corrupt`` are replaced by the
+    next readable image and counted (see :func:`skipped_images`).
+    """
     if dist.enabled and repeated_aug:
         base = RepeatAugSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True)
     elif dist.enabled:
@@ -31,13 +38,14 @@ def build_train_loader(
             f"--batch-size {batch_size} is larger than the {len(base)} training images each process sees per epoch"
         )
     return DataLoader(
-        SeededDataset(dataset, seed),
+        SeededDataset(GuardedDataset(dataset, skip_corrupt), seed),
         sampler=KeyedSampler(base, dist.rank, dist.world_size),
         batch_size=batch_size,
         num_workers=num_workers,
         pin_memory=pin_memory and dist.device.type == "cuda",
         drop_last=True,
         persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),  # keeps the loader off the global RNG stream
     )
 
 
@@ -48,6 +56,7 @@ def build_eval_loader(
     dist_eval: bool = False,
     num_workers: int = 4,
     pin_memory: bool = True,
+    skip_corrupt: bool = False,
 ) -> DataLoader:
     """Batches in order; with ``dist_eval`` each process evaluates a shard (padded to equal size)."""
     if dist.enabled and dist_eval:
@@ -55,7 +64,7 @@ def build_eval_loader(
     else:
         sampler = SequentialSampler(dataset)
     return DataLoader(
-        dataset,
+        GuardedDataset(dataset, skip_corrupt),
         sampler=sampler,
         batch_size=batch_size,
         num_workers=num_workers,
@@ -63,3 +72,11 @@ def build_eval_loader(
         drop_last=False,
         persistent_workers=num_workers > 0,
     )
+
+
+def skipped_images(loader: DataLoader) -> int:
+    """How many unreadable images the loader's dataset replaced so far (``--skip-corrupt``)."""
+    dataset = loader.dataset
+    while not isinstance(dataset, GuardedDataset):
+        dataset = dataset.dataset
+    return dataset.skipped

@@ -28,9 +28,11 @@ from ..data import (
     build_train_transform,
     check_same_classes,
 )
+from ..data.loader import skipped_images
 from ..engine import Precision, RunLogger, StepHooks, TrainingRun, evaluate_run, fit, init_distributed, resume
 from ..engine.distributed import cleanup
 from ..engine.losses import DISTILLATION_TYPES, BaseLoss, DistillationLoss, classification_loss
+from ..engine.trainer import auto_resume
 from ..integration import apply_toe
 from ..options import ArgumentParser, UserError, add_toe_arguments, run_main, token_select_from_args
 from .common import (
@@ -163,6 +165,7 @@ def check_args(args: argparse.Namespace) -> None:
         ("--accum-iter", args.accum_iter, 1),
         ("--input-size", args.input_size, 8),
         ("--num_workers", args.num_workers, 0),
+        ("--save-every-steps", args.save_every_steps, 0),
     ):
         if value < low:
             raise UserError(f"{flag} must be at least {low}, got {value}")
@@ -225,9 +228,9 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
     }
     model = create_model(args.model, num_classes, **model_kwargs)
     check_input_size(model, args.input_size)
-    log = RunLogger(output_dir, dist.is_main, tensorboard=not args.eval)
+    say = print if dist.is_main else (lambda *_: None)
     if args.finetune:
-        log.print(load_finetune_weights(model, args.finetune))
+        say(load_finetune_weights(model, args.finetune))
     if args.attn_only:
         _train_attention_only(model)
     if token_select is not None:
@@ -278,11 +281,26 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
         precision=Precision.from_flag(device, args.amp_dtype, enabled=not args.no_amp),
-        train_loader=build_train_loader(
-            train_set, args.batch_size, dist, args.seed, args.num_workers, args.pin_mem, args.repeated_aug
+        train_loader=(
+            train_loader := build_train_loader(
+                train_set,
+                args.batch_size,
+                dist,
+                args.seed,
+                args.num_workers,
+                args.pin_mem,
+                args.repeated_aug,
+                args.skip_corrupt,
+            )
         ),
         val_loader=build_eval_loader(
-            val_set, int(1.5 * args.batch_size), dist, args.dist_eval, args.num_workers, args.pin_mem
+            val_set,
+            int(1.5 * args.batch_size),
+            dist,
+            args.dist_eval,
+            args.num_workers,
+            args.pin_mem,
+            args.skip_corrupt,
         ),
         dist=dist,
         epochs=args.epochs,
@@ -298,27 +316,28 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
         dist_eval=args.dist_eval,
         show_progress=not args.no_progress,
         extra_log={"n_parameters": n_parameters(model)},
+        save_every_steps=args.save_every_steps,
+        skipped_images=(lambda: skipped_images(train_loader)) if args.skip_corrupt else None,
         start_epoch=args.start_epoch,
     )
-    checkpoint = Path(args.resume) if args.resume else None
-    if checkpoint is None and args.auto_resume and output_dir is not None and (output_dir / "checkpoint.pth").exists():
-        checkpoint = output_dir / "checkpoint.pth"
-    if checkpoint is not None:
-        resume(run, checkpoint, "--resume" if args.resume else "--auto-resume")
-        log.print(f"resumed from {checkpoint}: continuing at epoch {run.start_epoch}")
+    if args.resume:
+        resume(run, args.resume)
+        say(f"resumed from {args.resume}: continuing at epoch {run.start_epoch}")
+    elif args.auto_resume and (message := auto_resume(run)):
+        say(message)
 
     if args.eval:
         metrics = evaluate_run(run)
-        log.print(
+        say(
             f"Accuracy of the network on the {len(val_set)} test images: {metrics['test_acc1']:.2f}% "
             f"(top-5 {metrics['test_acc5']:.2f}%, loss {metrics['test_loss']:.4f})"
         )
         if "test_ema_acc1" in metrics:
-            log.print(f"Accuracy of the EMA on the {len(val_set)} test images: {metrics['test_ema_acc1']:.2f}%")
-        log.close()
+            say(f"Accuracy of the EMA on the {len(val_set)} test images: {metrics['test_ema_acc1']:.2f}%")
         return metrics
 
     save_args(output_dir, args, dist)
+    log = RunLogger(output_dir, dist.is_main)
     log.print(
         f"{args.model}: {n_parameters(model) / 1e6:.2f}M parameters, {num_classes} classes, "
         f"{len(train_set)} training images, {dist.world_size} process(es) on {device}, "

@@ -1,0 +1,121 @@
+"""The bad-input matrix of docs/failure-modes.md: every mistake is one line, exit status 2, nothing written.
+
+Each case runs the DeiT recipe in-process with one mistake and a fresh --output_dir, and checks that
+the message names the flag or file, that there is no traceback, that no checkpoint or log was written,
+and that an existing run stays byte-for-byte unchanged.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from helpers import TINY_DEIT, assert_one_line_error, run_cli
+
+from toe.engine import trainer
+from toe.options import run_main
+from toe.recipes import deit
+
+
+@pytest.fixture(scope="module")
+def cases_data(tiny_data, tmp_path_factory):
+    """Broken datasets and files next to a finished tiny run."""
+    root = tmp_path_factory.mktemp("bad")
+    (root / "empty" / "train").mkdir(parents=True)
+    (root / "empty" / "val").mkdir(parents=True)
+    (root / "empty_class" / "train" / "a").mkdir(parents=True)
+    (root / "empty_class" / "val" / "a").mkdir(parents=True)
+    shutil.copytree(tiny_data, root / "other_classes")
+    shutil.rmtree(root / "other_classes" / "val" / "ring")
+    (root / "other_classes" / "val" / "hexagon").mkdir()
+    shutil.copy(tiny_data / "val" / "ring" / "00000.png", root / "other_classes" / "val" / "hexagon")
+    shutil.copytree(tiny_data, root / "not_an_image")
+    (root / "not_an_image" / "train" / "cross" / "00003.png").write_text("plain text")
+    shutil.copytree(tiny_data, root / "truncated")
+    image = root / "truncated" / "train" / "ring" / "00004.png"
+    image.write_bytes(image.read_bytes()[:80])
+    (root / "notes.pth").write_text("hello")
+    run = root / "run"
+    run_main(deit.main, [*TINY_DEIT, "--data-path", str(tiny_data), "--output_dir", str(run), "--epochs", "1"])
+    data = (run / "checkpoint.pth").read_bytes()
+    (root / "torn.pth").write_bytes(data[: len(data) // 3])
+    torch.save({"weight": torch.zeros(3)}, root / "teacher.pth")
+    return root
+
+
+def case(flags, *fragments):
+    return flags, fragments
+
+
+CASES = {
+    "missing data path": case(["--data-path", "{root}/nowhere"], "--data-path", "does not exist"),
+    "no train folder": case(["--data-path", "{root}"], "train does not exist"),
+    "no class folders": case(["--data-path", "{root}/empty"], "has no class folders"),
+    "empty class folder": case(["--data-path", "{root}/empty_class"], "train/a holds no images"),
+    "train/val classes differ": case(["--data-path", "{root}/other_classes"], "different class folders"),
+    "unreadable image": case(["--data-path", "{root}/not_an_image"], "cannot read image", "cross/00003.png"),
+    "truncated image": case(["--data-path", "{root}/truncated"], "cannot read image", "ring/00004.png"),
+    "ToE lists of unequal length": case(["--keep-rate", "0.5", "1.0"], "--keep-rate", "same number of values"),
+    "keep rates not increasing": case(["--keep-rate", "0.75", "0.5", "1.0"], "strictly increasing"),
+    "seeds not below the first rate": case(["--initialization-keep-rate", "0.5"], "--initialization-keep-rate"),
+    "stages not ascending": case(["--expansion-step", "0", "200", "100"], "strictly ascending"),
+    "no sub-steps": case(["--expansion-multiple-stage", "0"], "--expansion-multiple-stage"),
+    "unknown distance": case(["--distance", "cosin"], "--distance"),
+    "sparse eval without ToE": case(["--sparse-eval"], "--sparse-eval", "need ToE"),
+    "input not a multiple of the patch": case(["--input-size", "30"], "--input-size 30", "patch size 4"),
+    "batch larger than the dataset": case(["--batch-size", "1000"], "--batch-size 1000", "larger than"),
+    "odd batch with mixup": case(["--batch-size", "15"], "--batch-size 15 must be even"),
+    "unknown model": case(["--model", "deit_huge_nonexistent"], "--model deit_huge_nonexistent"),
+    "model kwargs not key=value": case(["--model-kwargs", "depth"], "--model-kwargs"),
+    "resume file missing": case(["--resume", "{root}/missing.pth"], "--resume", "no such file"),
+    "resume a text file": case(["--resume", "{root}/notes.pth"], "--resume", "notes.pth"),
+    "resume a truncated checkpoint": case(["--resume", "{root}/torn.pth"], "torn.pth", "not a readable"),
+    "resume with another model": case(["--resume", "{root}/run/checkpoint.pth", "--model-kwargs", "embed_dim=32",
+                                       "depth=2", "num_heads=2"], "different model"),
+    "output folder holds another run": case(["--output_dir", "{root}/run"], "already holds a run"),
+    "distillation without teacher": case(["--distillation-type", "hard"], "--teacher-path"),
+    "distillation of a plain model": case(["--distillation-type", "hard", "--teacher-model", "resnet10t",
+                                           "--teacher-path", "{root}/teacher.pth"], "needs a distilled model"),
+    "teacher weights of another model": case(["--model", "deit_tiny_distilled_patch16_224", "--distillation-type",
+                                              "soft", "--teacher-model", "resnet10t", "--teacher-path",
+                                              "{root}/teacher.pth"], "--teacher-path", "does not fit"),
+    "finetune file missing": case(["--finetune", "{root}/missing.pth"], "--finetune", "no such file"),
+    "CUDA asked on a CPU machine": case(["--device", "cuda"], "--device cuda", "no CUDA device"),
+    "zero epochs": case(["--epochs", "0"], "--epochs must be at least 1"),
+    "bad eval crop ratio": case(["--eval-crop-ratio", "0"], "--eval-crop-ratio"),
+    "negative checkpoint interval": case(["--save-every-steps", "-1"], "--save-every-steps"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_mistake_is_one_clear_line_and_writes_nothing(name, cases_data, tiny_data, tmp_path, capsys):
+    if name == "CUDA asked on a CPU machine" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    flags, fragments = CASES[name]
+    flags = [f.format(root=cases_data) for f in flags]
+    existing = {p: p.read_bytes() for p in (cases_data / "run").iterdir() if p.is_file()}
+    output = tmp_path / "out"
+    argv = [*TINY_DEIT, "--epochs", "1", "--data-path", tiny_data, "--output_dir", output, *flags]
+    status, _, err = run_cli(deit.main, argv, capsys)
+    assert_one_line_error(status, err, *fragments)
+    written = [p.name for p in output.glob("*")] if output.exists() else []
+    assert not [n for n in written if n.endswith(".pth") or n == "log.txt"], f"a failed run wrote {written}"
+    assert {p: p.read_bytes() for p in (cases_data / "run").iterdir() if p.is_file()} == existing
+
+
+def test_out_of_memory_gives_a_hint(tiny_data, tmp_path, capsys, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer, "train_one_epoch", out_of_memory)
+    status, _, err = run_cli(deit.main, [*TINY_DEIT, "--epochs", "1", "--data-path", tiny_data], capsys)
+    assert_one_line_error(status, err, "out of memory", "--batch-size", "--accum-iter")
+
+
+def test_the_matrix_is_documented():
+    from helpers import ROOT
+
+    doc = (ROOT / "docs" / "failure-modes.md").read_text()
+    for name in CASES:
+        assert name in doc, f"docs/failure-modes.md does not list '{name}'"
