@@ -1,0 +1,410 @@
+"""EfficientTrain's trainer (ConvNeXt-style flags) with Token Expansion: one curriculum stage per call.
+
+    python ToE/EfficientTrain/main.py --model deit_small_patch16_224 --data_path /imagenet --output_dir out \\
+        --input_size 160 --load_size 224 --end_epoch 60 --aa rand-m1-mstd0.5-inc1 --batch_size 512 --toe
+
+``ToE/EfficientTrain/ET_training.py`` (``toe.recipes.et_training``) runs the five stages of the curriculum
+through :func:`train_stage`. A stage trains a model built at ``--input_size`` from the epoch after the last
+checkpoint up to ``--end_epoch`` of a per-iteration cosine schedule over all ``--epochs``; images are loaded
+at ``--load_size`` and their spectrum is cropped to ``--input_size`` on the device (``--low_freq fourier``),
+or they are loaded at ``--input_size`` directly (``--low_freq downsample``, EfficientTrain++). A checkpoint
+of another input size is adapted first: position embedding and optimizer moments are resampled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from timm.data import Mixup
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+
+from ..data import build_dataset, build_eval_loader, build_eval_transform, build_train_loader, build_train_transform
+from ..data.datasets import check_same_classes, image_folder
+from ..data.fourier import FourierCrop
+from ..engine import (
+    Precision,
+    RunLogger,
+    StepHooks,
+    TrainingRun,
+    evaluate_run,
+    fit,
+    init_distributed,
+    load_checkpoint,
+    restore,
+)
+from ..engine.distributed import DistInfo, cleanup
+from ..engine.losses import BaseLoss, classification_loss
+from ..engine.precision import AMP_DTYPES
+from ..integration import apply_toe
+from ..options import ArgumentParser, UserError, add_toe_arguments, run_main, token_select_from_args
+from .common import create_model, n_parameters, parse_model_kwargs, prepare_output_dir, save_args, wrap_model
+from .resample import resample_checkpoint
+from .summary import describe_toe
+
+DATA_SETS = ("IMNET", "CIFAR", "image_folder")
+LOW_FREQ = ("fourier", "downsample")
+
+
+def str2bool(value: str) -> bool:
+    """ConvNeXt's boolean flags: ``--use_amp true`` / ``false`` (also yes/no, 1/0)."""
+    lowered = value.lower()
+    if lowered in ("true", "yes", "1"):
+        return True
+    if lowered in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def build_parser(prog: str = "ToE/EfficientTrain/main.py", stage: bool = True) -> ArgumentParser:
+    """The trainer's flags; ``stage=False`` leaves out those the curriculum driver sets per stage."""
+    p = ArgumentParser(
+        prog=prog,
+        description="EfficientTrain training (ConvNeXt-style flags) with Token Expansion (ToE).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,  # --eval must not be read as --eval_data_path
+    )
+    p.add_argument("--epochs", default=300, type=int, help="length of the whole run (the LR schedule)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="convnext_tiny", type=str, help="timm model name")
+    g.add_argument("--drop_path", type=float, default=0.0, help="drop path rate")
+    g.add_argument("--model_ema", type=str2bool, default=False, help="keep an EMA of the weights (true/false)")
+    g.add_argument("--model_ema_decay", type=float, default=0.9999)
+    g.add_argument("--model_ema_force_cpu", type=str2bool, default=False)
+
+    g = p.add_argument_group("optimizer and schedule (per-iteration cosine with linear warm-up from 0)")
+    g.add_argument("--opt", default="adamw", type=str)
+    g.add_argument("--opt_eps", default=1e-8, type=float)
+    g.add_argument("--opt_betas", default=None, type=float, nargs="+")
+    g.add_argument("--clip_grad", type=float, default=None, help="gradient clipping norm (off)")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight_decay", type=float, default=0.05)
+    g.add_argument("--lr", type=float, default=4e-3, help="peak learning rate (not scaled by the batch)")
+    g.add_argument("--min_lr", type=float, default=1e-6)
+    g.add_argument("--warmup_epochs", type=int, default=20)
+    g.add_argument("--use_amp", type=str2bool, default=False, help="mixed precision (true/false)")
+
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--color_jitter", type=float, default=0.4)
+    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    g.add_argument("--train_interpolation", type=str, default="bicubic")
+    g.add_argument("--crop_pct", type=float, default=0.875, help="eval: resize to size / crop_pct, centre crop")
+    g.add_argument("--reprob", type=float, default=0.25, help="random erase probability")
+    g.add_argument("--remode", type=str, default="pixel")
+    g.add_argument("--recount", type=int, default=1)
+    g.add_argument("--mixup", type=float, default=0.8)
+    g.add_argument("--cutmix", type=float, default=1.0)
+    g.add_argument("--cutmix_minmax", type=float, nargs="+", default=None)
+    g.add_argument("--mixup_prob", type=float, default=1.0)
+    g.add_argument("--mixup_switch_prob", type=float, default=0.5)
+    g.add_argument("--mixup_mode", type=str, default="batch", choices=["batch", "pair", "elem"])
+    g.add_argument(
+        "--low_freq",
+        choices=LOW_FREQ,
+        default="fourier",
+        help="how images below the load size are made: fourier = crop the spectrum on the device "
+        "(EfficientTrain), downsample = load them small in the CPU pipeline (EfficientTrain++)",
+    )
+
+    g = p.add_argument_group("data and run")
+    g.add_argument("--data_path", default="data/imagenet", type=str, help="dataset root (train/ and val/)")
+    g.add_argument("--eval_data_path", default=None, type=str, help="validation folder (--data_set image_folder)")
+    g.add_argument(
+        "--data_set",
+        default="IMNET",
+        choices=DATA_SETS,
+        help="IMNET = ImageNet layout (class count inferred), CIFAR = CIFAR-100, image_folder = "
+        "--data_path and --eval_data_path as class folders",
+    )
+    g.add_argument("--output_dir", default="", help="where to save checkpoints and logs")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--seed", default=0, type=int)
+    g.add_argument("--auto_resume", type=str2bool, default=True, help="continue from <output_dir>/checkpoint.pth")
+    g.add_argument("--dist_eval", type=str2bool, default=True, help="distributed evaluation")
+    g.add_argument("--num_workers", default=10, type=int)
+    g.add_argument("--pin_mem", type=str2bool, default=True)
+    g.add_argument("--dist_url", default="env://", help="distributed rendezvous")
+
+    g = p.add_argument_group("engine")
+    g.add_argument("--amp-dtype", choices=AMP_DTYPES, default="auto", help="autocast dtype with --use_amp true")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument(
+        "--model-kwargs",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra keyword arguments for timm.create_model, e.g. embed_dim=96 depth=6",
+    )
+    if stage:
+        g = p.add_argument_group("this stage")
+        g.add_argument("--input_size", default=224, type=int, help="input size the model is built for")
+        g.add_argument("--load_size", default=None, type=int, help="size images are loaded at (default --input_size)")
+        g.add_argument("--batch_size", default=64, type=int, help="batch size per process")
+        g.add_argument("--update_freq", default=1, type=int, help="gradient accumulation steps per update")
+        g.add_argument("--end_epoch", default=None, type=int, help="stop before this epoch (default --epochs)")
+        g.add_argument("--aa", type=str, default="rand-m9-mstd0.5-inc1", help="RandAugment policy ('none': off)")
+        g.add_argument("--resume", default="", help="checkpoint to resume from")
+        g.add_argument("--start_epoch", default=0, type=int, help="first epoch when not resuming")
+        g.add_argument("--eval", type=str2bool, default=False, help="evaluate --resume's checkpoint only")
+    add_toe_arguments(p, "efficienttrain")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Mistakes in the flags every stage shares, caught before any work."""
+    for flag, value, low in (
+        ("--epochs", args.epochs, 1),
+        ("--warmup_epochs", args.warmup_epochs, 0),
+        ("--num_workers", args.num_workers, 0),
+    ):
+        if value < low:
+            raise UserError(f"{flag} must be at least {low}, got {value}")
+    if args.warmup_epochs >= args.epochs:
+        raise UserError(f"--warmup_epochs {args.warmup_epochs} must be below --epochs {args.epochs}")
+    if not 0 < args.crop_pct <= 1:
+        raise UserError(f"--crop_pct must lie in (0, 1], got {args.crop_pct}")
+    if args.data_set in ("IMNET", "image_folder") and not Path(args.data_path).is_dir():
+        raise UserError(f"--data_path {args.data_path} does not exist")
+    if args.data_set == "image_folder" and not (args.eval_data_path and Path(args.eval_data_path).is_dir()):
+        raise UserError(f"--data_set image_folder needs an existing --eval_data_path, got {args.eval_data_path}")
+    if "img_size" in parse_model_kwargs(args.model_kwargs):
+        raise UserError("--model-kwargs img_size=... is not allowed: the input size is --input_size")
+
+
+def check_stage_args(args: argparse.Namespace) -> None:
+    """Mistakes in the per-stage flags."""
+    for flag, value, low in (
+        ("--batch_size", args.batch_size, 1),
+        ("--update_freq", args.update_freq, 1),
+        ("--input_size", args.input_size, 1),
+    ):
+        if value < low:
+            raise UserError(f"{flag} must be at least {low}, got {value}")
+    if args.load_size is not None and args.load_size < args.input_size:
+        raise UserError(f"--load_size {args.load_size} must not be below --input_size {args.input_size}")
+    if args.end_epoch is not None and not 1 <= args.end_epoch <= args.epochs:
+        raise UserError(f"--end_epoch must lie in [1, --epochs {args.epochs}], got {args.end_epoch}")
+    if mixup_active(args) and args.batch_size % 2:
+        raise UserError(f"--batch_size {args.batch_size} must be even with --mixup/--cutmix (or set both to 0)")
+
+
+def mixup_active(args: argparse.Namespace) -> bool:
+    return args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+
+
+def model_patch_size(args: argparse.Namespace, num_classes: int = 1000) -> int | None:
+    """Patch size of ``--model`` (None for models without a patch embedding, e.g. CNNs); built on the meta device."""
+    with torch.device("meta"):
+        model = create_model(args.model, num_classes, **parse_model_kwargs(args.model_kwargs))
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    return None if patch is None else int(patch[0])
+
+
+class PerIterationLR:
+    """Drive a timm scheduler (``t_in_epochs=False``) from the optimizer updates of one stage.
+
+    The schedule position is ``epoch * updates_per_epoch`` plus the updates done since the stage started,
+    so it stays right when stages (or a retry with half the batch) run a different number of updates.
+    """
+
+    def __init__(self, scheduler: CosineLRScheduler, updates_per_epoch: int) -> None:
+        self.scheduler, self.updates_per_epoch, self.origin = scheduler, updates_per_epoch, 0
+
+    @classmethod
+    def cosine(
+        cls, optimizer: torch.optim.Optimizer, args: argparse.Namespace, updates_per_epoch: int
+    ) -> PerIterationLR:
+        """ConvNeXt's schedule: linear warm-up from 0 over --warmup_epochs, then cosine down to --min_lr at --epochs."""
+        scheduler = CosineLRScheduler(
+            optimizer,
+            t_initial=(args.epochs - args.warmup_epochs) * updates_per_epoch,
+            lr_min=args.min_lr,
+            warmup_t=args.warmup_epochs * updates_per_epoch,
+            warmup_lr_init=0.0,
+            warmup_prefix=True,
+            t_in_epochs=False,
+        )
+        return cls(scheduler, updates_per_epoch)
+
+    def start(self, epoch: int, num_updates: int) -> None:
+        """Training continues at ``epoch`` with ``num_updates`` updates done so far: set the LR for it."""
+        self.origin = epoch * self.updates_per_epoch - num_updates
+        self.scheduler.step_update(epoch * self.updates_per_epoch)
+
+    def __call__(self, num_updates: int) -> None:
+        self.scheduler.step_update(self.origin + num_updates)
+
+
+def main(argv: Sequence[str] | None = None) -> dict | None:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    check_stage_args(args)
+    dist = init_distributed(args.device, args.dist_url)
+    try:
+        return train_stage(args, dist)
+    finally:
+        cleanup(dist)
+
+
+def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
+    """Train (or with ``--eval true`` evaluate) one stage; returns its last log record (None if already done)."""
+    token_select = token_select_from_args(args)
+    output_dir = prepare_output_dir(args.output_dir, bool(args.resume) or args.auto_resume, dist, "--output_dir")
+    end_epoch = args.end_epoch or args.epochs
+    state, path, flag = _checkpoint_to_resume(args, output_dir)
+    if state is not None and not args.eval and int(state["epoch"]) + 1 >= end_epoch:
+        RunLogger(None, dist.is_main).print(f"epochs before {end_epoch} already done ({path}: epoch {state['epoch']})")
+        return None
+    if args.eval and state is None:
+        raise UserError("--eval true needs a checkpoint: --resume FILE or --output_dir holding checkpoint.pth")
+
+    load_size = args.input_size if args.low_freq == "downsample" else (args.load_size or args.input_size)
+    crop = FourierCrop(args.input_size) if load_size > args.input_size else None
+    train_set, val_set, num_classes = _datasets(args, load_size)
+
+    torch.manual_seed(args.seed)  # identical initial weights on every process
+    model = _build_model(args, num_classes, token_select)
+    model.to(dist.device)
+    model_ema = None
+    if args.model_ema:
+        ema_device = torch.device("cpu") if args.model_ema_force_cpu else None
+        model_ema = ModelEmaV3(model, decay=args.model_ema_decay, device=ema_device)
+    try:
+        optimizer = create_optimizer_v2(model, **optimizer_kwargs(args))
+    except (AssertionError, ValueError) as error:
+        raise UserError(f"--opt {args.opt}: {error}") from None
+    train_loader = build_train_loader(train_set, args.batch_size, dist, args.seed, args.num_workers, args.pin_mem)
+    lr_schedule = PerIterationLR.cosine(optimizer, args, math.ceil(len(train_loader) / args.update_freq))
+    run = TrainingRun(
+        model=wrap_model(model, dist, args.compile),
+        module=model,
+        criterion=BaseLoss(classification_loss(mixup_active(args), args.smoothing, bce=False)),
+        optimizer=optimizer,
+        lr_scheduler=lr_schedule.scheduler,
+        precision=Precision.from_flag(dist.device, args.amp_dtype, enabled=args.use_amp),
+        train_loader=train_loader,
+        val_loader=build_eval_loader(
+            val_set, int(1.5 * args.batch_size), dist, args.dist_eval, args.num_workers, args.pin_mem
+        ),
+        dist=dist,
+        epochs=end_epoch,
+        seed=args.seed,
+        output_dir=output_dir,
+        args=save_args(None, args, dist),
+        model_ema=model_ema,
+        hooks=StepHooks(prepare=crop, mixup=_mixup(args, num_classes), after_update=lr_schedule),
+        eval_prepare=crop,
+        accum_steps=args.update_freq,
+        clip_grad=args.clip_grad,
+        sched_on_updates=True,
+        dist_eval=args.dist_eval,
+        show_progress=not args.no_progress,
+        extra_log={"n_parameters": n_parameters(model), "input_size": args.input_size},
+        start_epoch=args.start_epoch,
+    )
+    log = RunLogger(output_dir, dist.is_main, tensorboard=not args.eval)
+    if state is not None:
+        resampled = resample_checkpoint(state, model, optimizer, f"{flag} {path}")
+        state.pop("lr_scheduler", None)  # rebuilt from the flags: updates per epoch may differ between stages
+        restore(run, state, f"{flag} {path}")
+        log.print(
+            f"resumed from {path}: continuing at epoch {run.start_epoch}" + (f"; {resampled}" if resampled else "")
+        )
+    lr_schedule.start(run.start_epoch, run.num_updates)
+
+    if args.eval:
+        metrics = evaluate_run(run)
+        log.print(
+            f"Accuracy of the network on the {len(val_set)} test images at {args.input_size} px: "
+            f"{metrics['test_acc1']:.2f}% (top-5 {metrics['test_acc5']:.2f}%)"
+        )
+        log.close()
+        return metrics
+
+    save_args(output_dir, args, dist)
+    low_freq = f"loaded at {load_size} px, " + ("Fourier-cropped on the device" if crop else "no crop")
+    log.print(
+        f"{args.model}: {n_parameters(model) / 1e6:.2f}M parameters, {num_classes} classes, {len(train_set)} "
+        f"training images; epochs {run.start_epoch}-{end_epoch - 1} of {args.epochs} at {args.input_size} px "
+        f"({low_freq}), {args.aa}, batch {args.batch_size} x {args.update_freq} x {dist.world_size}, "
+        f"{run.precision.name}, peak lr {args.lr:.2e}"
+    )
+    log.print(describe_toe(model, args.epochs))
+    record = fit(run, log)
+    log.close()
+    return record
+
+
+def _checkpoint_to_resume(args: argparse.Namespace, output_dir: Path | None) -> tuple[dict | None, Path | None, str]:
+    """(state, path, flag): --resume's checkpoint, else <output_dir>/checkpoint.pth with --auto_resume true."""
+    if args.resume:
+        return load_checkpoint(args.resume, "--resume"), Path(args.resume), "--resume"
+    path = output_dir / "checkpoint.pth" if output_dir is not None else None
+    if args.auto_resume and path is not None and path.exists():
+        return load_checkpoint(path, "--auto_resume"), path, "--auto_resume"
+    return None, None, ""
+
+
+def _mixup(args: argparse.Namespace, num_classes: int) -> Mixup | None:
+    if not mixup_active(args):
+        return None
+    return Mixup(
+        mixup_alpha=args.mixup,
+        cutmix_alpha=args.cutmix,
+        cutmix_minmax=args.cutmix_minmax,
+        prob=args.mixup_prob,
+        switch_prob=args.mixup_switch_prob,
+        mode=args.mixup_mode,
+        label_smoothing=args.smoothing,
+        num_classes=num_classes,
+    )
+
+
+def _datasets(args: argparse.Namespace, load_size: int):
+    """Train and val sets with their transforms at ``load_size``, and the class count."""
+    train_transform = build_train_transform(
+        load_size, args.color_jitter, args.aa, args.train_interpolation, args.reprob, args.remode, args.recount
+    )
+    eval_transform = build_eval_transform(load_size, args.crop_pct)
+    if args.data_set == "image_folder":
+        train_set, num_classes = image_folder(Path(args.data_path), train_transform)
+        val_set, _ = image_folder(Path(args.eval_data_path), eval_transform)
+        check_same_classes(train_set, val_set, args.data_path, args.eval_data_path)
+        return train_set, val_set, num_classes
+    name = "CIFAR100" if args.data_set == "CIFAR" else "IMNET"
+    download = args.data_set == "CIFAR"  # as ConvNeXt
+    train_set, num_classes = build_dataset(name, args.data_path, True, train_transform, download)
+    val_set, _ = build_dataset(name, args.data_path, False, eval_transform, download)
+    check_same_classes(train_set, val_set, f"{args.data_path}/train", f"{args.data_path}/val")
+    return train_set, val_set, num_classes
+
+
+def _build_model(args: argparse.Namespace, num_classes: int, token_select) -> torch.nn.Module:
+    """The timm model at ``--input_size`` (ViTs get ``img_size``; CNNs take any size), with ToE attached."""
+    kwargs = {"drop_path_rate": args.drop_path, **parse_model_kwargs(args.model_kwargs)}
+    patch = model_patch_size(args, num_classes)
+    if patch is not None:
+        if args.input_size % patch:
+            raise UserError(f"--input_size {args.input_size} is not divisible by the patch size {patch}")
+        kwargs["img_size"] = args.input_size
+    model = create_model(args.model, num_classes, **kwargs)
+    if token_select is not None:
+        try:
+            apply_toe(model, token_select)
+        except (TypeError, ValueError) as error:
+            raise UserError(f"--model {args.model} cannot train with ToE: {error}") from None
+    return model
+
+
+def cli() -> None:
+    run_main(main)
+
+
+if __name__ == "__main__":
+    cli()
