@@ -142,6 +142,35 @@ def test_stop_in_the_middle_of_stage_3_then_rerun_gives_the_uninterrupted_weight
     assert status == 0 and out.count("already done") == 5
 
 
+def test_a_mid_epoch_checkpoint_resumes_with_the_right_learning_rate(
+    full_run, tiny_data, tmp_path, capsys, monkeypatch
+):
+    """--save-every-steps 2, stopped after the 2nd update of epoch 5: the resumed run ends bit for bit as the
+    uninterrupted one (the per-iteration LR continues from the 3rd update of that epoch)."""
+    real_save = trainer._save_mid_epoch
+
+    def save_then_stop(run, epoch, stats):
+        real_save(run, epoch, stats)
+        if epoch == 5 and stats.steps == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_save_mid_epoch", save_then_stop)
+    output = tmp_path / "stopped"
+    status, _, _ = et_run(capsys, tiny_data, output, *TEN_EPOCHS, "--save-every-steps", "2")
+    assert status == 130
+    assert checkpoint(output)["partial"]["epoch"] == 5
+    monkeypatch.undo()
+    status, out, err = et_run(capsys, tiny_data, output, *TEN_EPOCHS, "--save-every-steps", "2")
+    assert status == 0, err
+    assert "continuing at epoch 5" in out
+    full_log, resumed_log = read_log(full_run[0]), read_log(output)
+    assert [r["train_lr"] for r in resumed_log] == [r["train_lr"] for r in full_log]
+    assert [r["train_loss"] for r in resumed_log] == [r["train_loss"] for r in full_log]
+    full_state, resumed_state = checkpoint(full_run[0]), checkpoint(output)
+    for name, tensor in full_state["model"].items():
+        assert torch.equal(tensor, resumed_state["model"][name]), name
+
+
 def test_main_py_evaluates_a_checkpoint_at_its_size_and_at_a_smaller_one(full_run, tiny_data, capsys):
     output, _ = full_run
     common = [*TINY_MODEL, *TINY_RUN, "--data_path", tiny_data, "--eval", "true", "--resume", output / "checkpoint.pth"]

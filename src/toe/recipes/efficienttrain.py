@@ -27,6 +27,7 @@ from timm.utils import ModelEmaV3
 from ..data import build_dataset, build_eval_loader, build_eval_transform, build_train_loader, build_train_transform
 from ..data.datasets import check_same_classes, image_folder
 from ..data.fourier import FourierCrop
+from ..data.loader import skipped_images
 from ..engine import (
     Precision,
     RunLogger,
@@ -38,6 +39,7 @@ from ..engine import (
     load_checkpoint,
     restore,
 )
+from ..engine.checkpoint import load_latest, remove_stale_temporaries
 from ..engine.distributed import DistInfo, cleanup
 from ..engine.losses import BaseLoss, classification_loss
 from ..engine.precision import AMP_DTYPES
@@ -135,6 +137,18 @@ def build_parser(prog: str = "ToE/EfficientTrain/main.py", stage: bool = True) -
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument(
+        "--save-every-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also write checkpoint.pth every N optimizer updates within an epoch (0: off)",
+    )
+    g.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        help="replace unreadable images by the next readable one and count them, instead of stopping",
+    )
+    g.add_argument(
         "--model-kwargs",
         nargs="*",
         default=[],
@@ -162,6 +176,7 @@ def check_args(args: argparse.Namespace) -> None:
         ("--epochs", args.epochs, 1),
         ("--warmup_epochs", args.warmup_epochs, 0),
         ("--num_workers", args.num_workers, 0),
+        ("--save-every-steps", args.save_every_steps, 0),
     ):
         if value < low:
             raise UserError(f"{flag} must be at least {low}, got {value}")
@@ -232,10 +247,12 @@ class PerIterationLR:
         )
         return cls(scheduler, updates_per_epoch)
 
-    def start(self, epoch: int, num_updates: int) -> None:
-        """Training continues at ``epoch`` with ``num_updates`` updates done so far: set the LR for it."""
-        self.origin = epoch * self.updates_per_epoch - num_updates
-        self.scheduler.step_update(epoch * self.updates_per_epoch)
+    def start(self, epoch: int, num_updates: int, done_in_epoch: int = 0) -> None:
+        """Training continues at ``epoch`` (``done_in_epoch`` of its updates already made, when resuming a
+        mid-epoch checkpoint) with ``num_updates`` updates done so far: set the LR for it."""
+        position = epoch * self.updates_per_epoch + done_in_epoch
+        self.origin = position - num_updates
+        self.scheduler.step_update(position)
 
     def __call__(self, num_updates: int) -> None:
         self.scheduler.step_update(self.origin + num_updates)
@@ -279,7 +296,9 @@ def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
         optimizer = create_optimizer_v2(model, **optimizer_kwargs(args))
     except (AssertionError, ValueError) as error:
         raise UserError(f"--opt {args.opt}: {error}") from None
-    train_loader = build_train_loader(train_set, args.batch_size, dist, args.seed, args.num_workers, args.pin_mem)
+    train_loader = build_train_loader(
+        train_set, args.batch_size, dist, args.seed, args.num_workers, args.pin_mem, skip_corrupt=args.skip_corrupt
+    )
     lr_schedule = PerIterationLR.cosine(optimizer, args, math.ceil(len(train_loader) / args.update_freq))
     run = TrainingRun(
         model=wrap_model(model, dist, args.compile),
@@ -290,7 +309,13 @@ def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
         precision=Precision.from_flag(dist.device, args.amp_dtype, enabled=args.use_amp),
         train_loader=train_loader,
         val_loader=build_eval_loader(
-            val_set, int(1.5 * args.batch_size), dist, args.dist_eval, args.num_workers, args.pin_mem
+            val_set,
+            int(1.5 * args.batch_size),
+            dist,
+            args.dist_eval,
+            args.num_workers,
+            args.pin_mem,
+            args.skip_corrupt,
         ),
         dist=dist,
         epochs=end_epoch,
@@ -306,6 +331,8 @@ def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
         dist_eval=args.dist_eval,
         show_progress=not args.no_progress,
         extra_log={"n_parameters": n_parameters(model), "input_size": args.input_size},
+        save_every_steps=args.save_every_steps,
+        skipped_images=(lambda: skipped_images(train_loader)) if args.skip_corrupt else None,
         start_epoch=args.start_epoch,
     )
     log = RunLogger(output_dir, dist.is_main, tensorboard=not args.eval)
@@ -316,7 +343,8 @@ def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
         log.print(
             f"resumed from {path}: continuing at epoch {run.start_epoch}" + (f"; {resampled}" if resampled else "")
         )
-    lr_schedule.start(run.start_epoch, run.num_updates)
+    done_in_epoch = run.partial["stats"]["steps"] // args.update_freq if run.partial else 0
+    lr_schedule.start(run.start_epoch, run.num_updates, done_in_epoch)
 
     if args.eval:
         metrics = evaluate_run(run)
@@ -345,9 +373,14 @@ def _checkpoint_to_resume(args: argparse.Namespace, output_dir: Path | None) -> 
     """(state, path, flag): --resume's checkpoint, else <output_dir>/checkpoint.pth with --auto_resume true."""
     if args.resume:
         return load_checkpoint(args.resume, "--resume"), Path(args.resume), "--resume"
-    path = output_dir / "checkpoint.pth" if output_dir is not None else None
-    if args.auto_resume and path is not None and path.exists():
-        return load_checkpoint(path, "--auto_resume"), path, "--auto_resume"
+    if args.auto_resume and output_dir is not None:
+        remove_stale_temporaries(output_dir)
+        found = load_latest(output_dir)  # checkpoint.pth, or checkpoint-prev.pth when the newest is damaged
+        if found is not None:
+            state, path, note = found
+            if note:
+                print(note)
+            return state, path, "--auto_resume"
     return None, None, ""
 
 
