@@ -97,12 +97,29 @@ def render(name: str, seed: int, size: int) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def generate(out: Path, train_per_class: int = 200, val_per_class: int = 50, size: int = 32, seed: int = 0) -> int:
+def generate(
+    out: Path,
+    train_per_class: int = 200,
+    val_per_class: int = 50,
+    size: int = 32,
+    seed: int = 0,
+    image_format: str = "png",
+) -> int:
     """Write the dataset under ``out``; returns the number of images written (existing ones are kept).
 
+    ``image_format``: "png" (lossless, the demo) or "jpeg" (quality 90, like ImageNet's files).
     Raises ValueError when ``out`` holds a demo dataset generated with other arguments.
     """
-    settings = {"train_per_class": train_per_class, "val_per_class": val_per_class, "size": size, "seed": seed}
+    settings = {
+        "train_per_class": train_per_class,
+        "val_per_class": val_per_class,
+        "size": size,
+        "seed": seed,
+        "format": image_format,
+    }
+    suffix, save_options = (
+        (".png", {"format": "PNG"}) if image_format == "png" else (".jpg", {"format": "JPEG", "quality": 90})
+    )
     manifest = out / "demo.json"
     if manifest.exists() and json.loads(manifest.read_text()) != settings:
         raise ValueError(
@@ -116,12 +133,12 @@ def generate(out: Path, train_per_class: int = 200, val_per_class: int = 50, siz
             folder = out / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                path = folder / f"{i:05d}.png"
+                path = folder / f"{i:05d}{suffix}"
                 if path.exists():
                     continue
                 image_seed = seed * 10**8 + label * 10**7 + offset + i
                 temp = path.with_suffix(".tmp")
-                render(name, image_seed, size).save(temp, format="PNG")
+                render(name, image_seed, size).save(temp, **save_options)
                 temp.replace(path)
                 written += 1
     return written
@@ -134,13 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-per-class", type=int, default=50)
     parser.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--format", choices=("png", "jpeg"), default="png", help="image files (default png)")
     args = parser.parse_args(argv)
     if args.train_per_class < 1 or args.val_per_class < 1:
         parser.error("--train-per-class and --val-per-class must be at least 1")
     if args.size < 8:
         parser.error(f"--size must be at least 8 pixels, got {args.size}")
     try:
-        written = generate(args.out, args.train_per_class, args.val_per_class, args.size, args.seed)
+        written = generate(args.out, args.train_per_class, args.val_per_class, args.size, args.seed, args.format)
     except ValueError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     total = len(CLASSES) * (args.train_per_class + args.val_per_class)
