@@ -116,7 +116,10 @@ def build_annotator(args: argparse.Namespace, num_classes: int) -> tuple[nn.Modu
     With a checkpoint of this project, the model name, input size, patch size and --model-kwargs saved in
     it are used unless given on the command line.
     """
-    saved = _saved_args(args.checkpoint) if args.checkpoint else {}
+    remote = args.checkpoint.startswith(("https://", "http://"))
+    if args.checkpoint and not remote and not Path(args.checkpoint).is_file():
+        raise UserError(f"--checkpoint {args.checkpoint}: no such file")
+    saved = _saved_args(args.checkpoint) if args.checkpoint and not remote else {}
     name = args.model or saved.get("model")
     if not name:
         raise UserError(f"--checkpoint {args.checkpoint} does not name its model: add --model")
@@ -208,12 +211,9 @@ def _create(build, size: int | None, kwargs: dict) -> nn.Module:
 
 
 def _saved_args(checkpoint: str) -> dict:
-    """The flags saved in a checkpoint of this project (empty for a bare state_dict or a URL)."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        return {}
+    """The flags saved in a checkpoint file of this project (empty for a bare state_dict)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
         return {}  # load_weights reports unreadable files
     saved = state.get("args") if isinstance(state, dict) else None
