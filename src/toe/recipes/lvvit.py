@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import yaml
 from timm.data import Mixup, create_transform
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
@@ -44,6 +43,7 @@ from .common import (
     wrap_model,
 )
 from .summary import describe_toe
+from .yaml_config import parse_with_config, save_args_yaml
 
 
 def build_parser() -> ArgumentParser:
@@ -155,52 +155,7 @@ def build_parser() -> ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Flags, with the values of a ``-c/--config`` YAML file as defaults (command-line flags win)."""
-    parser = build_parser()
-    config_parser = ArgumentParser(prog=parser.prog, add_help=False)
-    config_parser.add_argument("-c", "--config", default="")
-    known, _ = config_parser.parse_known_args(argv)
-    if known.config:
-        parser.set_defaults(**read_config(parser, known.config))
-    return parser.parse_args(argv)
-
-
-def read_config(parser: argparse.ArgumentParser, path: str) -> dict:
-    """A YAML mapping of flag names (``batch_size`` or ``batch-size``) to values, checked like flags."""
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"--config {file}: no such file")
-    try:
-        values = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as error:
-        raise UserError(f"--config {file} is not valid YAML ({str(error).splitlines()[0]})") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise UserError(f"--config {file} must hold a mapping of flag names to values")
-    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
-    defaults = {}
-    for key, value in values.items():
-        dest = str(key).replace("-", "_")
-        if dest == "config" or (dest in parser._defaults and dest not in actions):
-            continue  # written into args.yaml, not a flag
-        if dest not in actions:
-            raise UserError(f"--config {file}: unknown key {key!r} (keys are flag names, e.g. batch_size)")
-        defaults[dest] = _convert(actions[dest], value, file, key)
-    return defaults
-
-
-def _convert(action: argparse.Action, value, file: Path, key: str):
-    """Apply the flag's type to strings (YAML reads 1e-3 as a string) and check its choices."""
-    try:
-        if action.type is not None and isinstance(value, str):
-            value = action.type(value)
-        elif action.type is not None and isinstance(value, list):
-            value = [action.type(v) if isinstance(v, str) else v for v in value]
-    except (TypeError, ValueError):
-        raise UserError(f"--config {file}: {key}: {value!r} is not a valid value") from None
-    if action.choices is not None and value not in action.choices:
-        raise UserError(f"--config {file}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
-    return value
+    return parse_with_config(build_parser(), argv)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -379,7 +334,7 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
         log.close()
         return metrics
 
-    _save_yaml(output_dir, args, dist)
+    save_args_yaml(output_dir, args, dist)
     log.print(
         f"{args.model}: {n_parameters(model) / 1e6:.2f}M parameters, {num_classes} classes, {len(train_set)} "
         f"training images at {input_size} px, {dist.world_size} process(es) on {device}, {run.precision.name}, "
@@ -436,16 +391,6 @@ def _mixup(args: argparse.Namespace, num_classes: int) -> Mixup:
         label_smoothing=args.smoothing,
         num_classes=num_classes,
     )
-
-
-def _save_yaml(output_dir: Path | None, args: argparse.Namespace, dist) -> None:
-    """The resolved flags as args.yaml (usable again with -c)."""
-    if output_dir is None or not dist.is_main:
-        return
-    plain = save_args(None, args, dist)
-    temp = output_dir / ".args.yaml.tmp"
-    temp.write_text(yaml.safe_dump(plain, sort_keys=False))
-    temp.replace(output_dir / "args.yaml")
 
 
 def _without_worker_traceback(error: UserError) -> UserError:
