@@ -228,40 +228,8 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
     input_size = _input_size(model, args.img_size)
     label_size = _configure_token_labels(model, args)
 
-    if args.token_label:
-        transform = build_token_label_transform(
-            input_size,
-            args.aa,
-            args.train_interpolation,
-            args.reprob,
-            args.remode,
-            args.recount,
-            args.color_jitter,
-            args.hflip,
-            tuple(args.scale),
-            tuple(args.ratio),
-        )
-        train_set = TokenLabelDataset(data / "train", args.token_label_data, transform)
-    else:
-        transform = create_transform(
-            input_size,
-            is_training=True,
-            scale=tuple(args.scale),
-            ratio=tuple(args.ratio),
-            hflip=args.hflip,
-            color_jitter=args.color_jitter,
-            auto_augment=None if args.aa in ("", "none") else args.aa,
-            interpolation=args.train_interpolation,
-            re_prob=args.reprob,
-            re_mode=args.remode,
-            re_count=args.recount,
-        )
-        train_set, _ = build_dataset("IMNET", data, True, transform)
     crop_pct = args.crop_pct or model.pretrained_cfg.get("crop_pct", 0.875)
-    val_set, val_classes = build_dataset("IMNET", data, False, build_eval_transform(input_size, crop_pct))
-    check_same_classes(train_set, val_set, f"{data}/train", f"{data}/val")
-    if val_classes != num_classes:
-        raise UserError(f"--num-classes {num_classes} does not match the {val_classes} class folders of {data}/train")
+    train_set, val_set = _datasets(args, data, input_size, crop_pct, num_classes)
 
     log = RunLogger(output_dir, dist.is_main, tensorboard=not args.eval)
     if args.finetune:
@@ -347,6 +315,44 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
     log.print(f"training time {time.perf_counter() - started:.0f}s")
     log.close()
     return record
+
+
+def _datasets(args: argparse.Namespace, data: Path, input_size: int, crop_pct: float, num_classes: int):
+    """Training set (with label maps under --token-label) and validation set, checked against each other."""
+    if args.token_label:
+        transform = build_token_label_transform(
+            input_size,
+            args.aa,
+            args.train_interpolation,
+            args.reprob,
+            args.remode,
+            args.recount,
+            args.color_jitter,
+            args.hflip,
+            tuple(args.scale),
+            tuple(args.ratio),
+        )
+        train_set = TokenLabelDataset(data / "train", args.token_label_data, transform)
+    else:
+        transform = create_transform(
+            input_size,
+            is_training=True,
+            scale=tuple(args.scale),
+            ratio=tuple(args.ratio),
+            hflip=args.hflip,
+            color_jitter=args.color_jitter,
+            auto_augment=None if args.aa in ("", "none") else args.aa,
+            interpolation=args.train_interpolation,
+            re_prob=args.reprob,
+            re_mode=args.remode,
+            re_count=args.recount,
+        )
+        train_set, _ = build_dataset("IMNET", data, True, transform)
+    val_set, val_classes = build_dataset("IMNET", data, False, build_eval_transform(input_size, crop_pct))
+    check_same_classes(train_set, val_set, f"{data}/train", f"{data}/val")
+    if val_classes != num_classes:
+        raise UserError(f"--num-classes {num_classes} does not match the {val_classes} class folders of {data}/train")
+    return train_set, val_set
 
 
 def _configure_token_labels(model: torch.nn.Module, args: argparse.Namespace) -> int:
