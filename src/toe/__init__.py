@@ -5,6 +5,7 @@ Public API::
     from toe import TokenSelect, apply_toe, remove_toe
 """
 
+from . import models  # noqa: F401  (registers the LV-ViT family in timm's registry)
 from .integration import apply_toe, has_toe, remove_toe
 from .schedule import ToESchedule, TokenCounts
 from .token_select import TokenSelect, seed_positions

@@ -14,6 +14,8 @@ def _build_flops_model(args: argparse.Namespace):
     import torch
     from timm.models.vision_transformer import VisionTransformer
 
+    from . import models  # noqa: F401  (LV-ViT registered before the timm.is_model check)
+
     kwargs = {} if args.input_size is None else {"img_size": args.input_size}
     with torch.device("meta"):
         if args.embed_dim is not None:

@@ -76,3 +76,32 @@ class DistillationLoss(nn.Module):
         else:
             distill = F.cross_entropy(dist_logits, teacher_logits.argmax(dim=1))
         return base * (1 - self.alpha) + distill * self.alpha
+
+
+class TokenLabelCrossEntropy(nn.Module):
+    """LV-ViT's token labeling loss on the targets of ``toe.data.token_label.TokenLabelTargets``.
+
+    ``cls_weight * soft-CE(class logits, class target) + dense_weight * soft-CE over every token of the
+    auxiliary head``. The model's training output is ``(cls [B, K], aux [B, P, K], lam)``: with MixToken the
+    aux logits are already un-mixed and each class target becomes ``lam * own + (1 - lam) * flipped``
+    (the batch-flipped sample's). A plain logits tensor [B, K] (token-label size 1) gets the class term only.
+    """
+
+    def __init__(self, cls_weight: float = 1.0, dense_weight: float = 1.0) -> None:
+        super().__init__()
+        self.cls_weight, self.dense_weight = cls_weight, dense_weight
+        self.soft_ce = SoftTargetCrossEntropy()
+
+    def forward(self, inputs: torch.Tensor, outputs, targets: dict) -> torch.Tensor:
+        if isinstance(outputs, torch.Tensor):
+            return self.cls_weight * self.soft_ce(outputs, targets["cls"])
+        cls_logits, aux_logits, lam = outputs
+        cls_target = targets["cls"]
+        if lam < 1.0:
+            cls_target = lam * cls_target + (1.0 - lam) * cls_target.flip(0)
+        dense_target = targets["dense"]
+        if dense_target.shape != aux_logits.shape:
+            raise ValueError(f"dense targets {list(dense_target.shape)} do not fit aux logits {list(aux_logits.shape)}")
+        classes = aux_logits.shape[-1]
+        dense = self.soft_ce(aux_logits.reshape(-1, classes), dense_target.reshape(-1, classes))
+        return self.cls_weight * self.soft_ce(cls_logits, cls_target) + self.dense_weight * dense

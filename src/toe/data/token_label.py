@@ -1,0 +1,144 @@
+"""Token labeling data: label files, the dataset that pairs every training image with its label map, and
+the training targets made from them on the device.
+
+A label file holds the annotator's top-5 class scores and indices per location of the whole image, a
+[2, 5, h, w] float16 tensor (``[0]`` scores, ``[1]`` class indices), saved with ``torch.save`` at the image's
+path relative to the train folder with the suffix ``.pt`` (``train/n01440764/x.JPEG`` ->
+``LABELS/n01440764/x.pt``). ``ToE/lvvit/generate_label.py`` makes them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from torchvision.ops import roi_align
+
+from ..options import UserError
+from .datasets import image_folder
+from .label_transforms import TokenLabelTransform
+
+TOPK = 5
+LABEL_SUFFIX = ".pt"
+
+
+def label_file(label_root: Path, image_root: Path, image: str | Path) -> Path:
+    """Where the label file of ``image`` (a file under ``image_root``) lives."""
+    return Path(label_root) / Path(image).relative_to(image_root).with_suffix(LABEL_SUFFIX)
+
+
+def check_label_map(label_map: object, source: str | Path, num_classes: int) -> torch.Tensor:
+    """``label_map`` if it is a [2, 5, h, w] tensor of scores and class indices below ``num_classes``."""
+    if not isinstance(label_map, torch.Tensor) or label_map.dim() != 4 or tuple(label_map.shape[:2]) != (2, TOPK):
+        shape = list(label_map.shape) if isinstance(label_map, torch.Tensor) else type(label_map).__name__
+        raise UserError(
+            f"token label file {source} holds {shape}, expected a [2, {TOPK}, H, W] tensor "
+            "(top-5 scores and class indices per location)"
+        )
+    indices = label_map[1].float()
+    if not torch.equal(indices, indices.round()) or indices.min() < 0 or indices.max() >= num_classes:
+        raise UserError(
+            f"token label file {source} has class indices outside 0..{num_classes - 1} (made for another class list?)"
+        )
+    return label_map
+
+
+def read_label_file(path: Path, num_classes: int) -> torch.Tensor:
+    """Load and check one label file: [2, 5, h, w]."""
+    try:
+        label_map = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"token label file {path} is missing (make it with ToE/lvvit/generate_label.py)") from None
+    except Exception as error:
+        raise UserError(f"token label file {path} is not readable ({type(error).__name__})") from None
+    return check_label_map(label_map, path, num_classes)
+
+
+class TokenLabelDataset(Dataset):
+    """The images of an ImageNet-layout ``folder`` with their label maps.
+
+    Item ``i`` is ``(image [3, S, S], {"label": class index, "label_map": [2, 5, h, w], "box": [4]})``, where
+    ``box`` is the part of the label map the image shows (x0, y0, x1, y1 in [0, 1]). Every label file must
+    exist and the first one must be well formed, else :class:`UserError` names the problem.
+    """
+
+    def __init__(self, folder: str | Path, label_root: str | Path, transform: TokenLabelTransform) -> None:
+        folder, label_root = Path(folder), Path(label_root)
+        if not label_root.is_dir():
+            raise UserError(
+                f"--token-label-data {label_root} does not exist (make it with ToE/lvvit/generate_label.py)"
+            )
+        images, self.num_classes = image_folder(folder, None)
+        self.classes, self.samples, self.loader = images.classes, images.samples, images.loader
+        self.label_files = [label_file(label_root, folder, path) for path, _ in self.samples]
+        self.transform = transform
+        _check_files_exist(self.label_files, label_root)
+        read_label_file(self.label_files[0], self.num_classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        path, label = self.samples[index]
+        label_map = read_label_file(self.label_files[index], self.num_classes)
+        image, label_map, box = self.transform(self.loader(path), label_map)
+        return image, {"label": label, "label_map": label_map, "box": box}
+
+
+def _check_files_exist(files: list[Path], label_root: Path) -> None:
+    """One directory listing per folder (fast on ImageNet's 1.28M files)."""
+    by_folder: dict[Path, list[Path]] = defaultdict(list)
+    for file in files:
+        by_folder[file.parent].append(file)
+    missing = []
+    for folder, expected in by_folder.items():
+        present = set(os.listdir(folder)) if folder.is_dir() else set()
+        missing += [file for file in expected if file.name not in present]
+    if missing:
+        raise UserError(
+            f"--token-label-data {label_root}: no label file for {len(missing)} of {len(files)} training images, "
+            f"e.g. {missing[0]} (make them with ToE/lvvit/generate_label.py)"
+        )
+
+
+def dense_label_maps(label_maps: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Top-5 maps [B, 2, 5, h, w] -> dense score maps [B, K, h, w] (float32, 0 for classes outside the top 5)."""
+    scores, indices = label_maps[:, 0].float(), label_maps[:, 1].long()
+    batch, _, h, w = scores.shape
+    return scores.new_zeros(batch, num_classes, h, w).scatter_(1, indices, scores)
+
+
+class TokenLabelTargets:
+    """``StepHooks.prepare``: token-label batches -> soft targets, on the device.
+
+    The dense score map of every sample is roi-aligned over its crop box to ``size`` x ``size`` (the
+    token grid) and 1 x 1 (the class target), then softmax over classes and label smoothing
+    (``p * (1 - smoothing) + smoothing / K``). With ``ground_truth`` the class target is the image's own
+    label, smoothed, instead. Returns ``(images, {"cls": [B, K], "dense": [B, size*size, K]})``;
+    ``size == 1`` gives the class target only.
+    """
+
+    def __init__(self, num_classes: int, size: int, smoothing: float = 0.1, ground_truth: bool = False) -> None:
+        self.num_classes, self.size, self.smoothing, self.ground_truth = num_classes, size, smoothing, ground_truth
+
+    def __call__(self, images: torch.Tensor, targets: dict) -> tuple[torch.Tensor, dict]:
+        maps = dense_label_maps(targets["label_map"], self.num_classes)
+        h, w = maps.shape[-2:]
+        box = targets["box"].float() * torch.tensor([w, h, w, h], device=maps.device, dtype=torch.float32)
+        rois = torch.cat((torch.arange(len(box), device=maps.device, dtype=torch.float32).unsqueeze(1), box), dim=1)
+        if self.ground_truth:
+            cls = F.one_hot(targets["label"], self.num_classes).float()
+        else:
+            cls = roi_align(maps, rois, 1, aligned=True).flatten(1).softmax(dim=1)
+        out = {"cls": self._smooth(cls)}
+        if self.size > 1:
+            dense = roi_align(maps, rois, self.size, aligned=True).softmax(dim=1)
+            out["dense"] = self._smooth(dense.flatten(2).transpose(1, 2))
+        return images, out
+
+    def _smooth(self, probabilities: torch.Tensor) -> torch.Tensor:
+        return probabilities * (1 - self.smoothing) + self.smoothing / self.num_classes

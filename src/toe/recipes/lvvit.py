@@ -1,0 +1,415 @@
+"""The LV-ViT recipe (TokenLabeling's timm train.py flags: token labeling, MixToken) with Token Expansion.
+
+    python ToE/lvvit/main.py /imagenet --model lvvit_s --token-label --token-label-data /labels --toe
+    torchrun --nproc_per_node=4 ToE/lvvit/main.py ... (see ToE/lvvit/run/)
+
+As in timm's train.py: a positional data folder, ``-c/--config`` YAML defaults (the resolved flags are
+saved as args.yaml in the run folder), an unscaled --lr, --epochs plus --cooldown-epochs epochs, the LR
+schedule stepped with epoch + 1, AMP only with --amp/--apex-amp/--native-amp. Validation is full-token
+for the model and its EMA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from timm.data import Mixup, create_transform
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.utils import ModelEmaV3
+
+from ..data import build_dataset, build_eval_loader, build_eval_transform, build_train_loader, check_same_classes
+from ..data.label_transforms import build_token_label_transform
+from ..data.token_label import TokenLabelDataset, TokenLabelTargets
+from ..engine import Precision, RunLogger, StepHooks, TrainingRun, evaluate_run, fit, init_distributed, resume
+from ..engine.distributed import cleanup
+from ..engine.losses import BaseLoss, TokenLabelCrossEntropy, classification_loss
+from ..integration import apply_toe
+from ..models import LVViT
+from ..options import ArgumentParser, UserError, add_toe_arguments, run_main, token_select_from_args
+from .common import (
+    add_engine_arguments,
+    create_model,
+    load_finetune_weights,
+    n_parameters,
+    parse_model_kwargs,
+    prepare_output_dir,
+    save_args,
+    wrap_model,
+)
+from .summary import describe_toe
+from .yaml_config import parse_with_config, save_args_yaml
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="ToE/lvvit/main.py",
+        description="LV-ViT training with token labeling and MixToken, with Token Expansion (ToE).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("-c", "--config", default="", metavar="FILE", help="YAML of flag defaults (keys: flag names)")
+    p.add_argument("data_dir", metavar="DIR", help="dataset root with train/ and val/ (one folder per class)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="lvvit_s", help="model name (lvvit_t/s/m/l or any timm model)")
+    g.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
+    g.add_argument("--crop-pct", type=float, default=None, help="validation centre-crop ratio (default: the model's)")
+    g.add_argument("--num-classes", type=int, default=None, help="number of classes (default: from the data)")
+    g.add_argument("--drop", type=float, default=0.0, help="dropout rate")
+    g.add_argument("--drop-path", type=float, default=None, help="drop path rate (default: the model's)")
+    g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights")
+    g.add_argument("--model-ema-decay", type=float, default=0.99992)
+    g.add_argument("--model-ema-force-cpu", action="store_true")
+    g.add_argument("--finetune", default="", help="weights to fine-tune from (file or https URL)")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
+
+    g = p.add_argument_group("optimizer")
+    g.add_argument("--opt", default="adamw")
+    g.add_argument("--opt-eps", type=float, default=None)
+    g.add_argument("--opt-betas", type=float, nargs="+", default=None)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--clip-grad", type=float, default=None, help="gradient clipping (off)")
+    g.add_argument("--clip-mode", default="norm", choices=["norm", "value", "agc"])
+
+    g = p.add_argument_group("learning-rate schedule")
+    g.add_argument("--sched", default="cosine")
+    g.add_argument("--lr", type=float, default=1.6e-3, help="learning rate (not scaled by the batch size)")
+    g.add_argument("--lr-noise", type=float, nargs="+", default=None)
+    g.add_argument("--lr-noise-pct", type=float, default=0.67)
+    g.add_argument("--lr-noise-std", type=float, default=1.0)
+    g.add_argument("--lr-cycle-mul", type=float, default=1.0)
+    g.add_argument("--lr-cycle-limit", type=int, default=1)
+    g.add_argument("--warmup-lr", type=float, default=1e-6)
+    g.add_argument("--min-lr", type=float, default=1e-5)
+    g.add_argument("--epochs", type=int, default=300, help="epochs before the cool-down")
+    g.add_argument("--start-epoch", type=int, default=0, help="first epoch when not resuming")
+    g.add_argument("--decay-epochs", type=float, default=30)
+    g.add_argument("--warmup-epochs", type=int, default=5)
+    g.add_argument("--cooldown-epochs", type=int, default=10, help="epochs at --min-lr after --epochs")
+    g.add_argument("--patience-epochs", type=int, default=10)
+    g.add_argument("--decay-rate", "--dr", type=float, default=0.1)
+
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0], help="random resized crop area range")
+    g.add_argument("--ratio", type=float, nargs=2, default=[3 / 4, 4 / 3], help="random resized crop aspect range")
+    g.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability")
+    g.add_argument("--color-jitter", type=float, default=0.4, help="colour jitter (only without --aa)")
+    g.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="RandAugment policy ('none' to disable)")
+    g.add_argument("--reprob", type=float, default=0.25, help="random erase probability")
+    g.add_argument("--remode", default="pixel")
+    g.add_argument("--recount", type=int, default=1)
+    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (not with --token-label)")
+    g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (not with --token-label)")
+    g.add_argument("--cutmix-minmax", type=float, nargs="+", default=None)
+    g.add_argument("--mixup-prob", type=float, default=1.0)
+    g.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    g.add_argument("--mixup-mode", default="batch", choices=["batch", "pair", "elem"])
+    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    g.add_argument("--train-interpolation", default="random", help="bilinear, bicubic or random")
+
+    g = p.add_argument_group("token labeling")
+    g.add_argument("--token-label", action="store_true", help="train on token labels (dense loss and MixToken)")
+    g.add_argument("--token-label-data", default="", help="folder of label files (see generate_label.py)")
+    g.add_argument(
+        "--token-label-size",
+        type=int,
+        default=None,
+        help="token-label grid (default: the model's token grid, 14 at 224 px; 1: class-level soft labels only)",
+    )
+    g.add_argument("--dense-weight", type=float, default=1.0, help="weight of the dense (token) loss")
+    g.add_argument("--cls-weight", type=float, default=1.0, help="weight of the class loss")
+    g.add_argument("--ground-truth", action="store_true", help="class target from the ground-truth label")
+
+    g = p.add_argument_group("run")
+    g.add_argument("-b", "--batch-size", type=int, default=32, help="batch size per process")
+    g.add_argument("-vb", "--validation-batch-size", type=int, default=None, help="default: --batch-size")
+    g.add_argument("-j", "--workers", type=int, default=4, help="data loading processes per training process")
+    g.add_argument("--pin-mem", action="store_true", help="pin loader memory (CUDA)")
+    g.add_argument("--output", default="", help="run folder for checkpoints and logs (nothing saved if empty)")
+    g.add_argument("--eval-metric", default="top1", choices=["top1"], help="metric of the best checkpoints")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--resume", default="", help="checkpoint to resume from")
+    g.add_argument("--eval", action="store_true", help="evaluate the --resume checkpoint and stop")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--amp", action="store_true", help="mixed precision (native AMP)")
+    g.add_argument("--native-amp", action="store_true", help="same as --amp")
+    g.add_argument(
+        "--local-rank",
+        "--local_rank",
+        dest="local_rank",
+        type=int,
+        default=int(os.environ.get("LOCAL_RANK", "0")),
+        help="set by the launcher (torchrun sets LOCAL_RANK)",
+    )
+
+    add_engine_arguments(p)
+    add_toe_arguments(p, "lvvit")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Flags, with the values of a ``-c/--config`` YAML file as defaults (command-line flags win)."""
+    return parse_with_config(build_parser(), argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Flag combinations that make no sense, caught before any work."""
+    for flag, value, low in (
+        ("--batch-size", args.batch_size, 1),
+        ("--epochs", args.epochs, 1),
+        ("--cooldown-epochs", args.cooldown_epochs, 0),
+        ("--workers", args.workers, 0),
+        ("--img-size", args.img_size, 8),
+        ("--token-label-size", args.token_label_size, 1),
+    ):
+        if value is not None and value < low:
+            raise UserError(f"{flag} must be at least {low}, got {value}")
+    if not Path(args.data_dir).is_dir():
+        raise UserError(f"data folder {args.data_dir} does not exist (expected DIR/train and DIR/val)")
+    if args.token_label:
+        if not args.token_label_data:
+            raise UserError("--token-label needs --token-label-data (the label files of generate_label.py)")
+        if mixup_active(args):
+            raise UserError("--mixup/--cutmix do not combine with --token-label (MixToken mixes tokens); set them to 0")
+    else:
+        for flag, given in (
+            ("--token-label-data", args.token_label_data),
+            ("--token-label-size", args.token_label_size is not None),
+            ("--ground-truth", args.ground_truth),
+        ):
+            if given:
+                raise UserError(f"{flag} needs --token-label")
+    if mixup_active(args) and args.batch_size % 2:
+        raise UserError(f"--batch-size {args.batch_size} must be even with --mixup/--cutmix (or set both to 0)")
+    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
+        raise UserError(f"--crop-pct must lie in (0, 1], got {args.crop_pct}")
+
+
+def mixup_active(args: argparse.Namespace) -> bool:
+    return args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+
+
+def main(argv: Sequence[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    check_args(args)
+    token_select = token_select_from_args(args)
+    if args.local_rank and "LOCAL_RANK" not in os.environ:  # torch.distributed.launch passes --local_rank
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    dist = init_distributed(args.device)
+    try:
+        return _train_or_evaluate(args, dist, token_select)
+    except UserError as error:
+        raise _without_worker_traceback(error) from None
+    finally:
+        cleanup(dist)
+
+
+def _train_or_evaluate(args, dist, token_select) -> dict | None:
+    resuming = bool(args.resume) or args.auto_resume or args.eval
+    output_dir = prepare_output_dir(args.output, resuming, dist, "--output")
+    device = dist.device
+    data = Path(args.data_dir)
+
+    torch.manual_seed(args.seed)  # identical initial weights on every process
+    model_kwargs = {
+        "drop_rate": args.drop,
+        **({"drop_path_rate": args.drop_path} if args.drop_path is not None else {}),
+        **({"img_size": args.img_size} if args.img_size else {}),
+        **parse_model_kwargs(args.model_kwargs),
+    }
+    num_classes = args.num_classes or _class_count(data / "train")
+    model = create_model(args.model, num_classes, **model_kwargs)
+    input_size = _input_size(model, args.img_size)
+    label_size = _configure_token_labels(model, args)
+
+    crop_pct = args.crop_pct or model.pretrained_cfg.get("crop_pct", 0.875)
+    train_set, val_set = _datasets(args, data, input_size, crop_pct, num_classes)
+
+    log = RunLogger(output_dir, dist.is_main, tensorboard=not args.eval)
+    if args.finetune:
+        log.print(load_finetune_weights(model, args.finetune))
+    if token_select is not None:
+        try:
+            apply_toe(model, token_select)
+        except (TypeError, ValueError) as error:
+            raise UserError(f"--model {args.model}: {error}") from None
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.to(device)
+    model_ema = None
+    if args.model_ema:
+        model_ema = ModelEmaV3(
+            model, decay=args.model_ema_decay, device=torch.device("cpu") if args.model_ema_force_cpu else None
+        )
+
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(args))
+    lr_scheduler, total_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args))
+    if args.token_label:
+        criterion = TokenLabelCrossEntropy(args.cls_weight, args.dense_weight)
+        hooks = StepHooks(prepare=TokenLabelTargets(num_classes, label_size, args.smoothing, args.ground_truth))
+    else:
+        criterion = BaseLoss(classification_loss(mixup_active(args), args.smoothing, bce=False))
+        hooks = StepHooks(mixup=_mixup(args, num_classes) if mixup_active(args) else None)
+
+    amp = (args.amp or args.apex_amp or args.native_amp) and not args.no_amp
+    run = TrainingRun(
+        model=wrap_model(model, dist, args.compile),
+        module=model,
+        criterion=criterion,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        precision=Precision.from_flag(device, args.amp_dtype, enabled=amp),
+        train_loader=build_train_loader(train_set, args.batch_size, dist, args.seed, args.workers, args.pin_mem),
+        val_loader=build_eval_loader(
+            val_set, args.validation_batch_size or args.batch_size, dist, dist.enabled, args.workers, args.pin_mem
+        ),
+        dist=dist,
+        epochs=total_epochs,
+        seed=args.seed,
+        output_dir=output_dir,
+        args=save_args(None, args, dist),
+        model_ema=model_ema,
+        hooks=hooks,
+        clip_grad=args.clip_grad,
+        clip_mode=args.clip_mode,
+        lr_step_offset=1,
+        dist_eval=dist.enabled,
+        show_progress=not args.no_progress,
+        extra_log={"n_parameters": n_parameters(model)},
+        start_epoch=args.start_epoch,
+    )
+    checkpoint = Path(args.resume) if args.resume else None
+    if checkpoint is None and args.auto_resume and output_dir is not None and (output_dir / "checkpoint.pth").exists():
+        checkpoint = output_dir / "checkpoint.pth"
+    if checkpoint is not None:
+        resume(run, checkpoint, "--resume" if args.resume else "--auto-resume")
+        log.print(f"resumed from {checkpoint}: continuing at epoch {run.start_epoch}")
+
+    if args.eval:
+        metrics = evaluate_run(run)
+        log.print(
+            f"{args.model} on the {len(val_set)} validation images: top-1 {metrics['test_acc1']:.2f}%, "
+            f"top-5 {metrics['test_acc5']:.2f}%, loss {metrics['test_loss']:.4f}"
+        )
+        if "test_ema_acc1" in metrics:
+            log.print(f"EMA on the {len(val_set)} validation images: top-1 {metrics['test_ema_acc1']:.2f}%")
+        log.close()
+        return metrics
+
+    save_args_yaml(output_dir, args, dist)
+    log.print(
+        f"{args.model}: {n_parameters(model) / 1e6:.2f}M parameters, {num_classes} classes, {len(train_set)} "
+        f"training images at {input_size} px, {dist.world_size} process(es) on {device}, {run.precision.name}, "
+        f"lr {args.lr:.2e}, {total_epochs} epochs ({args.epochs} + {total_epochs - args.epochs} cool-down), "
+        + (f"token labels {label_size}x{label_size}" if args.token_label else "no token labels")
+    )
+    log.print(describe_toe(model, total_epochs))
+    started = time.perf_counter()
+    record = fit(run, log)
+    log.print(f"training time {time.perf_counter() - started:.0f}s")
+    log.close()
+    return record
+
+
+def _datasets(args: argparse.Namespace, data: Path, input_size: int, crop_pct: float, num_classes: int):
+    """Training set (with label maps under --token-label) and validation set, checked against each other."""
+    if args.token_label:
+        transform = build_token_label_transform(
+            input_size,
+            args.aa,
+            args.train_interpolation,
+            args.reprob,
+            args.remode,
+            args.recount,
+            args.color_jitter,
+            args.hflip,
+            tuple(args.scale),
+            tuple(args.ratio),
+        )
+        train_set = TokenLabelDataset(data / "train", args.token_label_data, transform)
+    else:
+        transform = create_transform(
+            input_size,
+            is_training=True,
+            scale=tuple(args.scale),
+            ratio=tuple(args.ratio),
+            hflip=args.hflip,
+            color_jitter=args.color_jitter,
+            auto_augment=None if args.aa in ("", "none") else args.aa,
+            interpolation=args.train_interpolation,
+            re_prob=args.reprob,
+            re_mode=args.remode,
+            re_count=args.recount,
+        )
+        train_set, _ = build_dataset("IMNET", data, True, transform)
+    val_set, val_classes = build_dataset("IMNET", data, False, build_eval_transform(input_size, crop_pct))
+    check_same_classes(train_set, val_set, f"{data}/train", f"{data}/val")
+    if val_classes != num_classes:
+        raise UserError(f"--num-classes {num_classes} does not match the {val_classes} class folders of {data}/train")
+    return train_set, val_set
+
+
+def _configure_token_labels(model: torch.nn.Module, args: argparse.Namespace) -> int:
+    """Switch the LV-ViT's dense output and MixToken on with token labels (size > 1), off otherwise;
+    return the token-label size (the model's grid unless --token-label-size says otherwise)."""
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    size = args.token_label_size or (grid[0] if grid else 1)
+    dense = args.token_label and size > 1
+    if isinstance(model, LVViT):
+        model.return_dense = model.mix_token = dense
+    elif dense:
+        raise UserError(f"--token-label needs an LV-ViT model (lvvit_t/s/m/l), not {args.model}")
+    if dense and tuple(grid) != (size, size):
+        raise UserError(
+            f"--token-label-size {size} must be 1 or the model's token grid {grid[0]} (--img-size / patch size)"
+        )
+    return size
+
+
+def _input_size(model: torch.nn.Module, img_size: int | None) -> int:
+    """The model's input size: its patch embedding's, else --img-size, else its default configuration's."""
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if size is not None:
+        return int(size[0])
+    return img_size or int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+
+
+def _class_count(folder: Path) -> int:
+    if not folder.is_dir():
+        raise UserError(f"data folder {folder} does not exist (expected train/ and val/ with one folder per class)")
+    return sum(1 for entry in folder.iterdir() if entry.is_dir())
+
+
+def _mixup(args: argparse.Namespace, num_classes: int) -> Mixup:
+    return Mixup(
+        mixup_alpha=args.mixup,
+        cutmix_alpha=args.cutmix,
+        cutmix_minmax=args.cutmix_minmax,
+        prob=args.mixup_prob,
+        switch_prob=args.mixup_switch_prob,
+        mode=args.mixup_mode,
+        label_smoothing=args.smoothing,
+        num_classes=num_classes,
+    )
+
+
+def _without_worker_traceback(error: UserError) -> UserError:
+    """A UserError raised in a DataLoader worker comes back with the worker's traceback in its message;
+    keep the one sentence."""
+    last = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+    prefix = f"{UserError.__module__}.{UserError.__name__}: "
+    return UserError(last[len(prefix) :]) if last.startswith(prefix) else error
+
+
+def cli() -> None:
+    run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

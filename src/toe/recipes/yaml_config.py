@@ -1,0 +1,72 @@
+"""timm train.py-style YAML configs: ``-c/--config FILE`` supplies flag defaults, the command line wins, and
+the resolved flags are saved as ``args.yaml`` in the run folder (usable with ``-c`` again)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from ..engine import DistInfo
+from ..options import ArgumentParser, UserError
+from .common import save_args
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` with the values of its ``-c/--config`` file (if any) as ``parser``'s defaults."""
+    config_parser = ArgumentParser(prog=parser.prog, add_help=False)
+    config_parser.add_argument("-c", "--config", default="")
+    known, _ = config_parser.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**read_config(parser, known.config))
+    return parser.parse_args(argv)
+
+
+def read_config(parser: argparse.ArgumentParser, path: str) -> dict:
+    """A YAML mapping of flag names (``batch_size`` or ``batch-size``) to values, checked like flags."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--config {file}: no such file")
+    try:
+        values = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as error:
+        raise UserError(f"--config {file} is not valid YAML ({str(error).splitlines()[0]})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UserError(f"--config {file} must hold a mapping of flag names to values")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    defaults = {}
+    for key, value in values.items():
+        dest = str(key).replace("-", "_")
+        if dest == "config" or (dest in parser._defaults and dest not in actions):
+            continue  # written into args.yaml, not a flag
+        if dest not in actions:
+            raise UserError(f"--config {file}: unknown key {key!r} (keys are flag names, e.g. batch_size)")
+        defaults[dest] = _convert(actions[dest], value, file, key)
+    return defaults
+
+
+def save_args_yaml(output_dir: Path | None, args: argparse.Namespace, dist: DistInfo) -> None:
+    """Write the resolved flags to ``output_dir/args.yaml`` (main process, atomically)."""
+    if output_dir is None or not dist.is_main:
+        return
+    temp = output_dir / ".args.yaml.tmp"
+    temp.write_text(yaml.safe_dump(save_args(None, args, dist), sort_keys=False))
+    temp.replace(output_dir / "args.yaml")
+
+
+def _convert(action: argparse.Action, value, file: Path, key: str):
+    """Apply the flag's type to strings (YAML reads 1e-3 as a string) and check its choices."""
+    try:
+        if action.type is not None and isinstance(value, str):
+            value = action.type(value)
+        elif action.type is not None and isinstance(value, list):
+            value = [action.type(v) if isinstance(v, str) else v for v in value]
+    except (TypeError, ValueError):
+        raise UserError(f"--config {file}: {key}: {value!r} is not a valid value") from None
+    if action.choices is not None and value not in action.choices:
+        raise UserError(f"--config {file}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+    return value
