@@ -25,10 +25,12 @@ from timm.utils import ModelEmaV3
 
 from ..data import build_dataset, build_eval_loader, build_eval_transform, build_train_loader, check_same_classes
 from ..data.label_transforms import build_token_label_transform
+from ..data.loader import skipped_images
 from ..data.token_label import TokenLabelDataset, TokenLabelTargets
 from ..engine import Precision, RunLogger, StepHooks, TrainingRun, evaluate_run, fit, init_distributed, resume
 from ..engine.distributed import cleanup
 from ..engine.losses import BaseLoss, TokenLabelCrossEntropy, classification_loss
+from ..engine.trainer import auto_resume
 from ..integration import apply_toe
 from ..models import LVViT
 from ..options import ArgumentParser, UserError, add_toe_arguments, run_main, token_select_from_args
@@ -165,6 +167,7 @@ def check_args(args: argparse.Namespace) -> None:
         ("--epochs", args.epochs, 1),
         ("--cooldown-epochs", args.cooldown_epochs, 0),
         ("--workers", args.workers, 0),
+        ("--save-every-steps", args.save_every_steps, 0),
         ("--img-size", args.img_size, 8),
         ("--token-label-size", args.token_label_size, 1),
     ):
@@ -231,9 +234,9 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
     crop_pct = args.crop_pct or model.pretrained_cfg.get("crop_pct", 0.875)
     train_set, val_set = _datasets(args, data, input_size, crop_pct, num_classes)
 
-    log = RunLogger(output_dir, dist.is_main, tensorboard=not args.eval)
+    say = print if dist.is_main else (lambda *_: None)
     if args.finetune:
-        log.print(load_finetune_weights(model, args.finetune))
+        say(load_finetune_weights(model, args.finetune))
     if token_select is not None:
         try:
             apply_toe(model, token_select)
@@ -265,9 +268,19 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
         precision=Precision.from_flag(device, args.amp_dtype, enabled=amp),
-        train_loader=build_train_loader(train_set, args.batch_size, dist, args.seed, args.workers, args.pin_mem),
+        train_loader=(
+            train_loader := build_train_loader(
+                train_set, args.batch_size, dist, args.seed, args.workers, args.pin_mem, skip_corrupt=args.skip_corrupt
+            )
+        ),
         val_loader=build_eval_loader(
-            val_set, args.validation_batch_size or args.batch_size, dist, dist.enabled, args.workers, args.pin_mem
+            val_set,
+            args.validation_batch_size or args.batch_size,
+            dist,
+            dist.enabled,
+            args.workers,
+            args.pin_mem,
+            args.skip_corrupt,
         ),
         dist=dist,
         epochs=total_epochs,
@@ -282,27 +295,28 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
         dist_eval=dist.enabled,
         show_progress=not args.no_progress,
         extra_log={"n_parameters": n_parameters(model)},
+        save_every_steps=args.save_every_steps,
+        skipped_images=(lambda: skipped_images(train_loader)) if args.skip_corrupt else None,
         start_epoch=args.start_epoch,
     )
-    checkpoint = Path(args.resume) if args.resume else None
-    if checkpoint is None and args.auto_resume and output_dir is not None and (output_dir / "checkpoint.pth").exists():
-        checkpoint = output_dir / "checkpoint.pth"
-    if checkpoint is not None:
-        resume(run, checkpoint, "--resume" if args.resume else "--auto-resume")
-        log.print(f"resumed from {checkpoint}: continuing at epoch {run.start_epoch}")
+    if args.resume:
+        resume(run, args.resume)
+        say(f"resumed from {args.resume}: continuing at epoch {run.start_epoch}")
+    elif args.auto_resume and (message := auto_resume(run)):
+        say(message)
 
     if args.eval:
         metrics = evaluate_run(run)
-        log.print(
+        say(
             f"{args.model} on the {len(val_set)} validation images: top-1 {metrics['test_acc1']:.2f}%, "
             f"top-5 {metrics['test_acc5']:.2f}%, loss {metrics['test_loss']:.4f}"
         )
         if "test_ema_acc1" in metrics:
-            log.print(f"EMA on the {len(val_set)} validation images: top-1 {metrics['test_ema_acc1']:.2f}%")
-        log.close()
+            say(f"EMA on the {len(val_set)} validation images: top-1 {metrics['test_ema_acc1']:.2f}%")
         return metrics
 
     save_args_yaml(output_dir, args, dist)
+    log = RunLogger(output_dir, dist.is_main)
     log.print(
         f"{args.model}: {n_parameters(model) / 1e6:.2f}M parameters, {num_classes} classes, {len(train_set)} "
         f"training images at {input_size} px, {dist.world_size} process(es) on {device}, {run.precision.name}, "
