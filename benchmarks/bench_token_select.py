@@ -89,8 +89,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-reference", action="store_true", help="skip the slow brute-force reference")
-    parser.add_argument("--reference-max-batch", type=int, default=64,
-                        help="run the brute-force reference only up to this batch (it takes minutes at 256)")
+    parser.add_argument(
+        "--reference-max-batch",
+        type=int,
+        default=64,
+        help="run the brute-force reference only up to this batch (it takes minutes at 256)",
+    )
     parser.add_argument("--no-step", action="store_true", help="skip the DeiT training-step share")
     parser.add_argument("--step-batch", type=int, default=32, help="largest batch for the DeiT step timing")
     args = parser.parse_args()
@@ -98,8 +102,10 @@ def main() -> None:
     torch.manual_seed(0)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
-    print("| B | C | stage | ours fwd+bwd | brute-force ref | ref / ours | reference impl (spec 12) | "
-          "impl / ours | saved for bwd | share of DeiT step |")
+    print(
+        "| B | C | stage | ours fwd+bwd | brute-force ref | ref / ours | reference impl (spec 12) | "
+        "impl / ours | saved for bwd | share of DeiT step |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for channels in args.channels:
         for batch in args.batch:

@@ -1,0 +1,244 @@
+"""Training-step throughput of a timm ViT at every ToE stage against full-token training (`toe bench`).
+
+One process, synthetic input (data loading excluded), forward + backward + AdamW step. The variants
+are measured in interleaved rounds (plain timm, ToE attached but inactive, stage 1, stage 2, ...) so
+that machine noise hits all of them alike; each variant is warmed up first (and compiled, with
+--compile, once per stage). Reported: median images/s, the ratio to plain full-token training, the
+analytic ratio of `toe flops`, and the TokenSelect op's share of a step (the op timed alone at the
+block-0 output shape).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .flops import forward_macs, vit_shape
+from .integration import apply_toe
+from .options import UserError, schedule_from_args
+from .recipes.common import create_model, parse_model_kwargs
+from .token_select import TokenSelect
+
+
+@dataclass
+class Variant:
+    """One measured configuration."""
+
+    name: str
+    stage: int | None  # None: plain timm (no ToE attached); 0 or a full stage: ToE attached but inactive
+    tokens: int
+    analytic_speedup: float
+    images_per_sec: float = 0.0
+    speedup: float = 0.0
+    op_share: float | None = None  # TokenSelect fwd+bwd time over the step time
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="deit_small_patch16_224", help="timm model name")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument(
+        "--model-kwargs",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra timm.create_model arguments, e.g. patch_size=4 depth=6",
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp-dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (once per stage)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant and round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant before timing")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all variants")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--plot", default=None, metavar="PNG", help="also plot measured vs analytic speedup")
+
+
+def bench_main(args: argparse.Namespace) -> list[Variant]:
+    """Run the benchmark described by ``args`` and print the table."""
+    for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps), ("--rounds", args.rounds)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device} was asked for but this machine has no CUDA device")
+    schedule = schedule_from_args(args)
+    torch.manual_seed(0)
+    plain = create_model(args.model, 1000, img_size=args.input_size, **parse_model_kwargs(args.model_kwargs))
+    plain.to(device)
+    shape = vit_shape(plain)
+    select = TokenSelect(
+        schedule.expansion_step,
+        schedule.keep_rate,
+        schedule.initialization_keep_rate,
+        schedule.expansion_multiple_stage,
+        distance=args.distance,
+        seeding=args.seeding,
+    )
+    with_toe = apply_toe(copy.deepcopy(plain), select)
+    counts = schedule.token_counts(shape.num_patches)
+    full = forward_macs(shape)
+    full_tokens = shape.num_prefix_tokens + shape.num_patches
+    variants = [Variant("plain timm", None, full_tokens, 1.0), Variant("ToE off", 0, full_tokens, 1.0)]
+    for stage in range(1, schedule.num_stages + 1):
+        if schedule.is_active(stage):
+            kept = counts.kept[stage - 1]
+            variants.append(
+                Variant(f"stage {stage}", stage, shape.num_prefix_tokens + kept, full / forward_macs(shape, kept))
+            )
+
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp_dtype]
+    steppers = {
+        v.name: _Stepper(plain if v.stage is None else with_toe, schedule, v.stage, device, dtype, args)
+        for v in variants
+    }
+    for variant in variants:
+        steppers[variant.name].run(args.warmup)
+    samples: dict[str, list[float]] = {v.name: [] for v in variants}
+    for _ in range(args.rounds):
+        for variant in variants:
+            samples[variant.name].append(steppers[variant.name].run(args.steps))
+    for variant in variants:
+        variant.images_per_sec = args.batch_size / statistics.median(samples[variant.name])
+    reference = variants[0].images_per_sec
+    for variant in variants:
+        variant.speedup = variant.images_per_sec / reference
+        if variant.stage:
+            op_time = _op_time(
+                select, variant.stage, schedule, args.batch_size, full_tokens, shape.embed_dim, device, dtype
+            )
+            variant.op_share = op_time / (args.batch_size / variant.images_per_sec)
+    print(format_bench(args, variants))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(
+                {
+                    "args": {k: v for k, v in vars(args).items() if not callable(v)},
+                    "device": _device_name(device),
+                    "variants": [asdict(v) for v in variants],
+                },
+                handle,
+                indent=2,
+            )
+    if args.plot:
+        plot_speedups(variants, args.plot, f"{args.model}, batch {args.batch_size}, {_device_name(device)}")
+    return variants
+
+
+class _Stepper:
+    """Training steps of one variant on synthetic data; returns seconds per step."""
+
+    def __init__(self, model, schedule, stage, device, dtype, args) -> None:
+        self.model, self.schedule, self.stage, self.device, self.dtype = model, schedule, stage, device, dtype
+        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        self.images = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
+        self.images = self.images.contiguous(memory_format=memory_format)
+        self.labels = torch.randint(0, model.num_classes, (args.batch_size,), device=device)
+        self.forward = torch.compile(model) if args.compile else model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+
+    def run(self, steps: int) -> float:
+        if self.stage is not None:  # epoch -1 is before every stage: ToE attached but inactive
+            epoch = -1 if self.stage == 0 else self.schedule.expansion_step[self.stage - 1]
+            self.model.token_select.update_current_stage(epoch)
+        self.model.train()
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                loss = nn.functional.cross_entropy(self.forward(self.images), self.labels)
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+
+def _op_time(select, stage, schedule, batch, tokens, channels, device, dtype, repeats: int = 5) -> float:
+    """Median seconds of TokenSelect forward + backward alone at [batch, tokens, channels]."""
+    select = copy.deepcopy(select).train()
+    select.update_current_stage(schedule.expansion_step[stage - 1])
+    x = torch.randn(batch, tokens, channels, device=device, dtype=dtype or torch.float32, requires_grad=True)
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        out = select(x)[0]
+        out.backward(torch.ones_like(out))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def format_bench(args: argparse.Namespace, variants: list[Variant]) -> str:
+    lines = [
+        f"{args.model} at {args.input_size} px, batch {args.batch_size}, {args.amp_dtype}"
+        f"{', channels-last' if args.channels_last else ''}{', torch.compile' if args.compile else ''}, "
+        f"{_device_name(torch.device(args.device))}; median of {args.rounds} interleaved rounds x {args.steps} steps",
+        "",
+        f"{'variant':<11} {'tokens':>6} {'images/s':>9} {'measured':>9} {'analytic':>9} {'of limit':>8} "
+        f"{'op share':>8}",
+    ]
+    for v in variants:
+        share = "-" if v.op_share is None else f"{100 * v.op_share:.2f}%"
+        lines.append(
+            f"{v.name:<11} {v.tokens:>6} {v.images_per_sec:>9.2f} {v.speedup:>8.2f}x {v.analytic_speedup:>8.2f}x "
+            f"{v.speedup / v.analytic_speedup:>8.2f} {share:>8}"
+        )
+    return "\n".join(lines)
+
+
+def plot_speedups(variants: list[Variant], path: str, title: str) -> None:
+    """Bar chart: measured and analytic speedup of each ToE stage over plain full-token training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [v for v in variants if v.stage]
+    x = range(len(stages))
+    figure, axis = plt.subplots(figsize=(5, 3.2), dpi=120)
+    axis.bar(
+        [i - 0.2 for i in x], [v.analytic_speedup for v in stages], 0.4, label="analytic (toe flops)", color="#9ecae1"
+    )
+    axis.bar([i + 0.2 for i in x], [v.speedup for v in stages], 0.4, label="measured", color="#3182bd")
+    axis.axhline(1.0, color="grey", linewidth=0.8)
+    axis.set_xticks(list(x), [f"{v.name}\n{v.tokens} tokens" for v in stages])
+    axis.set_ylabel("speedup over full-token")
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .options import ArgumentParser, add_toe_arguments
+
+    parser = ArgumentParser(prog="toe bench", description=__doc__)
+    add_bench_arguments(parser)
+    add_toe_arguments(parser, "deit", always_on=True)
+    bench_main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    from .options import run_main
+
+    run_main(main)

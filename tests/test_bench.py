@@ -1,0 +1,62 @@
+"""`toe bench` on a tiny model: every variant measured, analytic ratios from toe flops, JSON and plot written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import assert_one_line_error, run_cli
+
+from toe import bench
+from toe.flops import forward_macs, vit_shape
+
+TINY = [
+    "--model",
+    "deit_tiny_patch16_224",
+    "--input-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--steps",
+    "1",
+    "--warmup",
+    "1",
+    "--rounds",
+    "1",
+    "--device",
+    "cpu",
+    "--model-kwargs",
+    "patch_size=4",
+    "embed_dim=32",
+    "depth=2",
+    "num_heads=2",
+]
+
+
+def test_bench_measures_every_stage_next_to_the_analytic_ratio(tmp_path, capsys):
+    status, out, err = run_cli(bench.main, [*TINY, "--json", tmp_path / "b.json", "--plot", tmp_path / "b.png"], capsys)
+    assert status == 0, err
+    rows = [line.split() for line in out.splitlines() if line.startswith(("plain", "ToE off", "stage"))]
+    assert [r[0] for r in rows] == ["plain", "ToE", "stage", "stage"]
+    result = json.loads((tmp_path / "b.json").read_text())
+    variants = {v["name"]: v for v in result["variants"]}
+    assert [v["tokens"] for v in result["variants"]] == [65, 65, 33, 49]  # 64 patches: .5 / .75 kept
+    assert variants["plain timm"]["speedup"] == 1.0 and variants["ToE off"]["op_share"] is None
+    for name in ("stage 1", "stage 2"):
+        assert variants[name]["images_per_sec"] > 0 and 0 < variants[name]["op_share"] < 1
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        shape = vit_shape(
+            timm.create_model("deit_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2)
+        )
+    assert variants["stage 1"]["analytic_speedup"] == pytest.approx(forward_macs(shape) / forward_macs(shape, 32))
+    assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_bench_bad_input_is_one_line(capsys):
+    status, _, err = run_cli(bench.main, [*TINY, "--batch-size", "0"], capsys)
+    assert_one_line_error(status, err, "--batch-size must be at least 1")
+    status, _, err = run_cli(bench.main, [*TINY, "--model", "not_a_model"], capsys)
+    assert_one_line_error(status, err, "--model not_a_model")
