@@ -1,0 +1,21 @@
+"""Writing the pictures of ``toe visualize`` and ``toe plot``: one place for the format and the errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from .options import UserError
+
+DPI = 100
+
+
+def save_figure(figure: Figure, path: Path, flag: str = "--out") -> None:
+    """Write ``figure`` to ``path`` (format from the suffix, e.g. .png) at :data:`DPI`; mistakes are one line."""
+    if not path.parent.is_dir():
+        raise UserError(f"{flag} {path}: folder {path.parent} does not exist")
+    try:
+        figure.savefig(path, dpi=DPI)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{flag} {path} cannot be written ({type(error).__name__}: {error})") from None
