@@ -1,5 +1,5 @@
-"""The ``toe`` command: ``toe flops`` (analytic cost of a schedule), ``toe report`` (a run's summary)
-and ``toe visualize`` (ToE's token selection over images)."""
+"""The ``toe`` command: ``toe flops`` (analytic cost of a schedule), ``toe report`` (a run's summary),
+``toe plot`` (training curves of runs) and ``toe visualize`` (ToE's token selection over images)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,12 @@ def report_main(args: argparse.Namespace) -> None:
         print(("\n" if i else "") + format_report(folder))
 
 
+def plot_main(args: argparse.Namespace) -> None:
+    from .plot import plot_main as run
+
+    run(args)
+
+
 def visualize_main(args: argparse.Namespace) -> None:
     from .visualize import visualize_main as run
 
@@ -84,6 +90,18 @@ def _add_visualize_parser(commands) -> None:
     visualize.set_defaults(handler=visualize_main, distance=None, seeding=None)
 
 
+def _add_plot_parser(commands) -> None:
+    plot = commands.add_parser(
+        "plot",
+        help="training curves of one or more runs (top-1, loss, lr, tokens, compute time), overlaid, to a PNG",
+        description="Plot top-1 (model and EMA), train loss, learning rate, tokens fed to blocks 1.. and "
+        "cumulative train compute time against epochs, from the runs' log.txt, overlaid in one PNG.",
+    )
+    plot.add_argument("output_dirs", nargs="+", metavar="OUTPUT_DIR", help="a run's --output_dir")
+    plot.add_argument("--out", default=None, help="PNG to write (default: training_curves.png in the first OUTPUT_DIR)")
+    plot.set_defaults(handler=plot_main)
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="toe", description="Token Expansion (ToE) tools.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
@@ -112,6 +130,7 @@ def build_parser() -> ArgumentParser:
     )
     report.add_argument("output_dirs", nargs="+", metavar="OUTPUT_DIR", help="a run's --output_dir")
     report.set_defaults(handler=report_main)
+    _add_plot_parser(commands)
     _add_visualize_parser(commands)
     return parser
 
