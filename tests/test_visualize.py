@@ -148,17 +148,25 @@ def test_visualize_a_fresh_model_writes_beside_the_working_folder(tiny_data, tmp
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_runs):
     folder = tmp_path_factory.mktemp("files")
     (folder / "notes.pth").write_text("not a checkpoint")
     (folder / "notes.png").write_text("not an image")
     Image.new("RGB", (32, 32)).save(folder / "ok.png")
+    state = torch.load(tiny_runs["toe"] / "checkpoint.pth", map_location="cpu", weights_only=True)
+    torch.save({"model": state["model"]}, folder / "no_args.pth")
+    torch.save({"model": state["model"], "args": state["args"]}, folder / "no_ema.pth")
+    other = {**state["args"], "model_kwargs": ["embed_dim=32", "depth=2", "num_heads=2"]}
+    torch.save({"model": state["model"], "args": other}, folder / "other_model.pth")
     return folder
 
 
 BAD = [
     (["--checkpoint", "{files}/missing.pth", "--image", "{files}/ok.png"], "--checkpoint", "no such file"),
     (["--checkpoint", "{files}/notes.pth", "--image", "{files}/ok.png"], "--checkpoint", "is not a"),
+    (["--checkpoint", "{files}/no_args.pth", "--image", "{files}/ok.png"], "records no model flags"),
+    (["--checkpoint", "{files}/no_ema.pth", "--ema", "--image", "{files}/ok.png"], "holds no EMA weights"),
+    (["--checkpoint", "{files}/other_model.pth", "--image", "{files}/ok.png"], "do not fit deit_tiny_patch16_224"),
     (["--checkpoint", "{run}", "--image", "{files}/ok.png", "--stage", "3"], "--stage 3 does not exist", "1-2"),
     (["--checkpoint", "{run}", "--model", "deit_small_patch16_224"], "--model describes a freshly initialised"),
     (["--ema", *TINY_FRESH], "--ema needs --checkpoint"),

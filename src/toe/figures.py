@@ -11,10 +11,16 @@ from .options import UserError
 DPI = 100
 
 
-def save_figure(figure: Figure, path: Path, flag: str = "--out") -> None:
-    """Write ``figure`` to ``path`` (format from the suffix, e.g. .png) at :data:`DPI`; mistakes are one line."""
+def check_output(path: Path, flag: str = "--out") -> Path:
+    """``path`` if its folder exists (check before the work that makes the picture), else a :class:`UserError`."""
     if not path.parent.is_dir():
         raise UserError(f"{flag} {path}: folder {path.parent} does not exist")
+    return path
+
+
+def save_figure(figure: Figure, path: Path, flag: str = "--out") -> None:
+    """Write ``figure`` to ``path`` (format from the suffix, e.g. .png) at :data:`DPI`; mistakes are one line."""
+    check_output(path, flag)
     try:
         figure.savefig(path, dpi=DPI)
     except (OSError, ValueError) as error:

@@ -19,6 +19,7 @@ from torch import nn
 
 from .engine.checkpoint import load_checkpoint
 from .options import UserError
+from .recipes.common import create_model, parse_model_kwargs
 
 TOE_FLAGS = (
     "expansion_step",
@@ -41,8 +42,6 @@ def register_project_models() -> None:
 
 def model_kwargs_from_args(args: dict) -> dict:
     """``timm.create_model`` keyword arguments recorded in ``args``: image size, patch size, --model-kwargs."""
-    from .recipes.common import parse_model_kwargs
-
     size = args.get("input_size") or args.get("img_size")
     kwargs = {"img_size": size} if size else {}
     if args.get("patch_size"):
@@ -53,8 +52,6 @@ def model_kwargs_from_args(args: dict) -> dict:
 
 def build_model(args: dict, num_classes: int = 1000, device: str | torch.device = "cpu") -> nn.Module:
     """The model ``args`` describe, untrained, on ``device`` (``"meta"``: shapes only, no memory)."""
-    from .recipes.common import create_model
-
     register_project_models()
     if not args.get("model"):
         raise UserError("the recorded flags name no --model")

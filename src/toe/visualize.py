@@ -31,7 +31,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .figures import save_figure
+from .figures import check_output, save_figure
 from .integration import apply_toe
 from .options import UserError, token_select_from_args
 from .recipes.common import check_input_size
@@ -278,6 +278,8 @@ def visualize_main(args: argparse.Namespace) -> Path:
     """The ``toe visualize`` command: write the selection picture and return its path."""
     if args.num_images < 1:
         raise UserError(f"--num-images must be at least 1, got {args.num_images}")
+    default_folder = Path(args.checkpoint).parent if args.checkpoint else Path(".")
+    out = check_output(Path(args.out) if args.out else default_folder / "toe_selection.png")
     model, recorded, source = load_model(args)
     try:
         apply_toe(model, token_select_from_args(toe_namespace(recorded, args)))
@@ -307,8 +309,6 @@ def visualize_main(args: argparse.Namespace) -> Path:
     selections = stage_selections(model.token_select, tokens, model.num_prefix_tokens, stages)
     names = [path.name if flag == "--image" else f"{path.parent.name}/{path.name}" for path, flag in paths]
     figure = selection_figure(pictures, names, selections, tuple(model.patch_embed.grid_size))
-    default_folder = Path(args.checkpoint).parent if args.checkpoint else Path(".")
-    out = Path(args.out) if args.out else default_folder / "toe_selection.png"
     save_figure(figure, out)
     shown = ", ".join(map(str, stages))
     print(f"wrote {out}: ToE's selection in stage(s) {shown} of {len(pictures)} image(s), {source}")
