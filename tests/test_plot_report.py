@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 import subprocess
 
 import numpy as np
+import yaml
 from helpers import ROOT, assert_one_line_error, run_cli
 from PIL import Image
 
@@ -96,13 +98,22 @@ def test_report_of_a_baseline_and_of_a_run_without_args(tiny_runs, tmp_path, cap
     status, out, err = run_cli(toe_main, ["report", tiny_runs["baseline"]], capsys)
     assert status == 0, err
     assert [r[:3] + r[5:] for r in table_rows(out)] == [["-", "0-0", "65", "-", "1.00x"]]
+    assert "whole run: full-token training (ToE off)" in out
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(tiny_runs["toe"] / "log.txt", bare / "log.txt")
     status, out, err = run_cli(toe_main, ["report", bare], capsys)
     assert status == 0, err
     assert [r[6] for r in table_rows(out)] == ["-", "-"]
-    assert f"analytic: forward multiply-adds unknown (no args.json in {bare})" in out
+    assert f"analytic: forward multiply-adds unknown (no args.json or args.yaml in {bare})" in out
+    first_epoch = (tiny_runs["toe"] / "log.txt").read_text().splitlines()[0]
+    (bare / "log.txt").write_text(first_epoch + "\n")  # a run still in its reduced stage
+    recorded = json.loads((tiny_runs["toe"] / "args.json").read_text())
+    (bare / "args.yaml").write_text(yaml.safe_dump(recorded))  # the recipes with YAML configs write args.yaml
+    status, out, err = run_cli(toe_main, ["report", bare], capsys)
+    assert status == 0, err
+    stage_analytic, _ = flops_speedups(capsys)
+    assert f"- measured (no full-token stage to compare with yet), {stage_analytic[0]} analytic" in out
 
 
 def test_demo_ends_with_plot_visualize_and_report_of_its_run(tmp_path):

@@ -2,7 +2,7 @@
 
 Next to the measured speedup of every stage (its train compute time per epoch against the full-token
 stage's) the table gives the analytic one: forward multiply-adds (:mod:`toe.flops`) of the model the
-run's recorded flags describe (args.json in the run folder), built on the meta device.
+run's recorded flags describe (args.json, or args.yaml, in the run folder), built on the meta device.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def run_shape(output_dir: Path) -> tuple[ViTShape | None, str]:
     """The cost shape of the run's model, from its recorded flags, or None and the reason why not."""
     args = read_run_args(output_dir)
     if args is None:
-        return None, f"no args.json in {output_dir}"
+        return None, f"no args.json or args.yaml in {output_dir}"
     try:
         return vit_shape(build_model(args, device="meta")), ""
     except (UserError, TypeError, ValueError) as error:
@@ -122,15 +122,22 @@ def format_report(output_dir: str | Path) -> str:
             f"{row.tokens if row.tokens is not None else '-':>6}  {row.compute_time:>15.2f}  "
             f"{row.images_per_sec:>9.1f}  {_times(measured):>10}  {_times(analytic):>9}"
         )
-    measured, analytic = whole_run_speedups(records, rows, shape)
     lines.append("")
-    lines.append(
-        f"whole run vs full-token training: {_times(measured)} measured (the full-token stage's time per epoch "
-        f"x {len(records)} epochs), {_times(analytic)} analytic"
-    )
+    if all(record.get("toe_stage") is None for record in records):
+        lines.append("whole run: full-token training (ToE off)")
+    else:
+        measured, analytic = whole_run_speedups(records, rows, shape)
+        how = (
+            f"the full-token stage's time per epoch x {len(records)} epochs"
+            if measured is not None
+            else "no full-token stage to compare with yet"
+        )
+        lines.append(
+            f"whole run vs full-token training: {_times(measured)} measured ({how}), {_times(analytic)} analytic"
+        )
     lines.append(
         "measured: train compute time per epoch (data loading excluded); analytic: forward multiply-adds "
-        + ("of the model in args.json (toe flops)" if shape is not None else f"unknown ({why_not})")
+        + ("of the model in the run's recorded flags (toe flops)" if shape is not None else f"unknown ({why_not})")
     )
     last = records[-1]
     lines.append("")
