@@ -12,3 +12,22 @@ def tiny_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "demo"
     demo_generator().generate(out, train_per_class=8, val_per_class=4, size=32)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tiny_data, tmp_path_factory):
+    """Two tiny DeiT runs on ``tiny_data``: "toe" (2 epochs: stage 1 keeps 32 of 64 patches, stage 2 all)
+    and "baseline" (1 epoch, no ToE). Returns {name: output folder}."""
+    from helpers import TINY_DEIT
+
+    from toe.options import run_main
+    from toe.recipes import deit
+
+    root = tmp_path_factory.mktemp("tiny_runs")
+    flags = {
+        "toe": ["--epochs", "2", "--toe", "--expansion-step", "0", "1", "--keep-rate", "0.5", "1.0"],
+        "baseline": ["--epochs", "1"],
+    }
+    for name, extra in flags.items():
+        run_main(deit.main, [*TINY_DEIT, "--data-path", str(tiny_data), "--output_dir", str(root / name), *extra])
+    return {name: root / name for name in flags}

@@ -1,4 +1,5 @@
-"""The ``toe`` command: ``toe flops`` (analytic cost of a schedule), ``toe report`` (a run's summary)."""
+"""The ``toe`` command: ``toe flops`` (analytic cost of a schedule), ``toe report`` (a run's summary),
+``toe plot`` (training curves of runs) and ``toe visualize`` (ToE's token selection over images)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,60 @@ def report_main(args: argparse.Namespace) -> None:
         print(("\n" if i else "") + format_report(folder))
 
 
+def plot_main(args: argparse.Namespace) -> None:
+    from .plot import plot_main as run
+
+    run(args)
+
+
+def visualize_main(args: argparse.Namespace) -> None:
+    from .visualize import visualize_main as run
+
+    run(args)
+
+
+def _add_visualize_parser(commands) -> None:
+    visualize = commands.add_parser(
+        "visualize",
+        help="picture of the tokens ToE keeps and merges in each stage, over images",
+        description="Draw, for every image (rows) and stage (columns), the seeds, the tokens each expansion "
+        "sub-step adds and the kept token every merged patch is averaged into, as TokenSelect selects them "
+        "on the model's block-0 output; write one PNG. ToE flags left out take the checkpoint's values "
+        "(else the paper's DeiT settings).",
+    )
+    visualize.add_argument("--checkpoint", default=None, help="a checkpoint written by a recipe (default: fresh model)")
+    visualize.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
+    visualize.add_argument("--image", action="extend", nargs="+", default=[], metavar="FILE", help="image file(s)")
+    visualize.add_argument("--data-path", default=None, help="take images from this dataset folder (val/ first)")
+    visualize.add_argument("--num-images", type=int, default=4, help="images taken from --data-path (default 4)")
+    visualize.add_argument(
+        "--stage", action="extend", nargs="+", type=int, default=[], metavar="S", help="stage(s) to draw (default: all)"
+    )
+    visualize.add_argument(
+        "--out", default=None, help="PNG to write (default: toe_selection.png beside the checkpoint)"
+    )
+    model = visualize.add_argument_group("freshly initialised model (without --checkpoint)")
+    model.add_argument("--model", default=None, help="timm model name (default deit_small_patch16_224)")
+    model.add_argument("--input-size", type=int, default=None, help="image size (default: the model's)")
+    model.add_argument("--patch-size", type=int, default=None, help="patch size (default: the model's)")
+    model.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="more timm.create_model args")
+    model.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    add_toe_arguments(visualize, "deit", always_on=True)
+    visualize.set_defaults(handler=visualize_main, distance=None, seeding=None)
+
+
+def _add_plot_parser(commands) -> None:
+    plot = commands.add_parser(
+        "plot",
+        help="training curves of one or more runs (top-1, loss, lr, tokens, compute time), overlaid, to a PNG",
+        description="Plot top-1 (model and EMA), train loss, learning rate, tokens fed to blocks 1.. and "
+        "cumulative train compute time against epochs, from the runs' log.txt, overlaid in one PNG.",
+    )
+    plot.add_argument("output_dirs", nargs="+", metavar="OUTPUT_DIR", help="a run's --output_dir")
+    plot.add_argument("--out", default=None, help="PNG to write (default: training_curves.png in the first OUTPUT_DIR)")
+    plot.set_defaults(handler=plot_main)
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="toe", description="Token Expansion (ToE) tools.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
@@ -77,6 +132,8 @@ def build_parser() -> ArgumentParser:
     )
     report.add_argument("output_dirs", nargs="+", metavar="OUTPUT_DIR", help="a run's --output_dir")
     report.set_defaults(handler=report_main)
+    _add_plot_parser(commands)
+    _add_visualize_parser(commands)
     return parser
 
 

@@ -1,4 +1,9 @@
-"""Summaries of a finished (or running) training run, from its log.txt: the `toe report` command."""
+"""Summaries of a finished (or running) training run, from its log.txt: the `toe report` command.
+
+Next to the measured speedup of every stage (its train compute time per epoch against the full-token
+stage's) the table gives the analytic one: forward multiply-adds (:mod:`toe.flops`) of the model the
+run's recorded flags describe (args.json, or args.yaml, in the run folder), built on the meta device.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .engine.logger import read_log
+from .flops import ViTShape, forward_macs, vit_shape
 from .options import UserError
+from .saved_run import build_model, read_run_args
 
 
 @dataclass(frozen=True)
@@ -42,36 +49,96 @@ def stage_rows(records: list[dict]) -> list[StageRow]:
     return rows
 
 
+def full_token_row(rows: list[StageRow]) -> StageRow | None:
+    """The run's last stage with the most tokens, the reference of the speedups; None when no stage has fewer."""
+    most = max((row.tokens for row in rows if row.tokens is not None), default=None)
+    full = [row for row in rows if row.tokens is not None and row.tokens == most]
+    return full[-1] if full and len(full) < len(rows) else None
+
+
 def stage_speedups(rows: list[StageRow]) -> dict[object, float | None]:
     """Measured speedup of every stage over the run's full-token stage (most tokens), if there is one."""
-    full = [row for row in rows if row.tokens is not None and row.tokens == max(r.tokens or 0 for r in rows)]
-    if not full or len(full) == len(rows):
-        return {row.stage: None for row in rows}
-    reference = full[-1].compute_time
-    return {row.stage: reference / row.compute_time for row in rows}
+    reference = full_token_row(rows)
+    return {row.stage: None if reference is None else reference.compute_time / row.compute_time for row in rows}
+
+
+def run_shape(output_dir: Path) -> tuple[ViTShape | None, str]:
+    """The cost shape of the run's model, from its recorded flags, or None and the reason why not."""
+    args = read_run_args(output_dir)
+    if args is None:
+        return None, f"no args.json or args.yaml in {output_dir}"
+    try:
+        return vit_shape(build_model(args, device="meta")), ""
+    except (UserError, TypeError, ValueError) as error:
+        return None, f"cannot build --model {args.get('model')} from the recorded flags: {error}"
+
+
+def analytic_speedup(shape: ViTShape, tokens: int | None) -> float | None:
+    """Forward cost of the full-token model over its cost with ``tokens`` (prefix + kept) fed to blocks 1.."""
+    if tokens is None:
+        return None
+    return forward_macs(shape) / forward_macs(shape, tokens - shape.num_prefix_tokens)
+
+
+def whole_run_speedups(
+    records: list[dict], rows: list[StageRow], shape: ViTShape | None
+) -> tuple[float | None, float | None]:
+    """Measured and analytic speedup of the whole run over full-token training of the same epochs (None: unknown).
+
+    Measured: the full-token stage's median compute time per epoch times the epochs, over the run's
+    total compute time. Analytic: full-token forward cost over the cost of each epoch's token count.
+    """
+    measured = analytic = None
+    reference = full_token_row(rows)
+    if reference is not None:
+        measured = reference.compute_time * len(records) / sum(r["train_compute_time"] for r in records)
+    if shape is not None and all(r.get("toe_tokens") is not None for r in records):
+        costs = [forward_macs(shape, r["toe_tokens"] - shape.num_prefix_tokens) for r in records]
+        analytic = len(records) * forward_macs(shape) / sum(costs)
+    return measured, analytic
 
 
 def format_report(output_dir: str | Path) -> str:
-    """The run's table of stages (tokens, time per epoch, speedup) and its final and best top-1."""
+    """The run's table of stages (tokens, time per epoch, measured and analytic speedup) and its top-1."""
     output_dir = Path(output_dir)
     records = read_log(output_dir)
     if not records:
         raise UserError(f"{output_dir} has no log.txt with epoch records (is it a training output folder?)")
     rows = stage_rows(records)
     speedups = stage_speedups(rows)
+    shape, why_not = run_shape(output_dir)
     lines = [
         f"run {output_dir}: {len(records)} epochs",
         "",
+        f"{'':>5}  {'':>9}  {'':>6}  {'':>15}  {'':>9}  {'speedup vs full-token':>21}",
         f"{'stage':>5}  {'epochs':>9}  {'tokens':>6}  {'compute s/epoch':>15}  {'images/s':>9}  "
-        f"{'speedup vs full':>15}",
+        f"{'measured':>10}  {'analytic':>9}",
     ]
     for row in rows:
-        speedup = speedups[row.stage]
+        measured = speedups[row.stage]
+        analytic = None if shape is None else analytic_speedup(shape, row.tokens)
         lines.append(
             f"{'-' if row.stage is None else row.stage:>5}  {f'{row.first_epoch}-{row.last_epoch}':>9}  "
             f"{row.tokens if row.tokens is not None else '-':>6}  {row.compute_time:>15.2f}  "
-            f"{row.images_per_sec:>9.1f}  {'-' if speedup is None else f'{speedup:.2f}x':>15}"
+            f"{row.images_per_sec:>9.1f}  {_times(measured):>10}  {_times(analytic):>9}"
         )
+    lines.append("")
+    if all(record.get("toe_stage") is None for record in records):
+        lines.append("whole run: full-token training (ToE off)")
+    else:
+        measured, analytic = whole_run_speedups(records, rows, shape)
+        how = (
+            f"the full-token stage's time per epoch x {len(records)} epochs"
+            if measured is not None
+            else "no full-token stage to compare with yet"
+        )
+        lines.append(
+            f"whole run vs full-token training: {_times(measured)} measured ({how}), {_times(analytic)} analytic"
+        )
+    lines.append(
+        "measured: train compute time per epoch (data loading excluded); analytic: forward multiply-adds "
+        + ("of the model in the run's recorded flags (toe flops)" if shape is not None else f"unknown ({why_not})")
+    )
     last = records[-1]
     lines.append("")
     for key, name in (("test_acc1", "model"), ("test_ema_acc1", "EMA")):
@@ -84,10 +151,21 @@ def format_report(output_dir: str | Path) -> str:
     )
     outputs = [
         name
-        for name in ("checkpoint.pth", "best_checkpoint.pth", "best_ema_checkpoint.pth", "log.txt")
+        for name in (
+            "checkpoint.pth",
+            "best_checkpoint.pth",
+            "best_ema_checkpoint.pth",
+            "log.txt",
+            "training_curves.png",
+            "toe_selection.png",
+        )
         if (output_dir / name).exists()
     ]
     if (output_dir / "tensorboard").is_dir():
         outputs.append("tensorboard/ (tensorboard --logdir " + str(output_dir / "tensorboard") + ")")
     lines.append(f"outputs in {output_dir}: " + ", ".join(outputs))
     return "\n".join(lines)
+
+
+def _times(speedup: float | None) -> str:
+    return "-" if speedup is None else f"{speedup:.2f}x"

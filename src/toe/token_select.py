@@ -107,6 +107,23 @@ class TokenSelect(nn.Module):
             kept, slot = self._select(x[:, num_prefix_tokens:], seeds, rest, substeps)
         return _merge(x, num_prefix_tokens, kept, slot)
 
+    @torch.no_grad()
+    def assignment(self, x: torch.Tensor, num_prefix_tokens: int = 1) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The current stage's selection of ``x`` [B, prefix + P, C] without merging (for inspection).
+
+        Runs the same selection as a training-mode ``forward`` (whatever the train/eval mode) and
+        returns ``(kept, slot)``: ``kept`` [B, M] the kept patch positions (0..P-1, prefix excluded) in
+        output order (seeds, then each sub-step's tokens in the order they were added) and ``slot``
+        [B, P] the output slot (0..M-1) of every patch: its own if kept, else that of the kept token
+        it is averaged into. ``forward``'s index is ``kept + prefix`` after the prefix positions.
+        Returns None when the current stage does not reduce tokens (stage 0 or keep rate 1.0).
+        """
+        if not self.schedule.is_active(self._stage):
+            return None
+        num_patches = x.shape[1] - num_prefix_tokens
+        seeds, rest = self._seeds(num_patches, x.device)
+        return self._select(x[:, num_prefix_tokens:], seeds, rest, self._substeps(num_patches))
+
     def _substeps(self, num_patches: int) -> tuple[int, ...]:
         """Sizes of the sub-steps run in the current stage (zero-size ones dropped), cached."""
         key = (num_patches, self._stage)

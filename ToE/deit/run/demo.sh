@@ -3,6 +3,8 @@
 # A compressed 3-stage schedule: epochs 0-2 keep 33 of 65 tokens, 3-5 keep 49, 6-8 use all 65.
 # Variables: PYTHON (default python), DATA (default data/demo), OUTPUT (default output/demo).
 # Running it again continues (or just reports) the run in OUTPUT; delete OUTPUT to start over.
+# At the end it draws the training curves (toe plot) and ToE's token selection on a few validation
+# images (toe visualize) into OUTPUT, and prints the run's table (toe report).
 set -euo pipefail
 PYTHON=${PYTHON:-python}
 DATA=${DATA:-data/demo}
@@ -17,5 +19,9 @@ cd "$(dirname "$0")/../../.."
   --aa rand-m5-mstd0.5-inc1 --mixup 0 --cutmix 0 --reprob 0 --model-ema-decay 0.99 \
   --toe --expansion-step 0 3 6 --keep-rate 0.5 0.75 1.0 --initialization-keep-rate 0.25 \
   --expansion-multiple-stage 2
+echo
+"$PYTHON" -m toe.cli plot "$OUTPUT" --out "$OUTPUT/training_curves.png"
+"$PYTHON" -m toe.cli visualize --checkpoint "$OUTPUT/checkpoint.pth" --data-path "$DATA" --num-images 4 \
+  --out "$OUTPUT/toe_selection.png"
 echo
 "$PYTHON" -m toe.cli report "$OUTPUT"

@@ -1,0 +1,113 @@
+"""Rebuild a run's model and ToE settings from its recorded flags (a checkpoint's ``args``, args.json).
+
+The recipes record their flags as a dict: in every checkpoint (``args``) and in the run folder
+(``args.json``; ``args.yaml`` for recipes with YAML configs). The keys read here are the model flags
+(``model``, ``input_size`` or ``img_size``, ``patch_size``, ``model_kwargs``) and the ToE flags of
+:func:`toe.options.add_toe_arguments`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from .engine.checkpoint import load_checkpoint
+from .options import UserError
+from .recipes.common import create_model, parse_model_kwargs
+
+TOE_FLAGS = (
+    "expansion_step",
+    "keep_rate",
+    "initialization_keep_rate",
+    "expansion_multiple_stage",
+    "distance",
+    "seeding",
+)
+
+
+def register_project_models() -> None:
+    """Import ``toe.models`` (models of this project registered in timm, e.g. LV-ViT) when it exists."""
+    try:
+        importlib.import_module("toe.models")
+    except ModuleNotFoundError as error:
+        if error.name != "toe.models":
+            raise
+
+
+def model_kwargs_from_args(args: dict) -> dict:
+    """``timm.create_model`` keyword arguments recorded in ``args``: image size, patch size, --model-kwargs."""
+    size = args.get("input_size") or args.get("img_size")
+    kwargs = {"img_size": size} if size else {}
+    if args.get("patch_size"):
+        kwargs["patch_size"] = args["patch_size"]
+    kwargs.update(parse_model_kwargs(list(args.get("model_kwargs") or [])))
+    return kwargs
+
+
+def build_model(args: dict, num_classes: int = 1000, device: str | torch.device = "cpu") -> nn.Module:
+    """The model ``args`` describe, untrained, on ``device`` (``"meta"``: shapes only, no memory)."""
+    register_project_models()
+    if not args.get("model"):
+        raise UserError("the recorded flags name no --model")
+    with torch.device(device):
+        return create_model(args["model"], num_classes, **model_kwargs_from_args(args))
+
+
+def toe_namespace(args: dict, overrides: argparse.Namespace | None = None) -> argparse.Namespace:
+    """ToE flags for :func:`toe.options.token_select_from_args`: those given in ``overrides`` (None = left
+    out), else the recorded ``args``; what both leave out takes the recipe's paper settings."""
+    values = {key: args.get(key) for key in TOE_FLAGS}
+    for key in TOE_FLAGS:
+        if getattr(overrides, key, None) is not None:
+            values[key] = getattr(overrides, key)
+    values["distance"] = values["distance"] or "cosine"
+    values["seeding"] = values["seeding"] or "reference"
+    return argparse.Namespace(
+        **values, sparse_eval=False, toe_recipe=args.get("toe_recipe") or "deit", toe_always_on=True
+    )
+
+
+def read_run_args(output_dir: str | Path) -> dict | None:
+    """The flags a run recorded in its folder (args.json, else args.yaml), or None when there are none."""
+    folder = Path(output_dir)
+    for name in ("args.json", "args.yaml"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text()
+            args = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError) as error:
+            raise UserError(f"{path} is not readable ({type(error).__name__}: {error})") from None
+        if isinstance(args, dict):
+            return args
+    return None
+
+
+def model_from_checkpoint(path: str | Path, ema: bool = False, flag: str = "--checkpoint") -> tuple[nn.Module, dict]:
+    """The model a recipe checkpoint holds (its ``model`` or ``model_ema`` weights), built from the flags
+    the checkpoint recorded, on the CPU; returns ``(model, args)``."""
+    state = load_checkpoint(path, flag)
+    args = state.get("args")
+    if not isinstance(args, dict) or not args.get("model"):
+        raise UserError(f"{flag} {path} records no model flags (args): it was not written by a recipe of this project")
+    key = "model_ema" if ema else "model"
+    if not isinstance(state.get(key), dict):
+        raise UserError(f"{flag} {path} holds no EMA weights (trained with --no-model-ema); leave out --ema")
+    weights = state[key]
+    head = weights.get("head.weight")
+    model = build_model(args, num_classes=head.shape[0] if isinstance(head, torch.Tensor) else 0)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        detail = str(error).splitlines()[-1].strip()
+        raise UserError(
+            f"{flag} {path}: its weights do not fit {args['model']} built from its recorded flags ({detail})"
+        ) from None
+    return model, args

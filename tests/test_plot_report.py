@@ -1,0 +1,135 @@
+"""toe plot and toe report on the logs of tiny runs (a ToE run and a baseline), and the demo's last steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+
+import numpy as np
+import yaml
+from helpers import ROOT, assert_one_line_error, run_cli
+from PIL import Image
+
+from toe.cli import build_parser
+from toe.cli import main as toe_main
+from toe.engine import read_log
+from toe.figures import DPI
+from toe.plot import curves_figure, load_runs
+
+
+def table_rows(report: str) -> list[list[str]]:
+    return [line.split() for line in report.splitlines() if line.strip()[:1].isdigit() or line.strip()[:2] == "- "]
+
+
+def test_plot_overlays_the_runs_curves(tiny_runs, tmp_path, capsys):
+    out = tmp_path / "curves.png"
+    status, stdout, err = run_cli(toe_main, ["plot", tiny_runs["toe"], tiny_runs["baseline"], "--out", out], capsys)
+    assert status == 0, err
+    assert f"wrote {out}: training curves of toe, baseline" in stdout
+    figure = curves_figure(load_runs([tiny_runs["toe"], tiny_runs["baseline"]]))
+    with Image.open(out) as png:
+        assert png.size == tuple(round(v * DPI) for v in figure.get_size_inches())
+
+    acc, loss, lr, tokens, compute, acc_compute = figure.axes
+    assert [t.get_text() for t in acc.get_legend().get_texts()] == ["toe", "baseline"]
+    logs = [read_log(tiny_runs["toe"]), read_log(tiny_runs["baseline"])]
+    for i, log in enumerate(logs):
+        epochs = [r["epoch"] for r in log]
+        model_line, ema_line = acc.get_lines()[2 * i : 2 * i + 2]
+        assert list(model_line.get_xdata()) == epochs
+        assert list(model_line.get_ydata()) == [r["test_acc1"] for r in log]
+        assert list(ema_line.get_ydata()) == [r["test_ema_acc1"] for r in log]
+        assert list(loss.get_lines()[i].get_ydata()) == [r["train_loss"] for r in log]
+        assert list(lr.get_lines()[i].get_ydata()) == [r["train_lr"] for r in log]
+        assert list(tokens.get_lines()[i].get_ydata()) == [r["toe_tokens"] for r in log]
+        cumulative = np.cumsum([r["train_compute_time"] for r in log])
+        np.testing.assert_allclose(compute.get_lines()[i].get_ydata(), cumulative)
+        np.testing.assert_allclose(acc_compute.get_lines()[i].get_xdata(), cumulative)
+    assert list(tokens.get_lines()[0].get_ydata()) == [33, 65] and list(tokens.get_lines()[1].get_ydata()) == [65]
+
+
+def test_plot_writes_into_the_first_run_by_default(tiny_runs, tmp_path, capsys):
+    run = tmp_path / "copy"
+    run.mkdir()
+    shutil.copy(tiny_runs["toe"] / "log.txt", run / "log.txt")
+    status, _, err = run_cli(toe_main, ["plot", run], capsys)
+    assert status == 0, err
+    assert (run / "training_curves.png").is_file()
+
+
+def test_plot_mistakes_are_one_line(tiny_runs, tmp_path, capsys):
+    status, _, err = run_cli(toe_main, ["plot", tiny_runs["toe"], tmp_path / "missing"], capsys)
+    assert_one_line_error(status, err, str(tmp_path / "missing"), "no log.txt")
+    status, _, err = run_cli(toe_main, ["plot", tiny_runs["toe"], "--out", tmp_path / "no" / "x.png"], capsys)
+    assert_one_line_error(status, err, "--out", "does not exist")
+
+
+def flops_speedups(capsys) -> tuple[list[str], str]:
+    """`toe flops` for the tiny run's model shape and schedule: per-stage 'vs full' and the whole schedule's."""
+    argv = ["flops", "--embed-dim", "32", "--depth", "3", "--patch-size", "4", "--input-size", "32", "--epochs", "2"]
+    status, out, err = run_cli(toe_main, [*argv, "--expansion-step", "0", "1", "--keep-rate", "0.5", "1.0"], capsys)
+    assert status == 0, err
+    whole = out.split("whole schedule over 2 epochs: ")[1].split(" ")[0]
+    return [row[-1] for row in table_rows(out)], whole
+
+
+def test_report_has_measured_and_analytic_speedups_and_top1(tiny_runs, capsys):
+    status, out, err = run_cli(toe_main, ["report", tiny_runs["toe"]], capsys)
+    assert status == 0, err
+    log = read_log(tiny_runs["toe"])
+    times = [r["train_compute_time"] for r in log]
+    rows = table_rows(out)
+    assert [r[:3] for r in rows] == [["1", "0-0", "33"], ["2", "1-1", "65"]]
+    assert [r[3] for r in rows] == [f"{t:.2f}" for t in times]
+    assert [r[5] for r in rows] == [f"{times[1] / times[0]:.2f}x", "1.00x"]
+    stage_analytic, whole_analytic = flops_speedups(capsys)
+    assert [r[6] for r in rows] == stage_analytic and stage_analytic[1] == "1.00x"
+    assert f"whole run vs full-token training: {2 * times[1] / sum(times):.2f}x measured" in out
+    assert f"x 2 epochs), {whole_analytic} analytic" in out
+    last = log[-1]
+    assert f"top-1 (model): final {last['test_acc1']:.2f}%, best {last['best_test_acc1']:.2f}%" in out
+    assert f"top-1 (EMA): final {last['test_ema_acc1']:.2f}%, best {last['best_test_ema_acc1']:.2f}%" in out
+
+
+def test_report_of_a_baseline_and_of_a_run_without_args(tiny_runs, tmp_path, capsys):
+    status, out, err = run_cli(toe_main, ["report", tiny_runs["baseline"]], capsys)
+    assert status == 0, err
+    assert [r[:3] + r[5:] for r in table_rows(out)] == [["-", "0-0", "65", "-", "1.00x"]]
+    assert "whole run: full-token training (ToE off)" in out
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(tiny_runs["toe"] / "log.txt", bare / "log.txt")
+    status, out, err = run_cli(toe_main, ["report", bare], capsys)
+    assert status == 0, err
+    assert [r[6] for r in table_rows(out)] == ["-", "-"]
+    assert f"analytic: forward multiply-adds unknown (no args.json or args.yaml in {bare})" in out
+    first_epoch = (tiny_runs["toe"] / "log.txt").read_text().splitlines()[0]
+    (bare / "log.txt").write_text(first_epoch + "\n")  # a run still in its reduced stage
+    recorded = json.loads((tiny_runs["toe"] / "args.json").read_text())
+    (bare / "args.yaml").write_text(yaml.safe_dump(recorded))  # the recipes with YAML configs write args.yaml
+    status, out, err = run_cli(toe_main, ["report", bare], capsys)
+    assert status == 0, err
+    stage_analytic, _ = flops_speedups(capsys)
+    assert f"- measured (no full-token stage to compare with yet), {stage_analytic[0]} analytic" in out
+
+
+def test_demo_ends_with_plot_visualize_and_report_of_its_run(tmp_path):
+    """demo.sh with a stub python that records its calls: the last three are valid toe commands."""
+    calls = tmp_path / "calls.txt"
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> {shlex.quote(str(calls))}\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(stub), "OUTPUT": "runs/demo", "DATA": "data/demo"}
+    result = subprocess.run(["bash", ROOT / "ToE/deit/run/demo.sh"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    *_, plot, visualize, report = [line.split() for line in calls.read_text().splitlines()]
+    parser = build_parser()
+    assert plot[:2] == visualize[:2] == report[:2] == ["-m", "toe.cli"]
+    plot, visualize, report = (parser.parse_args(call[2:]) for call in (plot, visualize, report))
+    assert (plot.command, plot.output_dirs, plot.out) == ("plot", ["runs/demo"], "runs/demo/training_curves.png")
+    assert (visualize.checkpoint, visualize.data_path) == ("runs/demo/checkpoint.pth", "data/demo")
+    assert visualize.out == "runs/demo/toe_selection.png"
+    assert (report.command, report.output_dirs) == ("report", ["runs/demo"])
