@@ -13,6 +13,7 @@ import pytest
 import torch
 from helpers import ROOT, assert_one_line_error, run_cli
 
+from toe.cli import main as toe_main
 from toe.engine import trainer
 from toe.options import run_main
 from toe.recipes import efficienttrain, et_training
@@ -85,6 +86,26 @@ def test_five_stages_change_resolution_augmentation_and_toe_tokens(full_run):
     assert "loaded at 32 px, no crop" in out
     assert "position embedding resampled from 4x4 to 6x6 (with the optimizer's exp_avg, exp_avg_sq)" in out
     assert "position embedding resampled from 6x6 to 8x8" in out
+
+
+def test_report_compares_stages_at_the_same_input_size(full_run, capsys):
+    output, _ = full_run
+    status, report, err = run_cli(toe_main, ["report", output], capsys)
+    assert status == 0, err
+    log = read_log(output)
+    rows = [line.split() for line in report.splitlines() if line.strip()[:1].isdigit()]
+    # (input size, ToE stage) groups; only 24 px has a full-token stage beside a reduced one
+    assert [row[:4] for row in rows] == [
+        ["16", "1", "0-2", "9"],
+        ["16", "2", "3-5", "12"],
+        ["24", "2", "6-6", "28"],
+        ["24", "3", "7-7", "37"],
+        ["32", "3", "8-9", "65"],
+    ]
+    speedup_24 = log[7]["train_compute_time"] / log[6]["train_compute_time"]
+    assert [row[6] for row in rows] == ["-", "-", f"{speedup_24:.2f}x", "1.00x", "-"]
+    assert [row[7] for row in rows][3:] == ["1.00x", "1.00x"] and all(float(row[7][:-1]) > 1 for row in rows[:3])
+    assert "- measured (no full-token stage to compare with yet)" in report
 
 
 def test_the_plan_is_printed_before_training(full_run):

@@ -16,11 +16,15 @@ import yaml
 from helpers import ROOT, assert_one_line_error, run_cli
 from torchvision import transforms as T
 
+from toe import TokenSelect, apply_toe
+from toe.cli import main as toe_main
 from toe.data.datasets import image_folder
 from toe.engine import trainer
 from toe.options import run_main
 from toe.recipes import generate_label, lvvit
 from toe.recipes.generate_label import dense_logits
+from toe.saved_run import model_from_checkpoint
+from toe.visualize import block0_tokens, dataset_images, load_image, stage_selections, to_model_input
 
 TINY_LVVIT = [
     "--model",
@@ -201,6 +205,39 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
         b = torch.load(stopped / "checkpoint.pth", weights_only=True)[key]
         for name in a:
             assert torch.equal(a[name], b[name]), f"{key}.{name} differs after resuming"
+
+
+def test_visualize_and_report_read_an_lvvit_run(lvvit_run, tiny_data, tmp_path, capsys):
+    out = tmp_path / "selection.png"
+    argv = ["visualize", "--checkpoint", lvvit_run / "checkpoint.pth", "--data-path", tiny_data, "--num-images", 2]
+    status, stdout, err = run_cli(toe_main, [*argv, "--stage", 1, 2, "--out", out], capsys)
+    assert status == 0, err
+    assert "stage(s) 1, 2 of 2 image(s)" in stdout and out.is_file()
+
+    # the drawn selection is the one the LV-ViT's training forward makes (MixToken off: it would mix images;
+    # stem batch norms on their running statistics, as the picture's eval-mode forward uses them)
+    model, _ = model_from_checkpoint(lvvit_run / "checkpoint.pth")
+    model.mix_token = False
+    apply_toe(model, TokenSelect(expansion_step=(0, 1, 2), keep_rate=(0.4, 0.7, 1.0), initialization_keep_rate=0.2))
+    batch = to_model_input([load_image(path, (32, 32))[0] for path in dataset_images(tiny_data, 2)])
+    selections = stage_selections(model.token_select, block0_tokens(model, batch), 1, [1, 2])
+    for stage in (1, 2):
+        model.token_select.update_current_stage(stage - 1)
+        model.train()
+        for norm in model.modules():
+            if isinstance(norm, torch.nn.BatchNorm2d):
+                norm.eval()
+        with torch.no_grad():
+            model(batch)
+        for b, row in enumerate(selections):
+            assert torch.equal(row[stage - 1].kept, model.toe_index[b, 1:] - 1)
+
+    # 24 and 43 of 64 patches (+ class token); no full-token stage was reached, so no measured speedup
+    status, report, err = run_cli(toe_main, ["report", lvvit_run], capsys)
+    assert status == 0, err
+    rows = [line.split() for line in report.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[:3] + row[5:6] for row in rows] == [["1", "0-0", "25", "-"], ["2", "1-1", "44", "-"]]
+    assert "no full-token stage to compare with yet" in report
 
 
 def test_eval_reports_the_checkpoint_accuracy_full_token(lvvit_run, tiny_data, labels, capsys):

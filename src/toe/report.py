@@ -19,29 +19,37 @@ from .saved_run import build_model, read_run_args
 
 @dataclass(frozen=True)
 class StageRow:
-    """One ToE stage of a run as measured."""
+    """One ToE stage of a run (at one input size) as measured."""
 
     stage: int | None  # None: a run without ToE
+    input_size: int | None  # None: not recorded (the recipes with a single input size)
     first_epoch: int
     last_epoch: int
     tokens: int | None
+    full_tokens: int | None  # the sequence length without ToE, None in logs that did not record it
     compute_time: float  # median train compute seconds per epoch (data loading excluded)
     images_per_sec: float  # median
 
+    @property
+    def is_full_token(self) -> bool:
+        return self.tokens is not None and self.tokens == self.full_tokens
+
 
 def stage_rows(records: list[dict]) -> list[StageRow]:
-    """Group epoch records by ToE stage, in order of appearance."""
+    """Group epoch records by (input size, ToE stage), in order of appearance."""
     groups: dict[object, list[dict]] = {}
     for record in records:
-        groups.setdefault(record.get("toe_stage"), []).append(record)
+        groups.setdefault((record.get("input_size"), record.get("toe_stage")), []).append(record)
     rows = []
-    for stage, group in groups.items():
+    for (input_size, stage), group in groups.items():
         rows.append(
             StageRow(
                 stage=stage,
+                input_size=input_size,
                 first_epoch=min(r["epoch"] for r in group),
                 last_epoch=max(r["epoch"] for r in group),
                 tokens=group[-1].get("toe_tokens"),
+                full_tokens=group[-1].get("full_tokens"),
                 compute_time=statistics.median(r["train_compute_time"] for r in group),
                 images_per_sec=statistics.median(r["train_images_per_sec"] for r in group),
             )
@@ -49,24 +57,37 @@ def stage_rows(records: list[dict]) -> list[StageRow]:
     return rows
 
 
-def full_token_row(rows: list[StageRow]) -> StageRow | None:
-    """The run's last stage with the most tokens, the reference of the speedups; None when no stage has fewer."""
-    most = max((row.tokens for row in rows if row.tokens is not None), default=None)
-    full = [row for row in rows if row.tokens is not None and row.tokens == most]
-    return full[-1] if full and len(full) < len(rows) else None
+def full_token_row(rows: list[StageRow], input_size: int | None) -> StageRow | None:
+    """The reference of the speedups at ``input_size``: its last full-token stage, if it has one and a
+    stage with fewer tokens. Logs without ``full_tokens`` take the stage with the most tokens."""
+    same_size = [row for row in rows if row.input_size == input_size and row.tokens is not None]
+    if all(row.full_tokens is None for row in same_size):
+        most = max((row.tokens for row in same_size), default=None)
+        full = [row for row in same_size if row.tokens == most]
+    else:
+        full = [row for row in same_size if row.is_full_token]
+    return full[-1] if full and len(full) < len(same_size) else None
 
 
-def stage_speedups(rows: list[StageRow]) -> dict[object, float | None]:
-    """Measured speedup of every stage over the run's full-token stage (most tokens), if there is one."""
-    reference = full_token_row(rows)
-    return {row.stage: None if reference is None else reference.compute_time / row.compute_time for row in rows}
+def stage_speedups(rows: list[StageRow]) -> list[float | None]:
+    """Measured speedup of every row over the full-token stage at its input size (None: no such stage)."""
+    speedups = []
+    for row in rows:
+        reference = full_token_row(rows, row.input_size)
+        speedups.append(None if reference is None else reference.compute_time / row.compute_time)
+    return speedups
 
 
-def run_shape(output_dir: Path) -> tuple[ViTShape | None, str]:
-    """The cost shape of the run's model, from its recorded flags, or None and the reason why not."""
+def run_args(output_dir: Path) -> tuple[dict | None, str]:
+    """The run's recorded flags, or None and the reason why there are none."""
     args = read_run_args(output_dir)
-    if args is None:
-        return None, f"no args.json or args.yaml in {output_dir}"
+    return (args, "") if args is not None else (None, f"no args.json or args.yaml in {output_dir}")
+
+
+def run_shape(args: dict, input_size: int | None) -> tuple[ViTShape | None, str]:
+    """The cost shape of the run's model at ``input_size`` (None: the recorded one), or None and why not."""
+    if input_size is not None:
+        args = {**args, "input_size": input_size, "img_size": input_size}
     try:
         return vit_shape(build_model(args, device="meta")), ""
     except (UserError, TypeError, ValueError) as error:
@@ -81,20 +102,26 @@ def analytic_speedup(shape: ViTShape, tokens: int | None) -> float | None:
 
 
 def whole_run_speedups(
-    records: list[dict], rows: list[StageRow], shape: ViTShape | None
+    records: list[dict], rows: list[StageRow], shapes: dict[int | None, ViTShape | None]
 ) -> tuple[float | None, float | None]:
-    """Measured and analytic speedup of the whole run over full-token training of the same epochs (None: unknown).
+    """Measured and analytic speedup of the whole run over full-token training of the same epochs at the
+    same input sizes (None: unknown).
 
-    Measured: the full-token stage's median compute time per epoch times the epochs, over the run's
-    total compute time. Analytic: full-token forward cost over the cost of each epoch's token count.
+    Measured: every epoch's full-token time (the median of the full-token stage at its input size) over
+    the run's total compute time. Analytic: full-token forward cost over the cost of each epoch's tokens.
     """
     measured = analytic = None
-    reference = full_token_row(rows)
-    if reference is not None:
-        measured = reference.compute_time * len(records) / sum(r["train_compute_time"] for r in records)
-    if shape is not None and all(r.get("toe_tokens") is not None for r in records):
-        costs = [forward_macs(shape, r["toe_tokens"] - shape.num_prefix_tokens) for r in records]
-        analytic = len(records) * forward_macs(shape) / sum(costs)
+    references = {size: full_token_row(rows, size) for size in shapes}
+    if all(reference is not None for reference in references.values()):
+        full_time = sum(references[r.get("input_size")].compute_time for r in records)
+        measured = full_time / sum(r["train_compute_time"] for r in records)
+    if all(shapes.values()) and all(r.get("toe_tokens") is not None for r in records):
+        full_cost = sum(forward_macs(shapes[r.get("input_size")]) for r in records)
+        cost = sum(
+            forward_macs(shapes[r.get("input_size")], r["toe_tokens"] - shapes[r.get("input_size")].num_prefix_tokens)
+            for r in records
+        )
+        analytic = full_cost / cost
     return measured, analytic
 
 
@@ -106,19 +133,26 @@ def format_report(output_dir: str | Path) -> str:
         raise UserError(f"{output_dir} has no log.txt with epoch records (is it a training output folder?)")
     rows = stage_rows(records)
     speedups = stage_speedups(rows)
-    shape, why_not = run_shape(output_dir)
+    args, why_not = run_args(output_dir)
+    sizes = list(dict.fromkeys(row.input_size for row in rows))
+    shapes: dict[int | None, ViTShape | None] = {}
+    for size in sizes:
+        shapes[size], why_not = run_shape(args, size) if args is not None else (None, why_not)
+    show_size = len(sizes) > 1
+    size_head = f"{'input':>5}  " if show_size else ""
     lines = [
         f"run {output_dir}: {len(records)} epochs",
         "",
-        f"{'':>5}  {'':>9}  {'':>6}  {'':>15}  {'':>9}  {'speedup vs full-token':>21}",
-        f"{'stage':>5}  {'epochs':>9}  {'tokens':>6}  {'compute s/epoch':>15}  {'images/s':>9}  "
+        " " * len(size_head) + f"{'':>5}  {'':>9}  {'':>6}  {'':>15}  {'':>9}  {'speedup vs full-token':>21}",
+        f"{size_head}{'stage':>5}  {'epochs':>9}  {'tokens':>6}  {'compute s/epoch':>15}  {'images/s':>9}  "
         f"{'measured':>10}  {'analytic':>9}",
     ]
-    for row in rows:
-        measured = speedups[row.stage]
+    for row, measured in zip(rows, speedups):
+        shape = shapes[row.input_size]
         analytic = None if shape is None else analytic_speedup(shape, row.tokens)
+        size = f"{row.input_size if row.input_size is not None else '-':>5}  " if show_size else ""
         lines.append(
-            f"{'-' if row.stage is None else row.stage:>5}  {f'{row.first_epoch}-{row.last_epoch}':>9}  "
+            f"{size}{'-' if row.stage is None else row.stage:>5}  {f'{row.first_epoch}-{row.last_epoch}':>9}  "
             f"{row.tokens if row.tokens is not None else '-':>6}  {row.compute_time:>15.2f}  "
             f"{row.images_per_sec:>9.1f}  {_times(measured):>10}  {_times(analytic):>9}"
         )
@@ -126,7 +160,7 @@ def format_report(output_dir: str | Path) -> str:
     if all(record.get("toe_stage") is None for record in records):
         lines.append("whole run: full-token training (ToE off)")
     else:
-        measured, analytic = whole_run_speedups(records, rows, shape)
+        measured, analytic = whole_run_speedups(records, rows, shapes)
         how = (
             f"the full-token stage's time per epoch x {len(records)} epochs"
             if measured is not None
@@ -135,9 +169,11 @@ def format_report(output_dir: str | Path) -> str:
         lines.append(
             f"whole run vs full-token training: {_times(measured)} measured ({how}), {_times(analytic)} analytic"
         )
+    if show_size:
+        lines.append("speedups compare stages at the same input size")
     lines.append(
         "measured: train compute time per epoch (data loading excluded); analytic: forward multiply-adds "
-        + ("of the model in the run's recorded flags (toe flops)" if shape is not None else f"unknown ({why_not})")
+        + ("of the model in the run's recorded flags (toe flops)" if all(shapes.values()) else f"unknown ({why_not})")
     )
     last = records[-1]
     lines.append("")

@@ -8,7 +8,8 @@ shows the plain patch grid.
 
 The selection is TokenSelect's own (:meth:`toe.TokenSelect.assignment`, the selection a training
 forward makes) on the model's block-0 output. The model runs in eval mode, so dropout and drop-path
-add no noise: the picture is what a training step without those would select.
+add no noise and batch norms (LV-ViT's stem) use their running statistics: the picture is what a
+training step without those would select.
 """
 
 from __future__ import annotations

@@ -83,15 +83,18 @@ def set_toe_stage(run: TrainingRun, epoch: int) -> int | None:
     return stage
 
 
-def tokens_fed_to_blocks(module: nn.Module) -> int | None:
-    """Sequence length fed to blocks 1.. in the last training forward (full length without ToE)."""
-    index = getattr(module, "toe_index", None)
-    if index is not None:
-        return int(index.shape[1])
+def full_token_count(module: nn.Module) -> int | None:
+    """Sequence length of the model without ToE: prefix tokens + patches (None if it has no patch embedding)."""
     patch_embed = getattr(module, "patch_embed", None)
     if patch_embed is None or not hasattr(patch_embed, "num_patches"):
         return None
     return int(getattr(module, "num_prefix_tokens", 0) + patch_embed.num_patches)
+
+
+def tokens_fed_to_blocks(module: nn.Module) -> int | None:
+    """Sequence length fed to blocks 1.. in the last training forward (full length without ToE)."""
+    index = getattr(module, "toe_index", None)
+    return int(index.shape[1]) if index is not None else full_token_count(module)
 
 
 def checkpoint_state(run: TrainingRun, epoch: int, record: dict | None, partial: dict | None = None) -> dict:
@@ -260,6 +263,7 @@ def _epoch_record(run: TrainingRun, epoch: int, stage: int | None, stats: EpochS
         **evaluate_run(run),
         "toe_stage": stage,
         "toe_tokens": stats.tokens,
+        "full_tokens": full_token_count(run.module),
         "train_compute_time": stats.compute_time,
         "train_data_time": stats.data_time,
         "epoch_time": stats.wall_time,

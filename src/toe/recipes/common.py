@@ -29,12 +29,23 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-amp", action="store_true", help="train in full fp32")
     group.add_argument("--apex-amp", action="store_true", help="accepted for compatibility: native AMP is used")
     group.add_argument("--compile", action="store_true", help="torch.compile the model")
-    group.add_argument("--auto-resume", action="store_true",
-                       help="resume from <output>/checkpoint.pth when it exists (checkpoint-prev.pth if it is damaged)")
-    group.add_argument("--save-every-steps", type=int, default=0, metavar="N",
-                       help="also write checkpoint.pth every N optimizer updates within an epoch (0: off)")
-    group.add_argument("--skip-corrupt", action="store_true",
-                       help="replace unreadable images by the next readable one and count them, instead of stopping")
+    group.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="resume from <output>/checkpoint.pth when it exists (checkpoint-prev.pth if it is damaged)",
+    )
+    group.add_argument(
+        "--save-every-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also write checkpoint.pth every N optimizer updates within an epoch (0: off)",
+    )
+    group.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        help="replace unreadable images by the next readable one and count them, instead of stopping",
+    )
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
     group.add_argument(
         "--model-kwargs",
