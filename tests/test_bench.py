@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import timm
+import torch
 from helpers import assert_one_line_error, run_cli
 
-from toe import bench
+from toe.cli import main as toe_main
 from toe.flops import forward_macs, vit_shape
 
 TINY = [
@@ -34,7 +36,8 @@ TINY = [
 
 
 def test_bench_measures_every_stage_next_to_the_analytic_ratio(tmp_path, capsys):
-    status, out, err = run_cli(bench.main, [*TINY, "--json", tmp_path / "b.json", "--plot", tmp_path / "b.png"], capsys)
+    argv = ["bench", *TINY, "--json", tmp_path / "b.json", "--plot", tmp_path / "b.png"]
+    status, out, err = run_cli(toe_main, argv, capsys)
     assert status == 0, err
     rows = [line.split() for line in out.splitlines() if line.startswith(("plain", "ToE off", "stage"))]
     assert [r[0] for r in rows] == ["plain", "ToE", "stage", "stage"]
@@ -44,9 +47,6 @@ def test_bench_measures_every_stage_next_to_the_analytic_ratio(tmp_path, capsys)
     assert variants["plain timm"]["speedup"] == 1.0 and variants["ToE off"]["op_share"] is None
     for name in ("stage 1", "stage 2"):
         assert variants[name]["images_per_sec"] > 0 and 0 < variants[name]["op_share"] < 1
-    import timm
-    import torch
-
     with torch.device("meta"):
         shape = vit_shape(
             timm.create_model("deit_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2)
@@ -55,8 +55,18 @@ def test_bench_measures_every_stage_next_to_the_analytic_ratio(tmp_path, capsys)
     assert (tmp_path / "b.png").stat().st_size > 1000
 
 
-def test_bench_bad_input_is_one_line(capsys):
-    status, _, err = run_cli(bench.main, [*TINY, "--batch-size", "0"], capsys)
-    assert_one_line_error(status, err, "--batch-size must be at least 1")
-    status, _, err = run_cli(bench.main, [*TINY, "--model", "not_a_model"], capsys)
-    assert_one_line_error(status, err, "--model not_a_model")
+@pytest.mark.parametrize(
+    "extra,fragments",
+    [
+        (["--batch-size", "0"], ["--batch-size must be at least 1"]),
+        (["--rounds", "0"], ["--rounds must be at least 1"]),
+        (["--model", "not_a_model"], ["--model not_a_model"]),
+        (["--keep-rate", "0.75", "0.5", "1.0"], ["--keep-rate"]),
+        (["--plot", "{tmp}/no/speedup.png"], ["--plot", "does not exist"]),
+        (["--json", "{tmp}/no/bench.json"], ["--json", "does not exist"]),
+    ],
+)
+def test_bench_bad_input_is_one_line(extra, fragments, tmp_path, capsys):
+    argv = ["bench", *TINY, *[a.format(tmp=tmp_path) for a in extra]]
+    status, _, err = run_cli(toe_main, argv, capsys)
+    assert_one_line_error(status, err, *fragments)

@@ -14,12 +14,16 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
+from .figures import check_output, save_figure
 from .flops import forward_macs, vit_shape
 from .integration import apply_toe
 from .options import UserError, schedule_from_args
@@ -67,6 +71,9 @@ def bench_main(args: argparse.Namespace) -> list[Variant]:
     for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps), ("--rounds", args.rounds)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:
+            check_output(Path(path), flag)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {args.device} was asked for but this machine has no CUDA device")
@@ -118,7 +125,7 @@ def bench_main(args: argparse.Namespace) -> list[Variant]:
             variant.op_share = op_time / (args.batch_size / variant.images_per_sec)
     print(format_bench(args, variants))
     if args.json:
-        with open(args.json, "w") as handle:
+        with open(args.json, "w") as handle:  # its folder was checked before the benchmark
             json.dump(
                 {
                     "args": {k: v for k, v in vars(args).items() if not callable(v)},
@@ -129,7 +136,8 @@ def bench_main(args: argparse.Namespace) -> list[Variant]:
                 indent=2,
             )
     if args.plot:
-        plot_speedups(variants, args.plot, f"{args.model}, batch {args.batch_size}, {_device_name(device)}")
+        title = f"{args.model}, batch {args.batch_size}, {args.amp_dtype}, {_device_name(device)}"
+        save_figure(speedup_figure(variants, title), Path(args.plot), "--plot")
     return variants
 
 
@@ -205,16 +213,12 @@ def format_bench(args: argparse.Namespace, variants: list[Variant]) -> str:
     return "\n".join(lines)
 
 
-def plot_speedups(variants: list[Variant], path: str, title: str) -> None:
+def speedup_figure(variants: list[Variant], title: str) -> Figure:
     """Bar chart: measured and analytic speedup of each ToE stage over plain full-token training."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     stages = [v for v in variants if v.stage]
     x = range(len(stages))
-    figure, axis = plt.subplots(figsize=(5, 3.2), dpi=120)
+    figure = Figure(figsize=(5, 3.2))
+    axis = figure.add_subplot()
     axis.bar(
         [i - 0.2 for i in x], [v.analytic_speedup for v in stages], 0.4, label="analytic (toe flops)", color="#9ecae1"
     )
@@ -225,17 +229,14 @@ def plot_speedups(variants: list[Variant], path: str, title: str) -> None:
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    return figure
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .options import ArgumentParser, add_toe_arguments
+    """``python -m toe.bench``: the same as ``toe bench``."""
+    from .cli import main as toe_main
 
-    parser = ArgumentParser(prog="toe bench", description=__doc__)
-    add_bench_arguments(parser)
-    add_toe_arguments(parser, "deit", always_on=True)
-    bench_main(parser.parse_args(argv))
+    toe_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

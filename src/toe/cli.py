@@ -1,5 +1,6 @@
 """The ``toe`` command: ``toe flops`` (analytic cost of a schedule), ``toe report`` (a run's summary),
-``toe plot`` (training curves of runs) and ``toe visualize`` (ToE's token selection over images)."""
+``toe plot`` (training curves of runs), ``toe visualize`` (ToE's token selection over images) and
+``toe bench`` (training-step throughput of every ToE stage)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,27 @@ def visualize_main(args: argparse.Namespace) -> None:
     from .visualize import visualize_main as run
 
     run(args)
+
+
+def bench_main(args: argparse.Namespace) -> None:
+    from .bench import bench_main as run
+
+    run(args)
+
+
+def _add_bench_parser(commands) -> None:
+    from .bench import add_bench_arguments
+
+    bench = commands.add_parser(
+        "bench",
+        help="training-step images/s of every ToE stage against full-token training, next to the analytic ratio",
+        description="Time forward + backward + AdamW steps on synthetic images (data loading excluded) of a timm "
+        "ViT: plain timm, ToE attached but off, and every ToE stage, in interleaved rounds; print images/s, the "
+        "measured and analytic (toe flops) speedup over plain timm and TokenSelect's share of a step.",
+    )
+    add_bench_arguments(bench)
+    add_toe_arguments(bench, "deit", always_on=True)
+    bench.set_defaults(handler=bench_main)
 
 
 def _add_visualize_parser(commands) -> None:
@@ -134,6 +156,7 @@ def build_parser() -> ArgumentParser:
     report.set_defaults(handler=report_main)
     _add_plot_parser(commands)
     _add_visualize_parser(commands)
+    _add_bench_parser(commands)
     return parser
 
 
