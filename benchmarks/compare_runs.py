@@ -1,8 +1,9 @@
-"""Whole-run comparison: the demo model trained with and without ToE, same seed, same epochs.
+"""Whole-run comparison: the demo trained with and without ToE, same seed, same epochs, one after the other.
 
-Runs ToE/deit/main.py twice with the demo's settings (ToE/deit/run/demo.sh) into OUTPUT/toe and
-OUTPUT/baseline (or reuses finished runs there), then prints total train compute time (data loading
-excluded), wall time, final and best top-1 of each and the ratios, as a markdown table.
+Runs ToE/deit/run/demo.sh into OUTPUT/toe and, with TOE=0 (the same flags without ToE), into
+OUTPUT/baseline (finished runs there are reused), overlays their curves in OUTPUT/training_curves.png,
+and prints total train compute time (data loading excluded), wall time, final and best top-1 of each
+and the ratios, as a markdown table for BENCHMARKS.md.
 
     python benchmarks/compare_runs.py --output output/compare
 """
@@ -10,6 +11,7 @@ excluded), wall time, final and best top-1 of each and the ratios, as a markdown
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,77 +19,14 @@ from pathlib import Path
 from toe.engine import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = [
-    "--device",
-    "cpu",
-    "--num_workers",
-    "0",
-    "--seed",
-    "0",
-    "--model",
-    "deit_tiny_patch16_224",
-    "--input-size",
-    "32",
-    "--patch-size",
-    "4",
-    "--model-kwargs",
-    "depth=6",
-    "--epochs",
-    "9",
-    "--batch-size",
-    "64",
-    "--unscale-lr",
-    "--lr",
-    "1e-3",
-    "--warmup-epochs",
-    "0",
-    "--drop-path",
-    "0.05",
-    "--aa",
-    "rand-m5-mstd0.5-inc1",
-    "--mixup",
-    "0",
-    "--cutmix",
-    "0",
-    "--reprob",
-    "0",
-    "--model-ema-decay",
-    "0.99",
-    "--no-progress",
-]
-TOE = [
-    "--expansion-step",
-    "0",
-    "3",
-    "6",
-    "--keep-rate",
-    "0.5",
-    "0.75",
-    "1.0",
-    "--initialization-keep-rate",
-    "0.25",
-    "--expansion-multiple-stage",
-    "2",
-]
+DEMO = ROOT / "ToE" / "deit" / "run" / "demo.sh"
 
 
-def train(data: Path, output: Path, extra: list[str]) -> list[dict]:
-    command = [
-        sys.executable,
-        str(ROOT / "ToE" / "deit" / "main.py"),
-        *DEMO,
-        "--data-path",
-        str(data),
-        "--output_dir",
-        str(output),
-        "--auto-resume",
-        *extra,
-    ]
-    subprocess.run(command, check=True)
-    return read_log(output)
-
-
-def summary(records: list[dict]) -> dict:
+def train(data: Path, output: Path, with_toe: bool) -> dict:
+    """Run the demo (``with_toe`` or its baseline) into ``output``; totals and top-1 from its log.txt."""
+    env = {**os.environ, "PYTHON": sys.executable, "DATA": str(data), "OUTPUT": str(output)}
+    subprocess.run(["bash", str(DEMO)], env={**env, "TOE": "1" if with_toe else "0"}, check=True)
+    records = read_log(output)
     last = records[-1]
     return {
         "compute": sum(r["train_compute_time"] for r in records),
@@ -103,11 +42,12 @@ def main() -> None:
     parser.add_argument("--data-path", type=Path, default=Path("data/demo"))
     parser.add_argument("--output", type=Path, default=Path("output/compare"))
     args = parser.parse_args()
-    subprocess.run(
-        [sys.executable, str(ROOT / "datasets" / "make_demo_data.py"), "--out", str(args.data_path)], check=True
-    )
-    toe = summary(train(args.data_path, args.output / "toe", TOE))
-    base = summary(train(args.data_path, args.output / "baseline", []))
+    data, output = args.data_path.resolve(), args.output.resolve()
+    toe = train(data, output / "toe", with_toe=True)
+    base = train(data, output / "baseline", with_toe=False)
+    curves = output / "training_curves.png"
+    toe_cli = [sys.executable, "-m", "toe.cli"]
+    subprocess.run([*toe_cli, "plot", output / "toe", output / "baseline", "--out", curves], check=True)
     print("| run | train compute | train wall | final top-1 | best top-1 | final EMA top-1 |")
     print("|---|---|---|---|---|---|")
     for name, s in (("ToE", toe), ("baseline", base)):

@@ -116,16 +116,23 @@ def test_report_of_a_baseline_and_of_a_run_without_args(tiny_runs, tmp_path, cap
     assert f"- measured (no full-token stage to compare with yet), {stage_analytic[0]} analytic" in out
 
 
-def test_demo_ends_with_plot_visualize_and_report_of_its_run(tmp_path):
-    """demo.sh with a stub python that records its calls: the last three are valid toe commands."""
+def demo_calls(tmp_path, **env) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """demo.sh with a stub python that records its calls: (the script's result, the calls' arguments)."""
+    tmp_path.mkdir(exist_ok=True)
     calls = tmp_path / "calls.txt"
     stub = tmp_path / "python"
     stub.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> {shlex.quote(str(calls))}\n')
     stub.chmod(0o755)
-    env = {**os.environ, "PYTHON": str(stub), "OUTPUT": "runs/demo", "DATA": "data/demo"}
+    env = {**os.environ, "PYTHON": str(stub), "OUTPUT": "runs/demo", "DATA": "data/demo", **env}
     result = subprocess.run(["bash", ROOT / "ToE/deit/run/demo.sh"], env=env, capture_output=True, text=True)
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    return result, [line.split() for line in lines]
+
+
+def test_demo_ends_with_plot_visualize_and_report_of_its_run(tmp_path):
+    result, calls = demo_calls(tmp_path)
     assert result.returncode == 0, result.stderr
-    *_, plot, visualize, report = [line.split() for line in calls.read_text().splitlines()]
+    *_, plot, visualize, report = calls
     parser = build_parser()
     assert plot[:2] == visualize[:2] == report[:2] == ["-m", "toe.cli"]
     plot, visualize, report = (parser.parse_args(call[2:]) for call in (plot, visualize, report))
@@ -133,3 +140,17 @@ def test_demo_ends_with_plot_visualize_and_report_of_its_run(tmp_path):
     assert (visualize.checkpoint, visualize.data_path) == ("runs/demo/checkpoint.pth", "data/demo")
     assert visualize.out == "runs/demo/toe_selection.png"
     assert (report.command, report.output_dirs) == ("report", ["runs/demo"])
+
+
+def test_demo_baseline_is_the_same_training_without_the_toe_flags(tmp_path):
+    _, with_toe = demo_calls(tmp_path / "toe")
+    result, baseline = demo_calls(tmp_path / "baseline", TOE="0")
+    assert result.returncode == 0, result.stderr
+    train_toe, train_baseline = with_toe[1], baseline[1]
+    assert train_toe[0] == train_baseline[0] == "ToE/deit/main.py"
+    toe_flags = train_toe[train_toe.index("--toe") :]
+    assert toe_flags[:2] == ["--toe", "--expansion-step"] and train_toe == train_baseline + toe_flags
+    assert [call[2] for call in baseline[2:]] == ["plot", "report"]  # nothing to visualize without ToE
+    result, calls = demo_calls(tmp_path / "bad", TOE="yes")
+    assert result.returncode == 2 and calls == []
+    assert result.stderr.strip() == "demo.sh: TOE must be 1 (with ToE) or 0 (the baseline), got 'yes'"

@@ -1,11 +1,12 @@
 """Training-step throughput of a timm ViT at every ToE stage against full-token training (`toe bench`).
 
 One process, synthetic input (data loading excluded), forward + backward + AdamW step. The variants
-are measured in interleaved rounds (plain timm, ToE attached but inactive, stage 1, stage 2, ...) so
-that machine noise hits all of them alike; each variant is warmed up first (and compiled, with
---compile, once per stage). Reported: median images/s, the ratio to plain full-token training, the
-analytic ratio of `toe flops`, and the TokenSelect op's share of a step (the op timed alone at the
-block-0 output shape).
+(plain timm, ToE attached but inactive, stage 1, stage 2, ...) take turns step by step: every round
+times one step of each, starting one variant later than the round before, so that the machine's
+noise, which drifts over seconds, hits all of them alike. Each variant is warmed up first (and
+compiled, with --compile; one graph per stage). Reported: median images/s, the median over rounds of
+each variant's speedup over plain timm in the same round, the analytic ratio of `toe flops`, and the
+TokenSelect op's share of a step (the op timed alone at the block-0 output shape).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -59,16 +61,15 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp-dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (once per stage)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant and round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant before timing")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all variants")
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds of one step per variant")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--plot", default=None, metavar="PNG", help="also plot measured vs analytic speedup")
 
 
 def bench_main(args: argparse.Namespace) -> list[Variant]:
     """Run the benchmark described by ``args`` and print the table."""
-    for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps), ("--rounds", args.rounds)):
+    for flag, value in (("--batch-size", args.batch_size), ("--rounds", args.rounds)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
@@ -103,21 +104,23 @@ def bench_main(args: argparse.Namespace) -> list[Variant]:
             )
 
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp_dtype]
-    steppers = {
-        v.name: _Stepper(plain if v.stage is None else with_toe, schedule, v.stage, device, dtype, args)
+    plain_trainer = _Trainer(plain, device, dtype, args)
+    toe_trainer = _Trainer(with_toe, device, dtype, args)
+    steps = {
+        v.name: plain_trainer.step if v.stage is None else partial(toe_trainer.step, schedule, v.stage)
         for v in variants
     }
     for variant in variants:
-        steppers[variant.name].run(args.warmup)
-    samples: dict[str, list[float]] = {v.name: [] for v in variants}
-    for _ in range(args.rounds):
-        for variant in variants:
-            samples[variant.name].append(steppers[variant.name].run(args.steps))
+        for _ in range(args.warmup):
+            steps[variant.name]()
+    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    for round_ in range(args.rounds):
+        for variant in variants[round_ % len(variants) :] + variants[: round_ % len(variants)]:
+            times[variant.name].append(steps[variant.name]())
+    plain_times = times[variants[0].name]
     for variant in variants:
-        variant.images_per_sec = args.batch_size / statistics.median(samples[variant.name])
-    reference = variants[0].images_per_sec
-    for variant in variants:
-        variant.speedup = variant.images_per_sec / reference
+        variant.images_per_sec = args.batch_size / statistics.median(times[variant.name])
+        variant.speedup = statistics.median(p / t for p, t in zip(plain_times, times[variant.name]))
         if variant.stage:
             op_time = _op_time(
                 select, variant.stage, schedule, args.batch_size, full_tokens, shape.embed_dim, device, dtype
@@ -141,11 +144,11 @@ def bench_main(args: argparse.Namespace) -> list[Variant]:
     return variants
 
 
-class _Stepper:
-    """Training steps of one variant on synthetic data; returns seconds per step."""
+class _Trainer:
+    """Training steps of one model on a fixed synthetic batch."""
 
-    def __init__(self, model, schedule, stage, device, dtype, args) -> None:
-        self.model, self.schedule, self.stage, self.device, self.dtype = model, schedule, stage, device, dtype
+    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype | None, args) -> None:
+        self.model, self.device, self.dtype = model.train(), device, dtype
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         self.images = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
         self.images = self.images.contiguous(memory_format=memory_format)
@@ -153,23 +156,19 @@ class _Stepper:
         self.forward = torch.compile(model) if args.compile else model
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
 
-    def run(self, steps: int) -> float:
-        if self.stage is not None:  # epoch -1 is before every stage: ToE attached but inactive
-            epoch = -1 if self.stage == 0 else self.schedule.expansion_step[self.stage - 1]
-            self.model.token_select.update_current_stage(epoch)
-        self.model.train()
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                loss = nn.functional.cross_entropy(self.forward(self.images), self.labels)
-            loss.backward()
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+    def step(self, schedule=None, stage: int | None = None) -> float:
+        """One training step (at ToE ``stage``; 0: attached but inactive); returns its seconds."""
+        if stage is not None:  # epoch -1 is before every stage: ToE attached but inactive
+            self.model.token_select.update_current_stage(-1 if stage == 0 else schedule.expansion_step[stage - 1])
+        start = time.perf_counter()
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            loss = nn.functional.cross_entropy(self.forward(self.images), self.labels)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
 
 
 def _op_time(select, stage, schedule, batch, tokens, channels, device, dtype, repeats: int = 5) -> float:
@@ -199,7 +198,7 @@ def format_bench(args: argparse.Namespace, variants: list[Variant]) -> str:
     lines = [
         f"{args.model} at {args.input_size} px, batch {args.batch_size}, {args.amp_dtype}"
         f"{', channels-last' if args.channels_last else ''}{', torch.compile' if args.compile else ''}, "
-        f"{_device_name(torch.device(args.device))}; median of {args.rounds} interleaved rounds x {args.steps} steps",
+        f"{_device_name(torch.device(args.device))}; median of {args.rounds} rounds of one step per variant",
         "",
         f"{'variant':<11} {'tokens':>6} {'images/s':>9} {'measured':>9} {'analytic':>9} {'of limit':>8} "
         f"{'op share':>8}",
