@@ -42,7 +42,8 @@ def test_bench_measures_every_stage_next_to_the_analytic_ratio(tmp_path, capsys)
     result = json.loads((tmp_path / "b.json").read_text())
     variants = {v["name"]: v for v in result["variants"]}
     assert [v["tokens"] for v in result["variants"]] == [65, 65, 33, 49]  # 64 patches: .5 / .75 kept
-    assert variants["plain timm"]["speedup"] == 1.0 and variants["ToE off"]["op_share"] is None
+    assert variants["plain timm"]["speedup"] == 1.0 and variants["plain timm"]["op_share"] is None
+    assert 0 < variants["ToE off"]["op_share"] < 0.01  # the inactive selector: a function call
     for name in ("stage 1", "stage 2"):
         assert variants[name]["images_per_sec"] > 0 and 0 < variants[name]["op_share"] < 1
     with torch.device("meta"):

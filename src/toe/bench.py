@@ -43,7 +43,7 @@ class Variant:
     analytic_speedup: float
     images_per_sec: float = 0.0
     speedup: float = 0.0
-    op_share: float | None = None  # TokenSelect fwd+bwd time over the step time
+    op_share: float | None = None  # TokenSelect fwd+bwd time (inactive for ToE off) over the step time
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,7 +121,7 @@ def bench_main(args: argparse.Namespace) -> list[Variant]:
     for variant in variants:
         variant.images_per_sec = args.batch_size / statistics.median(times[variant.name])
         variant.speedup = statistics.median(p / t for p, t in zip(plain_times, times[variant.name]))
-        if variant.stage:
+        if variant.stage is not None:  # ToE off: the inactive hook's own cost
             op_time = _op_time(
                 select, variant.stage, schedule, args.batch_size, full_tokens, shape.embed_dim, device, dtype
             )
@@ -172,9 +172,9 @@ class _Trainer:
 
 
 def _op_time(select, stage, schedule, batch, tokens, channels, device, dtype, repeats: int = 5) -> float:
-    """Median seconds of TokenSelect forward + backward alone at [batch, tokens, channels]."""
+    """Median seconds of TokenSelect forward + backward alone at [batch, tokens, channels] (stage 0: inactive)."""
     select = copy.deepcopy(select).train()
-    select.update_current_stage(schedule.expansion_step[stage - 1])
+    select.update_current_stage(-1 if stage == 0 else schedule.expansion_step[stage - 1])
     x = torch.randn(batch, tokens, channels, device=device, dtype=dtype or torch.float32, requires_grad=True)
     times = []
     for i in range(repeats + 1):
@@ -204,7 +204,7 @@ def format_bench(args: argparse.Namespace, variants: list[Variant]) -> str:
         f"{'op share':>8}",
     ]
     for v in variants:
-        share = "-" if v.op_share is None else f"{100 * v.op_share:.2f}%"
+        share = "-" if v.op_share is None else f"{100 * v.op_share:.3f}%"
         lines.append(
             f"{v.name:<11} {v.tokens:>6} {v.images_per_sec:>9.2f} {v.speedup:>8.2f}x {v.analytic_speedup:>8.2f}x "
             f"{v.speedup / v.analytic_speedup:>8.2f} {share:>8}"
