@@ -172,15 +172,17 @@ class _Trainer:
 
 
 def _op_time(select, stage, schedule, batch, tokens, channels, device, dtype, repeats: int = 5) -> float:
-    """Median seconds of TokenSelect forward + backward alone at [batch, tokens, channels] (stage 0: inactive)."""
+    """Median seconds of TokenSelect forward + backward alone at [batch, tokens, channels]; stage 0: the
+    inactive selector's call."""
     select = copy.deepcopy(select).train()
     select.update_current_stage(-1 if stage == 0 else schedule.expansion_step[stage - 1])
     x = torch.randn(batch, tokens, channels, device=device, dtype=dtype or torch.float32, requires_grad=True)
     times = []
     for i in range(repeats + 1):
         start = time.perf_counter()
-        out = select(x)[0]
-        out.backward(torch.ones_like(out))
+        out, index = select(x)
+        if index is not None:  # the inactive selector returns x itself: nothing to differentiate
+            out.backward(torch.ones_like(out))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i:

@@ -112,16 +112,19 @@ def train_one_epoch(
             with precision.autocast():
                 outputs = model(samples)
                 loss = criterion(samples, outputs, targets)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(
-                    f"the loss became {loss_value} at epoch {epoch}, step {step}; training stopped "
-                    "(the last checkpoint is kept; try a lower --lr, --clip-grad or fp32)"
-                )
             precision.backward(loss / accum_steps)
         if update:
             precision.step(optimizer, parameters, clip_grad, clip_mode)
             optimizer.zero_grad(set_to_none=True)
+        # the step's one host sync, after the whole step is queued; a bad step stops here, before the EMA
+        # update and before anything is saved
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(
+                f"the loss became {loss_value} at epoch {epoch}, step {step}; training stopped "
+                "(the last checkpoint is kept; try a lower --lr, --clip-grad or fp32)"
+            )
+        if update:
             stats.updates += 1
             if model_ema is not None:
                 model_ema.update(unwrap(model), step=stats.updates)
