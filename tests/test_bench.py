@@ -69,3 +69,12 @@ def test_bench_bad_input_is_one_line(extra, fragments, tmp_path, capsys):
     argv = ["bench", *TINY, *[a.format(tmp=tmp_path) for a in extra]]
     status, _, err = run_cli(toe_main, argv, capsys)
     assert_one_line_error(status, err, *fragments)
+
+
+def test_bench_compiles_one_graph_per_model_and_stage(monkeypatch, capsys):
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend="aot_eager"))  # no C++ build
+    status, out, err = run_cli(toe_main, ["bench", *TINY, "--compile"], capsys)
+    assert status == 0, err
+    # plain timm, and the ToE model off / stage 1 / stage 2: no graph breaks, no recompiles between rounds
+    assert "torch.compile: 4 graphs for 4 variants" in out

@@ -37,3 +37,17 @@ def test_one_graph_per_stage_and_eager_equal_outputs():
         torch.testing.assert_close(out, model(x))
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs == [1, 1, 2, 2, 3, 3]
+
+
+def test_a_plain_model_compiled_first_does_not_hide_the_hook_of_a_toe_model():
+    """torch.compile reuses graphs across instances of one class and skips hook guards by default."""
+    dynamo.reset()
+    torch.manual_seed(0)
+    plain = timm.create_model("deit_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2)
+    x = torch.randn(2, 3, 32, 32)
+    torch.compile(plain.train(), backend="aot_eager")(x)
+    model = tiny_toe_model()
+    model.token_select.update_current_stage(0)
+    out = torch.compile(model, backend="aot_eager")(x)
+    assert model.toe_index is not None and model.toe_index.shape == (2, 33)  # ToE ran: 1 + 32 of 64 patches
+    torch.testing.assert_close(out, model(x))

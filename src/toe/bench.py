@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 from torch import nn
+from torch._dynamo.utils import counters  # torch.compile's statistics (graphs compiled)
 
 from .figures import check_output, save_figure
 from .flops import forward_macs, vit_shape
@@ -104,6 +105,7 @@ def bench_main(args: argparse.Namespace) -> list[Variant]:
             )
 
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp_dtype]
+    graphs_before = counters["stats"]["unique_graphs"]
     plain_trainer = _Trainer(plain, device, dtype, args)
     toe_trainer = _Trainer(with_toe, device, dtype, args)
     steps = {
@@ -127,6 +129,9 @@ def bench_main(args: argparse.Namespace) -> list[Variant]:
             )
             variant.op_share = op_time / (args.batch_size / variant.images_per_sec)
     print(format_bench(args, variants))
+    if args.compile:
+        graphs = counters["stats"]["unique_graphs"] - graphs_before
+        print(f"torch.compile: {graphs} graphs for {len(variants)} variants on 2 models (a recompile per ToE stage)")
     if args.json:
         with open(args.json, "w") as handle:  # its folder was checked before the benchmark
             json.dump(

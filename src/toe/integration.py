@@ -39,8 +39,15 @@ def apply_toe(model: nn.Module, token_select: TokenSelect | None = None) -> nn.M
             model that declares ``supports_toe = True`` and has ``blocks`` and ``num_prefix_tokens``.
         token_select: the selector to use; default: the selector already attached, else the paper's
             DeiT settings. Assigning ``model.token_select = TokenSelect(...)`` later replaces it.
+
+    Call it before ``torch.compile``: it makes torch.compile guard on module hooks (a process-wide
+    setting, ``torch._dynamo.config.skip_nnmodule_hook_guards = False``), so compiled graphs of other
+    models are not reused for this one; graphs compiled before the call do not know about the hook.
     """
     _check_supported(model)
+    # torch.compile skips guards on module hooks by default, so a graph compiled for another instance of
+    # the same model class (e.g. a plain baseline) would be reused for this one without the ToE hook
+    torch._dynamo.config.skip_nnmodule_hook_guards = False
     if not _toe_hooks(model):
         model.blocks[0].register_forward_hook(_ToEHook(model))
     if token_select is not None:
