@@ -1,6 +1,6 @@
 """Whole-run comparison: the demo trained with and without ToE, same seed, same epochs, one after the other.
 
-Runs ToE/deit/run/demo.sh into OUTPUT/toe and, with TOE=0 (the same flags without ToE), into
+Runs ToE/deit/run/demo.sh (with --seed) into OUTPUT/toe and, with TOE=0 (the same flags without ToE), into
 OUTPUT/baseline (finished runs there are reused), overlays their curves in OUTPUT/training_curves.png,
 and prints total train compute time (data loading excluded), wall time, final and best top-1 of each
 and the ratios, as a markdown table for BENCHMARKS.md.
@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "ToE" / "deit" / "run" / "demo.sh"
 
 
-def train(data: Path, output: Path, with_toe: bool) -> dict:
+def train(data: Path, output: Path, with_toe: bool, seed: int) -> dict:
     """Run the demo (``with_toe`` or its baseline) into ``output``; totals and top-1 from its log.txt."""
-    env = {**os.environ, "PYTHON": sys.executable, "DATA": str(data), "OUTPUT": str(output)}
+    env = {**os.environ, "PYTHON": sys.executable, "DATA": str(data), "OUTPUT": str(output), "SEED": str(seed)}
     subprocess.run(["bash", str(DEMO)], env={**env, "TOE": "1" if with_toe else "0"}, check=True)
     records = read_log(output)
     last = records[-1]
@@ -41,10 +41,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-path", type=Path, default=Path("data/demo"))
     parser.add_argument("--output", type=Path, default=Path("output/compare"))
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     data, output = args.data_path.resolve(), args.output.resolve()
-    toe = train(data, output / "toe", with_toe=True)
-    base = train(data, output / "baseline", with_toe=False)
+    toe = train(data, output / "toe", with_toe=True, seed=args.seed)
+    base = train(data, output / "baseline", with_toe=False, seed=args.seed)
     curves = output / "training_curves.png"
     toe_cli = [sys.executable, "-m", "toe.cli"]
     subprocess.run([*toe_cli, "plot", output / "toe", output / "baseline", "--out", curves], check=True)

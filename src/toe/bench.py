@@ -17,6 +17,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -27,10 +28,11 @@ from torch import nn
 from torch._dynamo.utils import counters  # torch.compile's statistics (graphs compiled)
 
 from .figures import check_output, save_figure
-from .flops import forward_macs, vit_shape
+from .flops import ViTShape, forward_macs, vit_shape
 from .integration import apply_toe
-from .options import UserError, schedule_from_args
+from .options import UserError, token_select_from_args
 from .recipes.common import create_model, parse_model_kwargs
+from .schedule import ToESchedule
 from .token_select import TokenSelect
 
 
@@ -79,54 +81,23 @@ def bench_main(args: argparse.Namespace) -> list[Variant]:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {args.device} was asked for but this machine has no CUDA device")
-    schedule = schedule_from_args(args)
+    select = token_select_from_args(args)
+    schedule = select.schedule
     torch.manual_seed(0)
     plain = create_model(args.model, 1000, img_size=args.input_size, **parse_model_kwargs(args.model_kwargs))
     plain.to(device)
     shape = vit_shape(plain)
-    select = TokenSelect(
-        schedule.expansion_step,
-        schedule.keep_rate,
-        schedule.initialization_keep_rate,
-        schedule.expansion_multiple_stage,
-        distance=args.distance,
-        seeding=args.seeding,
-    )
     with_toe = apply_toe(copy.deepcopy(plain), select)
-    counts = schedule.token_counts(shape.num_patches)
-    full = forward_macs(shape)
-    full_tokens = shape.num_prefix_tokens + shape.num_patches
-    variants = [Variant("plain timm", None, full_tokens, 1.0), Variant("ToE off", 0, full_tokens, 1.0)]
-    for stage in range(1, schedule.num_stages + 1):
-        if schedule.is_active(stage):
-            kept = counts.kept[stage - 1]
-            variants.append(
-                Variant(f"stage {stage}", stage, shape.num_prefix_tokens + kept, full / forward_macs(shape, kept))
-            )
-
+    variants = plan_variants(shape, schedule)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp_dtype]
     graphs_before = counters["stats"]["unique_graphs"]
     plain_trainer = _Trainer(plain, device, dtype, args)
     toe_trainer = _Trainer(with_toe, device, dtype, args)
-    steps = {
-        v.name: plain_trainer.step if v.stage is None else partial(toe_trainer.step, schedule, v.stage)
-        for v in variants
-    }
+    steps = {v.name: plain_trainer.step if v.stage is None else partial(toe_trainer.step, v.stage) for v in variants}
+    measure(variants, steps, args.batch_size, args.warmup, args.rounds)
     for variant in variants:
-        for _ in range(args.warmup):
-            steps[variant.name]()
-    times: dict[str, list[float]] = {v.name: [] for v in variants}
-    for round_ in range(args.rounds):
-        for variant in variants[round_ % len(variants) :] + variants[: round_ % len(variants)]:
-            times[variant.name].append(steps[variant.name]())
-    plain_times = times[variants[0].name]
-    for variant in variants:
-        variant.images_per_sec = args.batch_size / statistics.median(times[variant.name])
-        variant.speedup = statistics.median(p / t for p, t in zip(plain_times, times[variant.name]))
-        if variant.stage is not None:  # ToE off: the inactive hook's own cost
-            op_time = _op_time(
-                select, variant.stage, schedule, args.batch_size, full_tokens, shape.embed_dim, device, dtype
-            )
+        if variant.stage is not None:  # ToE off: the inactive selector's own cost
+            op_time = _op_time(select, variant.stage, args.batch_size, shape, device, dtype)
             variant.op_share = op_time / (args.batch_size / variant.images_per_sec)
     print(format_bench(args, variants))
     if args.compile:
@@ -149,6 +120,37 @@ def bench_main(args: argparse.Namespace) -> list[Variant]:
     return variants
 
 
+def plan_variants(shape: ViTShape, schedule: ToESchedule) -> list[Variant]:
+    """Plain timm, ToE off, then every reduced stage of ``schedule``, with tokens and analytic speedups."""
+    counts = schedule.token_counts(shape.num_patches)
+    full_tokens = shape.num_prefix_tokens + shape.num_patches
+    variants = [Variant("plain timm", None, full_tokens, 1.0), Variant("ToE off", 0, full_tokens, 1.0)]
+    for stage in range(1, schedule.num_stages + 1):
+        if schedule.is_active(stage):
+            kept = counts.kept[stage - 1]
+            speedup = forward_macs(shape) / forward_macs(shape, kept)
+            variants.append(Variant(f"stage {stage}", stage, shape.num_prefix_tokens + kept, speedup))
+    return variants
+
+
+def measure(
+    variants: list[Variant], steps: dict[str, Callable[[], float]], batch_size: int, warmup: int, rounds: int
+) -> None:
+    """Fill in images/s and speedup over the first variant: ``warmup`` untimed steps each, then ``rounds``
+    rounds of one timed step per variant, each round starting one variant later."""
+    for variant in variants:
+        for _ in range(warmup):
+            steps[variant.name]()
+    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    for round_ in range(rounds):
+        for variant in variants[round_ % len(variants) :] + variants[: round_ % len(variants)]:
+            times[variant.name].append(steps[variant.name]())
+    reference = times[variants[0].name]
+    for variant in variants:
+        variant.images_per_sec = batch_size / statistics.median(times[variant.name])
+        variant.speedup = statistics.median(r / t for r, t in zip(reference, times[variant.name]))
+
+
 class _Trainer:
     """Training steps of one model on a fixed synthetic batch."""
 
@@ -161,10 +163,11 @@ class _Trainer:
         self.forward = torch.compile(model) if args.compile else model
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
 
-    def step(self, schedule=None, stage: int | None = None) -> float:
+    def step(self, stage: int | None = None) -> float:
         """One training step (at ToE ``stage``; 0: attached but inactive); returns its seconds."""
         if stage is not None:  # epoch -1 is before every stage: ToE attached but inactive
-            self.model.token_select.update_current_stage(-1 if stage == 0 else schedule.expansion_step[stage - 1])
+            select = self.model.token_select
+            select.update_current_stage(-1 if stage == 0 else select.schedule.expansion_step[stage - 1])
         start = time.perf_counter()
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             loss = nn.functional.cross_entropy(self.forward(self.images), self.labels)
@@ -176,12 +179,21 @@ class _Trainer:
         return time.perf_counter() - start
 
 
-def _op_time(select, stage, schedule, batch, tokens, channels, device, dtype, repeats: int = 5) -> float:
-    """Median seconds of TokenSelect forward + backward alone at [batch, tokens, channels]; stage 0: the
-    inactive selector's call."""
+def _op_time(
+    select: TokenSelect,
+    stage: int,
+    batch: int,
+    shape: ViTShape,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    repeats: int = 5,
+) -> float:
+    """Median seconds of TokenSelect forward + backward alone at the block-0 output [batch, prefix + P, C]
+    (``repeats`` calls after one untimed); stage 0: the inactive selector's call."""
     select = copy.deepcopy(select).train()
-    select.update_current_stage(-1 if stage == 0 else schedule.expansion_step[stage - 1])
-    x = torch.randn(batch, tokens, channels, device=device, dtype=dtype or torch.float32, requires_grad=True)
+    select.update_current_stage(-1 if stage == 0 else select.schedule.expansion_step[stage - 1])
+    tokens = shape.num_prefix_tokens + shape.num_patches
+    x = torch.randn(batch, tokens, shape.embed_dim, device=device, dtype=dtype or torch.float32, requires_grad=True)
     times = []
     for i in range(repeats + 1):
         start = time.perf_counter()
