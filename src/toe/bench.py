@@ -30,7 +30,7 @@ from torch._dynamo.utils import counters  # torch.compile's statistics (graphs c
 from .figures import check_output, save_figure
 from .flops import ViTShape, forward_macs, vit_shape
 from .integration import apply_toe
-from .options import UserError, token_select_from_args
+from .options import UserError, check_at_least, token_select_from_args
 from .recipes.common import create_model, parse_model_kwargs
 from .schedule import ToESchedule
 from .token_select import TokenSelect
@@ -72,9 +72,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def bench_main(args: argparse.Namespace) -> list[Variant]:
     """Run the benchmark described by ``args`` and print the table."""
-    for flag, value in (("--batch-size", args.batch_size), ("--rounds", args.rounds)):
-        if value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
+    check_at_least(("--batch-size", args.batch_size, 1), ("--rounds", args.rounds, 1))
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
         if path:
             check_output(Path(path), flag)

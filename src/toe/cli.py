@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from .options import ArgumentParser, UserError, add_toe_arguments, run_main, schedule_from_args
+from .options import ArgumentParser, UserError, add_toe_arguments, check_at_least, run_main, schedule_from_args
 
 
 def _build_flops_model(args: argparse.Namespace):
@@ -162,8 +162,7 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if getattr(args, "epochs", 1) < 1:
-        raise UserError(f"--epochs must be at least 1, got {args.epochs}")
+    check_at_least(("--epochs", getattr(args, "epochs", None), 1))
     args.handler(args)
 
 

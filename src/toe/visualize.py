@@ -34,7 +34,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .figures import check_output, save_figure
 from .integration import apply_toe
-from .options import UserError, token_select_from_args
+from .options import UserError, check_at_least, token_select_from_args
 from .recipes.common import check_input_size
 from .saved_run import build_model, model_from_checkpoint, toe_namespace
 from .token_select import TokenSelect
@@ -277,8 +277,7 @@ def _model_flags(args: argparse.Namespace) -> list[tuple[str, object]]:
 
 def visualize_main(args: argparse.Namespace) -> Path:
     """The ``toe visualize`` command: write the selection picture and return its path."""
-    if args.num_images < 1:
-        raise UserError(f"--num-images must be at least 1, got {args.num_images}")
+    check_at_least(("--num-images", args.num_images, 1))
     default_folder = Path(args.checkpoint).parent if args.checkpoint else Path(".")
     out = check_output(Path(args.out) if args.out else default_folder / "toe_selection.png")
     model, recorded, source = load_model(args)

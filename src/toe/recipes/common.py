@@ -12,8 +12,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..engine import DistInfo, load_weights
+from ..engine import DistInfo, TrainingRun, load_weights, resume
 from ..engine.precision import AMP_DTYPES
+from ..engine.trainer import auto_resume
 from ..options import UserError
 
 
@@ -153,6 +154,15 @@ def save_args(path: Path | None, args: argparse.Namespace, dist: DistInfo, name:
         temp.write_text(json.dumps(plain, indent=2) + "\n")
         temp.replace(path / name)
     return plain
+
+
+def resume_as_asked(run: TrainingRun, resume_path: str, auto: bool) -> str | None:
+    """Load ``--resume FILE``, else (``auto``) the newest checkpoint of the output folder, into ``run``;
+    returns the line to print, or None for a fresh start."""
+    if resume_path:
+        resume(run, resume_path)
+        return f"resumed from {resume_path}: continuing at epoch {run.start_epoch}"
+    return auto_resume(run) if auto else None
 
 
 def n_parameters(model: nn.Module) -> int:

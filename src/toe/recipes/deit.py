@@ -29,12 +29,18 @@ from ..data import (
     check_same_classes,
 )
 from ..data.loader import skipped_images
-from ..engine import Precision, RunLogger, StepHooks, TrainingRun, evaluate_run, fit, init_distributed, resume
+from ..engine import Precision, RunLogger, StepHooks, TrainingRun, evaluate_run, fit, init_distributed
 from ..engine.distributed import cleanup
 from ..engine.losses import DISTILLATION_TYPES, BaseLoss, DistillationLoss, classification_loss
-from ..engine.trainer import auto_resume
 from ..integration import apply_toe
-from ..options import ArgumentParser, UserError, add_toe_arguments, run_main, token_select_from_args
+from ..options import (
+    ArgumentParser,
+    UserError,
+    add_toe_arguments,
+    check_at_least,
+    run_main,
+    token_select_from_args,
+)
 from .common import (
     add_engine_arguments,
     check_input_size,
@@ -43,6 +49,7 @@ from .common import (
     n_parameters,
     parse_model_kwargs,
     prepare_output_dir,
+    resume_as_asked,
     save_args,
     wrap_model,
 )
@@ -159,16 +166,14 @@ def build_parser() -> ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Flag combinations that make no sense, caught before any work."""
-    for flag, value, low in (
+    check_at_least(
         ("--batch-size", args.batch_size, 1),
         ("--epochs", args.epochs, 1),
         ("--accum-iter", args.accum_iter, 1),
         ("--input-size", args.input_size, 8),
         ("--num_workers", args.num_workers, 0),
         ("--save-every-steps", args.save_every_steps, 0),
-    ):
-        if value < low:
-            raise UserError(f"{flag} must be at least {low}, got {value}")
+    )
     if mixup_active(args) and args.batch_size % 2:
         raise UserError(f"--batch-size {args.batch_size} must be even with --mixup/--cutmix (or set both to 0)")
     if args.distillation_type != "none" and not args.teacher_path:
@@ -320,10 +325,7 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
         skipped_images=(lambda: skipped_images(train_loader)) if args.skip_corrupt else None,
         start_epoch=args.start_epoch,
     )
-    if args.resume:
-        resume(run, args.resume)
-        say(f"resumed from {args.resume}: continuing at epoch {run.start_epoch}")
-    elif args.auto_resume and (message := auto_resume(run)):
+    if message := resume_as_asked(run, args.resume, args.auto_resume):
         say(message)
 
     if args.eval:

@@ -44,7 +44,14 @@ from ..engine.distributed import DistInfo, cleanup
 from ..engine.losses import BaseLoss, classification_loss
 from ..engine.precision import AMP_DTYPES
 from ..integration import apply_toe
-from ..options import ArgumentParser, UserError, add_toe_arguments, run_main, token_select_from_args
+from ..options import (
+    ArgumentParser,
+    UserError,
+    add_toe_arguments,
+    check_at_least,
+    run_main,
+    token_select_from_args,
+)
 from .common import create_model, n_parameters, parse_model_kwargs, prepare_output_dir, save_args, wrap_model
 from .resample import resample_checkpoint
 from .summary import describe_toe
@@ -172,14 +179,12 @@ def build_parser(prog: str = "ToE/EfficientTrain/main.py", stage: bool = True) -
 
 def check_args(args: argparse.Namespace) -> None:
     """Mistakes in the flags every stage shares, caught before any work."""
-    for flag, value, low in (
+    check_at_least(
         ("--epochs", args.epochs, 1),
         ("--warmup_epochs", args.warmup_epochs, 0),
         ("--num_workers", args.num_workers, 0),
         ("--save-every-steps", args.save_every_steps, 0),
-    ):
-        if value < low:
-            raise UserError(f"{flag} must be at least {low}, got {value}")
+    )
     if args.warmup_epochs >= args.epochs:
         raise UserError(f"--warmup_epochs {args.warmup_epochs} must be below --epochs {args.epochs}")
     if not 0 < args.crop_pct <= 1:
@@ -194,13 +199,11 @@ def check_args(args: argparse.Namespace) -> None:
 
 def check_stage_args(args: argparse.Namespace) -> None:
     """Mistakes in the per-stage flags."""
-    for flag, value, low in (
+    check_at_least(
         ("--batch_size", args.batch_size, 1),
         ("--update_freq", args.update_freq, 1),
         ("--input_size", args.input_size, 1),
-    ):
-        if value < low:
-            raise UserError(f"{flag} must be at least {low}, got {value}")
+    )
     if args.load_size is not None and args.load_size < args.input_size:
         raise UserError(f"--load_size {args.load_size} must not be below --input_size {args.input_size}")
     if args.end_epoch is not None and not 1 <= args.end_epoch <= args.epochs:

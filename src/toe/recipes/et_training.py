@@ -27,7 +27,7 @@ import torch
 
 from ..engine import RunLogger, init_distributed
 from ..engine.distributed import DistInfo, barrier, cleanup
-from ..options import ArgumentParser, UserError, run_main, schedule_from_args, toe_enabled
+from ..options import ArgumentParser, UserError, check_at_least, run_main, schedule_from_args, toe_enabled
 from . import efficienttrain
 from .efficienttrain_plan import NUM_STAGES, Stage, format_plan, plan_stages, stage_input_sizes
 
@@ -81,11 +81,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     efficienttrain.check_args(args)
-    for flag, value in (("--final_bs", args.final_bs), ("--effective_bs", args.effective_bs)):
-        if value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
-    if args.num_gpus is not None and args.num_gpus < 1:
-        raise UserError(f"--num_gpus must be at least 1, got {args.num_gpus}")
+    check_at_least(
+        ("--final_bs", args.final_bs, 1), ("--effective_bs", args.effective_bs, 1), ("--num_gpus", args.num_gpus, 1)
+    )
     if not args.output_dir:
         raise UserError("--output_dir is required: each stage resumes from the checkpoint the previous one left there")
     if args.input_sizes is not None and args.input_sizes[-1] != args.input_size:

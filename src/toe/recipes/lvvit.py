@@ -27,13 +27,19 @@ from ..data import build_dataset, build_eval_loader, build_eval_transform, build
 from ..data.label_transforms import build_token_label_transform
 from ..data.loader import skipped_images
 from ..data.token_label import TokenLabelDataset, TokenLabelTargets
-from ..engine import Precision, RunLogger, StepHooks, TrainingRun, evaluate_run, fit, init_distributed, resume
+from ..engine import Precision, RunLogger, StepHooks, TrainingRun, evaluate_run, fit, init_distributed
 from ..engine.distributed import cleanup
 from ..engine.losses import BaseLoss, TokenLabelCrossEntropy, classification_loss
-from ..engine.trainer import auto_resume
 from ..integration import apply_toe
 from ..models import LVViT
-from ..options import ArgumentParser, UserError, add_toe_arguments, run_main, token_select_from_args
+from ..options import (
+    ArgumentParser,
+    UserError,
+    add_toe_arguments,
+    check_at_least,
+    run_main,
+    token_select_from_args,
+)
 from .common import (
     add_engine_arguments,
     create_model,
@@ -41,6 +47,7 @@ from .common import (
     n_parameters,
     parse_model_kwargs,
     prepare_output_dir,
+    resume_as_asked,
     save_args,
     wrap_model,
 )
@@ -162,7 +169,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     """Flag combinations that make no sense, caught before any work."""
-    for flag, value, low in (
+    check_at_least(
         ("--batch-size", args.batch_size, 1),
         ("--epochs", args.epochs, 1),
         ("--cooldown-epochs", args.cooldown_epochs, 0),
@@ -170,9 +177,7 @@ def check_args(args: argparse.Namespace) -> None:
         ("--save-every-steps", args.save_every_steps, 0),
         ("--img-size", args.img_size, 8),
         ("--token-label-size", args.token_label_size, 1),
-    ):
-        if value is not None and value < low:
-            raise UserError(f"{flag} must be at least {low}, got {value}")
+    )
     if not Path(args.data_dir).is_dir():
         raise UserError(f"data folder {args.data_dir} does not exist (expected DIR/train and DIR/val)")
     if args.token_label:
@@ -299,10 +304,7 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
         skipped_images=(lambda: skipped_images(train_loader)) if args.skip_corrupt else None,
         start_epoch=args.start_epoch,
     )
-    if args.resume:
-        resume(run, args.resume)
-        say(f"resumed from {args.resume}: continuing at epoch {run.start_epoch}")
-    elif args.auto_resume and (message := auto_resume(run)):
+    if message := resume_as_asked(run, args.resume, args.auto_resume):
         say(message)
 
     if args.eval:
