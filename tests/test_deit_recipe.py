@@ -263,3 +263,20 @@ def test_toe_report_summarises_the_run(toe_run, capsys):
     assert "top-1 (model): final" in out and "top-1 (EMA): final" in out and "checkpoint.pth" in out
     status, _, err = run_cli(toe_main, ["report", toe_run / "missing"], capsys)
     assert_one_line_error(status, err, "no log.txt")
+
+
+def test_eval_transform_of_small_inputs_only_normalises_as_deit():
+    """DeiT: inputs of 32 px or less are evaluated as they are (no resize, no centre crop)."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from toe.data import build_eval_transform
+
+    pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).numpy()
+    image = Image.fromarray(pixels)
+    normalise = T.Compose([T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    assert torch.equal(build_eval_transform(32)(image), normalise(image))
+    larger = Image.fromarray(torch.randint(0, 256, (48, 40, 3), dtype=torch.uint8).numpy())
+    assert build_eval_transform(32)(larger).shape == (3, 32, 32)  # other sizes: resized and cropped
+    resized = build_eval_transform(48)(Image.fromarray(torch.randint(0, 256, (48, 48, 3), dtype=torch.uint8).numpy()))
+    assert resized.shape == (3, 48, 48)

@@ -3,7 +3,8 @@
 Train: timm ``create_transform`` (random resized crop, flip, RandAugment, colour jitter, random erasing);
 for inputs <= 32 px the crop is a RandomCrop with 4 px padding (DeiT's CIFAR-size rule). ``three_augment``
 is DeiT III's 3-Augment (one of grayscale / solarize / blur, then colour jitter). Eval: resize to
-input / crop_ratio (bicubic), centre crop.
+input / crop_ratio (bicubic), centre crop; for inputs <= 32 px, as DeiT, no resize and no crop (images
+of another size, where upstream stops, are resized and cropped as for larger inputs).
 """
 
 from __future__ import annotations
@@ -51,15 +52,25 @@ def build_eval_transform(
     mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
     std: tuple[float, ...] = IMAGENET_DEFAULT_STD,
 ) -> T.Compose:
-    """Resize to input / crop_ratio (bicubic), centre crop, normalise."""
-    return T.Compose(
-        [
-            T.Resize(int(input_size / crop_ratio), interpolation=T.InterpolationMode.BICUBIC),
-            T.CenterCrop(input_size),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ]
+    """Resize to input / crop_ratio (bicubic), centre crop, normalise; inputs <= 32 px: normalise only."""
+    resize_crop = T.Compose(
+        [T.Resize(int(input_size / crop_ratio), interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(input_size)]
     )
+    fit = _UnlessSize(input_size, resize_crop) if input_size <= 32 else resize_crop
+    return T.Compose([fit, T.ToTensor(), T.Normalize(mean, std)])
+
+
+class _UnlessSize:
+    """Apply ``transform`` to PIL images that are not ``size`` x ``size`` (DeiT's small-input eval)."""
+
+    def __init__(self, size: int, transform) -> None:
+        self.size, self.transform = size, transform
+
+    def __call__(self, image):
+        return image if image.size == (self.size, self.size) else self.transform(image)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, transform={self.transform})"
 
 
 def _three_augment(input_size: int, color_jitter: float, simple_random_crop: bool, mean, std) -> T.Compose:

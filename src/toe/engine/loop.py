@@ -126,8 +126,8 @@ def train_one_epoch(
             )
         if update:
             stats.updates += 1
-            if model_ema is not None:
-                model_ema.update(unwrap(model), step=stats.updates)
+            if model_ema is not None:  # decay applies from the first update, as timm's ModelEma in upstream
+                model_ema.update(unwrap(model))
             if hooks.after_update is not None:
                 hooks.after_update(stats.updates)
         if device.type == "cuda":
