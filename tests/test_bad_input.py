@@ -63,6 +63,8 @@ CASES = {
     "no sub-steps": case(["--expansion-multiple-stage", "0"], "--expansion-multiple-stage"),
     "unknown distance": case(["--distance", "cosin"], "--distance"),
     "sparse eval without ToE": case(["--sparse-eval"], "--sparse-eval", "need ToE"),
+    "token reduction without ToE": case(["--token-reduction", "random"], "--token-reduction", "need ToE"),
+    "unknown token reduction": case(["--toe", "--token-reduction", "tome"], "--token-reduction", "invalid choice"),
     "input not a multiple of the patch": case(["--input-size", "30"], "--input-size 30", "patch size 4"),
     "batch larger than the dataset": case(["--batch-size", "1000"], "--batch-size 1000", "larger than"),
     "odd batch with mixup": case(["--batch-size", "15"], "--batch-size 15 must be even"),

@@ -32,7 +32,7 @@ from .flops import ViTShape, forward_macs, vit_shape
 from .integration import apply_toe
 from .options import UserError, check_at_least, token_select_from_args
 from .recipes.common import create_model, parse_model_kwargs
-from .schedule import ToESchedule
+from .schedule import REDUCTIONS, ToESchedule
 from .token_select import TokenSelect
 
 
@@ -216,6 +216,7 @@ def format_bench(args: argparse.Namespace, variants: list[Variant]) -> str:
         f"{args.model} at {args.input_size} px, batch {args.batch_size}, {args.amp_dtype}"
         f"{', channels-last' if args.channels_last else ''}{', torch.compile' if args.compile else ''}, "
         f"{_device_name(torch.device(args.device))}; median of {args.rounds} rounds of one step per variant",
+        f"ToE stages: token reduction {REDUCTIONS[args.token_reduction]}",
         "",
         f"{'variant':<11} {'tokens':>6} {'images/s':>9} {'measured':>9} {'analytic':>9} {'of limit':>8} "
         f"{'op share':>8}",

@@ -8,6 +8,7 @@ import argparse
 from collections.abc import Sequence
 
 from .options import ArgumentParser, UserError, add_toe_arguments, check_at_least, run_main, schedule_from_args
+from .schedule import REDUCTIONS
 
 
 def _build_flops_model(args: argparse.Namespace):
@@ -42,6 +43,11 @@ def flops_main(args: argparse.Namespace) -> None:
     schedule = schedule_from_args(args)
     shape = vit_shape(model)
     print(format_costs(name, shape, schedule_costs(shape, schedule, args.epochs)))
+    if schedule is not None:
+        print(
+            f"token reduction {REDUCTIONS[args.token_reduction]}: every variant keeps the same tokens, "
+            "so the counts above hold for all of them"
+        )
 
 
 def report_main(args: argparse.Namespace) -> None:
@@ -111,7 +117,7 @@ def _add_visualize_parser(commands) -> None:
     model.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="more timm.create_model args")
     model.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
     add_toe_arguments(visualize, "deit", always_on=True)
-    visualize.set_defaults(handler=visualize_main, distance=None, seeding=None)
+    visualize.set_defaults(handler=visualize_main, distance=None, seeding=None, token_reduction=None)
 
 
 def _add_plot_parser(commands) -> None:

@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import torch
 
-from .schedule import DISTANCES, SEEDINGS, ToESchedule
+from .schedule import DISTANCES, REDUCTIONS, SEEDINGS, ToESchedule
 from .token_select import TokenSelect
 
 
@@ -124,6 +124,14 @@ def add_toe_arguments(parser: argparse.ArgumentParser, recipe: str = "deit", alw
         help="seed raster: the published one (reference) or evenly spread (uniform)",
     )
     group.add_argument("--sparse-eval", action="store_true", help="also reduce tokens when evaluating")
+    group.add_argument(
+        "--token-reduction",
+        choices=REDUCTIONS,
+        default="toe",
+        help="what happens to the tokens left out, with the same token count per stage: toe = the paper "
+        "(merged into the kept tokens), toe-drop = ToE's selection without merging (discarded), "
+        "random = a fresh random subset per image and step (the random-dropping baseline)",
+    )
     parser.set_defaults(toe_recipe=recipe, toe_always_on=always_on)
 
 
@@ -142,8 +150,12 @@ def toe_enabled(args: argparse.Namespace) -> bool:
 def schedule_from_args(args: argparse.Namespace) -> ToESchedule | None:
     """The validated schedule the flags ask for (paper settings fill what is left out), or None."""
     if not toe_enabled(args):
-        if args.sparse_eval or args.distance != "cosine" or args.seeding != "reference":
-            raise UserError("--sparse-eval, --distance and --seeding need ToE: add --toe or the ToE schedule flags")
+        defaults = (args.distance == "cosine", args.seeding == "reference", args.token_reduction == "toe")
+        if args.sparse_eval or not all(defaults):
+            raise UserError(
+                "--sparse-eval, --distance, --seeding and --token-reduction need ToE: add --toe or the ToE "
+                "schedule flags"
+            )
         return None
     paper = PAPER_SETTINGS[args.toe_recipe]
 
@@ -174,4 +186,5 @@ def token_select_from_args(args: argparse.Namespace) -> TokenSelect | None:
         distance=args.distance,
         seeding=args.seeding,
         sparse_eval=args.sparse_eval,
+        reduction=args.token_reduction,
     )

@@ -15,6 +15,7 @@ from .engine.logger import read_log
 from .flops import ViTShape, forward_macs, vit_shape
 from .options import UserError
 from .saved_run import build_model, read_run_args
+from .schedule import REDUCTIONS
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,15 @@ def stage_speedups(rows: list[StageRow]) -> list[float | None]:
         reference = full_token_row(rows, row.input_size)
         speedups.append(None if reference is None else reference.compute_time / row.compute_time)
     return speedups
+
+
+def token_reduction(records: list[dict], args: dict | None) -> str:
+    """How the run reduced tokens: the variant recorded in its log (or flags), or full-token training."""
+    if all(record.get("toe_stage") is None for record in records):
+        return "full-token training (ToE off)"
+    name = next((r["token_reduction"] for r in records if r.get("token_reduction")), None)
+    name = name or (args or {}).get("token_reduction") or "toe"  # logs older than the variants: ToE
+    return f"token reduction {REDUCTIONS.get(name, name)}"
 
 
 def run_args(output_dir: Path) -> tuple[dict | None, str]:
@@ -141,7 +151,7 @@ def format_report(output_dir: str | Path) -> str:
     show_size = len(sizes) > 1
     size_head = f"{'input':>5}  " if show_size else ""
     lines = [
-        f"run {output_dir}: {len(records)} epochs",
+        f"run {output_dir}: {len(records)} epochs, {token_reduction(records, args)}",
         "",
         " " * len(size_head) + f"{'':>5}  {'':>9}  {'':>6}  {'':>15}  {'':>9}  {'speedup vs full-token':>21}",
         f"{size_head}{'stage':>5}  {'epochs':>9}  {'tokens':>6}  {'compute s/epoch':>15}  {'images/s':>9}  "

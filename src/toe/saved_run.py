@@ -28,6 +28,7 @@ TOE_FLAGS = (
     "expansion_multiple_stage",
     "distance",
     "seeding",
+    "token_reduction",
 )
 
 
@@ -68,6 +69,7 @@ def toe_namespace(args: dict, overrides: argparse.Namespace | None = None) -> ar
             values[key] = getattr(overrides, key)
     values["distance"] = values["distance"] or "cosine"
     values["seeding"] = values["seeding"] or "reference"
+    values["token_reduction"] = values["token_reduction"] or "toe"
     return argparse.Namespace(
         **values, sparse_eval=False, toe_recipe=args.get("toe_recipe") or "deit", toe_always_on=True
     )

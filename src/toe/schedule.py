@@ -14,6 +14,13 @@ from dataclasses import dataclass
 
 DISTANCES = ("cosine", "euclidean", "manhattan")
 SEEDINGS = ("reference", "uniform")
+# token-reduction variants (what becomes of the tokens left out) and how reports name them; every
+# variant keeps the same number M of tokens per stage, so their compute is the same
+REDUCTIONS = {
+    "toe": "toe (the paper: tokens left out are merged into the kept ones)",
+    "toe-drop": "toe-drop (ToE's selection, tokens left out are discarded)",
+    "random": "random (a random subset of the same size per image and step)",
+}
 
 
 @dataclass(frozen=True)

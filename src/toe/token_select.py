@@ -4,6 +4,12 @@ The module maps tokens ``x`` [B, N, C] (N = prefix + P patch tokens) to ``tokens
 plus ``index`` [B, prefix + M], the input position of every output token. It knows nothing about
 models or training: the integration decides where to call it and the engine sets the stage.
 
+Besides ToE itself (``reduction="toe"``) it offers the two ablations of the paper with the same token
+count M per stage, for comparisons at equal compute: ``"toe-drop"`` (ToE's selection, the tokens left
+out are discarded instead of merged) and ``"random"`` (a fresh uniformly random subset of M patch tokens
+per image and call, drawn from torch's global generator, so a run's seed and its checkpointed RNG
+state make it reproducible).
+
 Implementation notes (docs/token-expansion-spec.md sections 5-8):
 - the scoring (which tokens to add, where to merge the rest) runs without gradient and in float32;
   gradients reach every input token through row gathers and the mean of the merge;
@@ -22,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .schedule import DISTANCES, SEEDINGS, ToESchedule, TokenCounts
+from .schedule import DISTANCES, REDUCTIONS, SEEDINGS, ToESchedule, TokenCounts
 
 
 class TokenSelect(nn.Module):
@@ -36,6 +42,8 @@ class TokenSelect(nn.Module):
         distance: ``"cosine"`` (default), ``"euclidean"`` or ``"manhattan"``.
         seeding: ``"reference"`` (the published raster, default) or ``"uniform"`` (evenly spread).
         sparse_eval: also reduce tokens in eval mode (default: eval is full-token).
+        reduction: ``"toe"`` (the paper: merge the tokens left out, default), ``"toe-drop"`` (ToE's
+            selection without merging) or ``"random"`` (a random subset of the same size).
     """
 
     def __init__(
@@ -47,8 +55,11 @@ class TokenSelect(nn.Module):
         distance: str = "cosine",
         seeding: str = "reference",
         sparse_eval: bool = False,
+        reduction: str = "toe",
     ) -> None:
         super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"--token-reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
         if distance not in DISTANCES:
             raise ValueError(f"--distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
         if seeding not in SEEDINGS:
@@ -57,6 +68,7 @@ class TokenSelect(nn.Module):
         self.distance = distance
         self.seeding = seeding
         self.sparse_eval = sparse_eval
+        self.reduction = reduction
         self._stage = 0
         self._seed_cache: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         self._substep_cache: dict[tuple[int, int], tuple[int, ...]] = {}
@@ -87,7 +99,8 @@ class TokenSelect(nn.Module):
             f"expansion_step={list(s.expansion_step)}, keep_rate={list(s.keep_rate)}, "
             f"initialization_keep_rate={s.initialization_keep_rate}, "
             f"expansion_multiple_stage={s.expansion_multiple_stage}, distance={self.distance!r}, "
-            f"seeding={self.seeding!r}, sparse_eval={self.sparse_eval}, stage={self._stage}"
+            f"seeding={self.seeding!r}, sparse_eval={self.sparse_eval}, reduction={self.reduction!r}, "
+            f"stage={self._stage}"
         )
 
     def forward(self, x: torch.Tensor, num_prefix_tokens: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -95,16 +108,19 @@ class TokenSelect(nn.Module):
 
         Returns ``(x, None)`` unchanged when inactive; otherwise ``(tokens, index)`` where ``index``
         [B, prefix + M] (int64) holds the input position of every output token: prefix tokens first,
-        then seeds (ascending), then the tokens added by each sub-step in the order they were added.
+        then seeds (ascending), then the tokens added by each sub-step in the order they were added
+        (``random``: the drawn patches in random order).
         """
         if not self.is_active:
             return x, None
-        batch, length, _ = x.shape
-        num_patches = length - num_prefix_tokens
-        substeps = self._substeps(num_patches)
+        num_patches = x.shape[1] - num_prefix_tokens
+        if self.reduction == "random":
+            return _gather(x, num_prefix_tokens, self._random_kept(x.shape[0], num_patches, x.device))
         seeds, rest = self._seeds(num_patches, x.device)
         with torch.no_grad():
-            kept, slot = self._select(x[:, num_prefix_tokens:], seeds, rest, substeps)
+            kept, slot = self._select(x[:, num_prefix_tokens:], seeds, rest, self._substeps(num_patches))
+        if self.reduction == "toe-drop":
+            return _gather(x, num_prefix_tokens, kept)
         return _merge(x, num_prefix_tokens, kept, slot)
 
     @torch.no_grad()
@@ -115,14 +131,28 @@ class TokenSelect(nn.Module):
         returns ``(kept, slot)``: ``kept`` [B, M] the kept patch positions (0..P-1, prefix excluded) in
         output order (seeds, then each sub-step's tokens in the order they were added) and ``slot``
         [B, P] the output slot (0..M-1) of every patch: its own if kept, else that of the kept token
-        it is averaged into. ``forward``'s index is ``kept + prefix`` after the prefix positions.
+        it is averaged into, or -1 when it is discarded (``toe-drop`` and ``random``; ``random`` draws
+        a new subset). ``forward``'s index is ``kept + prefix`` after the prefix positions.
         Returns None when the current stage does not reduce tokens (stage 0 or keep rate 1.0).
         """
         if not self.schedule.is_active(self._stage):
             return None
         num_patches = x.shape[1] - num_prefix_tokens
-        seeds, rest = self._seeds(num_patches, x.device)
-        return self._select(x[:, num_prefix_tokens:], seeds, rest, self._substeps(num_patches))
+        if self.reduction == "random":
+            kept = self._random_kept(x.shape[0], num_patches, x.device)
+        else:
+            seeds, rest = self._seeds(num_patches, x.device)
+            kept, slot = self._select(x[:, num_prefix_tokens:], seeds, rest, self._substeps(num_patches))
+            if self.reduction == "toe":
+                return kept, slot
+        own_slot = torch.arange(kept.shape[1], device=kept.device).expand_as(kept)
+        slot = torch.full((x.shape[0], num_patches), -1, dtype=torch.long, device=kept.device)
+        return kept, slot.scatter_(1, kept, own_slot)
+
+    def _random_kept(self, batch: int, num_patches: int, device: torch.device) -> torch.Tensor:
+        """A uniformly random subset of M patch positions per image, M as ToE's: [B, M] (global RNG)."""
+        kept = self._seeds(num_patches, device)[0].numel() + sum(self._substeps(num_patches))
+        return torch.rand(batch, num_patches, device=device).argsort(dim=1)[:, :kept]
 
     def _substeps(self, num_patches: int) -> tuple[int, ...]:
         """Sizes of the sub-steps run in the current stage (zero-size ones dropped), cached."""
@@ -224,6 +254,17 @@ def _gather_rows(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     batch, length, channels = x.shape
     flat = (positions + torch.arange(batch, device=x.device).unsqueeze(1) * length).reshape(-1)
     return x.reshape(batch * length, channels).index_select(0, flat).view(batch, -1, channels)
+
+
+def _gather(x: torch.Tensor, num_prefix_tokens: int, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the prefix tokens and the patches at ``kept`` [B, M]; the others are discarded.
+
+    Args:
+        x: [B, N, C] all tokens. Returns tokens [B, prefix + M, C] and their index [B, prefix + M].
+    """
+    prefix = torch.arange(num_prefix_tokens, device=x.device).expand(x.shape[0], -1)
+    index = torch.cat((prefix, kept + num_prefix_tokens), dim=1)
+    return _gather_rows(x, index), index
 
 
 def _merge(

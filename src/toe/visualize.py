@@ -4,7 +4,8 @@ For every image (a row) and every stage (a column) the picture shows, over the i
 (white dots), the tokens each expansion sub-step added (a marker shape and colour per sub-step), and
 for every merged patch the kept token it is averaged into (the patches of one group share a tint and
 an outline, and a line joins every merged patch to its kept token). A full-token stage (keep rate 1.0)
-shows the plain patch grid.
+shows the plain patch grid. For the variants without merging (``--token-reduction toe-drop`` and
+``random``) the discarded patches are darkened instead; ``random`` marks its random subset (one draw).
 
 The selection is TokenSelect's own (:meth:`toe.TokenSelect.assignment`, the selection a training
 forward makes) on the model's block-0 output. The model runs in eval mode, so dropout and drop-path
@@ -45,6 +46,7 @@ LEGEND_INCHES = 1.0  # room for the legend under the grid
 STEP_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "p", "h", "<", ">")  # seeds, sub-step 1, 2, ...
 GROUP_COLOURS = colormaps["tab20"].colors
 GROUP_ALPHA = 0.35
+DROPPED_ALPHA = 0.6  # darkening of discarded patches (toe-drop, random)
 STEP_COLOURS = ("white",) + colormaps["Set1"].colors
 
 
@@ -56,7 +58,8 @@ class StageSelection:
         stage: the stage (1, 2, ...).
         kept: [M] kept patch positions (0..P-1) in output order: seeds, then each sub-step's tokens in
             the order they were added; all P positions in raster order in a full-token stage.
-        slot: [P] the index into ``kept`` of the token every patch is averaged into (its own if kept).
+        slot: [P] the index into ``kept`` of the token every patch is averaged into (its own if kept),
+            -1 for a discarded patch (the variants without merging).
         step_sizes: number of seeds, then the size of every sub-step run (summing to M); () when the
             stage is full-token.
         step_labels: a name for each entry of ``step_sizes``.
@@ -71,6 +74,11 @@ class StageSelection:
     @property
     def full_token(self) -> bool:
         return not self.step_sizes
+
+    @property
+    def merged(self) -> bool:
+        """Whether the patches left out are merged into kept tokens (ToE) rather than discarded."""
+        return bool((self.slot >= 0).all())
 
     def steps(self) -> torch.Tensor:
         """[M] the step that chose every kept token: 0 = seed, k = k-th sub-step."""
@@ -116,13 +124,15 @@ def stage_selections(
             for row in per_image:
                 row.append(StageSelection(stage, everything, everything, (), ()))
             continue
+        kept, slot = result
         sizes, labels = [counts.seeds], ["seeds"]
         for s in range(stage):
             for k, size in enumerate(counts.substeps[s]):
                 if size > 0:
                     sizes.append(size)
                     labels.append(f"stage {s + 1}, sub-step {k + 1}")
-        kept, slot = result
+        if selector.reduction == "random":
+            sizes, labels = [kept.shape[1]], ["random subset"]
         for b, row in enumerate(per_image):
             row.append(StageSelection(stage, kept[b].cpu(), slot[b].cpu(), tuple(sizes), tuple(labels)))
     return per_image
@@ -138,24 +148,35 @@ def draw_selection(ax: Axes, image: np.ndarray, selection: StageSelection, grid:
         ax.add_collection(LineCollection(lines, colors="white", linewidths=0.6, alpha=0.7))
         return
     slot = selection.slot.view(rows, cols).numpy()
-    tint = np.array([GROUP_COLOURS[j % len(GROUP_COLOURS)] for j in slot.reshape(-1)]).reshape(rows, cols, 3)
-    ax.imshow(np.dstack([tint, np.full((rows, cols), GROUP_ALPHA)]), extent=(0, cols, rows, 0), interpolation="nearest")
-    # outlines between neighbouring patches of different groups
-    edges = [[(c + 1, r), (c + 1, r + 1)] for r, c in zip(*np.nonzero(slot[:, 1:] != slot[:, :-1]))]
-    edges += [[(c, r + 1), (c + 1, r + 1)] for r, c in zip(*np.nonzero(slot[1:, :] != slot[:-1, :]))]
-    ax.add_collection(LineCollection(edges, colors="white", linewidths=1.4))
     centres = np.stack([np.arange(rows * cols) % cols + 0.5, np.arange(rows * cols) // cols + 0.5], axis=1)
     kept = selection.kept.numpy()
-    owner = kept[selection.slot.numpy()]  # the kept patch every patch is averaged into
-    merged = np.nonzero(owner != np.arange(rows * cols))[0]
-    links = np.stack([centres[merged], centres[owner[merged]]], axis=1)
-    ax.add_collection(LineCollection(links, colors="black", linewidths=0.8, alpha=0.6))
+    if selection.merged:
+        _draw_merge_groups(ax, slot, kept, centres)
+    else:
+        shade = np.zeros((rows, cols, 4))
+        shade[..., 3] = np.where(slot < 0, DROPPED_ALPHA, 0.0)
+        ax.imshow(shade, extent=(0, cols, rows, 0), interpolation="nearest")
     size = (0.4 * PANEL_INCHES * 72 / max(rows, cols)) ** 2  # marker area in points^2: 0.4 patch wide
     steps = selection.steps().numpy()
     for k in range(len(selection.step_sizes)):
         at = centres[kept[steps == k]]
         marker, colour = _step_marker(k)
         ax.scatter(at[:, 0], at[:, 1], s=size, marker=marker, c=[colour], edgecolors="black", linewidths=0.8, zorder=3)
+
+
+def _draw_merge_groups(ax: Axes, slot: np.ndarray, kept: np.ndarray, centres: np.ndarray) -> None:
+    """Tint and outline every merge group (``slot`` [rows, cols]) and link merged patches to their token."""
+    rows, cols = slot.shape
+    tint = np.array([GROUP_COLOURS[j % len(GROUP_COLOURS)] for j in slot.reshape(-1)]).reshape(rows, cols, 3)
+    ax.imshow(np.dstack([tint, np.full((rows, cols), GROUP_ALPHA)]), extent=(0, cols, rows, 0), interpolation="nearest")
+    # outlines between neighbouring patches of different groups
+    edges = [[(c + 1, r), (c + 1, r + 1)] for r, c in zip(*np.nonzero(slot[:, 1:] != slot[:, :-1]))]
+    edges += [[(c, r + 1), (c + 1, r + 1)] for r, c in zip(*np.nonzero(slot[1:, :] != slot[:-1, :]))]
+    ax.add_collection(LineCollection(edges, colors="white", linewidths=1.4))
+    owner = kept[slot.reshape(-1)]  # the kept patch every patch is averaged into
+    merged = np.nonzero(owner != np.arange(rows * cols))[0]
+    links = np.stack([centres[merged], centres[owner[merged]]], axis=1)
+    ax.add_collection(LineCollection(links, colors="black", linewidths=0.8, alpha=0.6))
 
 
 def _step_marker(k: int) -> tuple[str, object]:
@@ -188,10 +209,13 @@ def selection_figure(
         handles.append(
             Line2D([], [], linestyle="", marker=marker, markerfacecolor=colour, markeredgecolor="black", label=label)
         )
-    handles += [
-        Line2D([], [], color="black", alpha=0.6, linewidth=0.8, label="merged patch -> its kept token"),
-        Patch(facecolor=GROUP_COLOURS[0], alpha=GROUP_ALPHA, edgecolor="white", label="a merge group"),
-    ]
+    if widest.merged:
+        handles += [
+            Line2D([], [], color="black", alpha=0.6, linewidth=0.8, label="merged patch -> its kept token"),
+            Patch(facecolor=GROUP_COLOURS[0], alpha=GROUP_ALPHA, edgecolor="white", label="a merge group"),
+        ]
+    else:
+        handles.append(Patch(facecolor="black", alpha=DROPPED_ALPHA, label="discarded patch"))
     figure.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), fontsize=8)
     return figure
 
@@ -200,8 +224,11 @@ def _stage_title(selection: StageSelection, num_patches: int) -> str:
     if selection.full_token:
         return f"stage {selection.stage}: all {num_patches} patches\n(ToE off)"
     sizes = selection.step_sizes
-    added = " + ".join(str(m) for m in sizes[1:])
-    return f"stage {selection.stage}: {sum(sizes)} of {num_patches} kept\n{sizes[0]} seeds + {added}"
+    if selection.step_labels == ("random subset",):
+        how = "at random"
+    else:
+        how = f"{sizes[0]} seeds + " + " + ".join(str(m) for m in sizes[1:])
+    return f"stage {selection.stage}: {sum(sizes)} of {num_patches} kept\n{how}"
 
 
 def load_image(path: Path, size: tuple[int, int], flag: str = "--image") -> tuple[np.ndarray, str | None]:
@@ -311,5 +338,9 @@ def visualize_main(args: argparse.Namespace) -> Path:
     figure = selection_figure(pictures, names, selections, tuple(model.patch_embed.grid_size))
     save_figure(figure, out)
     shown = ", ".join(map(str, stages))
-    print(f"wrote {out}: ToE's selection in stage(s) {shown} of {len(pictures)} image(s), {source}")
+    reduction = model.token_select.reduction
+    print(
+        f"wrote {out}: the selection of token reduction {reduction} in stage(s) {shown} of {len(pictures)} "
+        f"image(s), {source}"
+    )
     return out

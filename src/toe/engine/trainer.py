@@ -262,6 +262,7 @@ def _epoch_record(run: TrainingRun, epoch: int, stage: int | None, stats: EpochS
         "train_loss": loss_sum / steps,
         **evaluate_run(run),
         "toe_stage": stage,
+        "token_reduction": run.module.token_select.reduction if has_toe(run.module) else None,
         "toe_tokens": stats.tokens,
         "full_tokens": full_token_count(run.module),
         "train_compute_time": stats.compute_time,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..integration import has_toe
+from ..schedule import REDUCTIONS
 
 
 def describe_toe(model: nn.Module, epochs: int) -> str:
@@ -21,7 +22,7 @@ def describe_toe(model: nn.Module, epochs: int) -> str:
         tokens = prefix + (counts.kept[stage - 1] if schedule.is_active(stage) else num_patches)
         parts.append(f"stage {stage} (epochs {first}-{end - 1}) {tokens} of {prefix + num_patches} tokens")
     return (
-        f"ToE: {'; '.join(parts)} after block 0 "
+        f"ToE: {'; '.join(parts)} after block 0, token reduction {REDUCTIONS[select.reduction]} "
         f"(seeds {counts.seeds}, {select.distance}, {select.seeding} seeding, "
         f"{'sparse' if select.sparse_eval else 'full-token'} evaluation)"
     )
