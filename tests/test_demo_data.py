@@ -33,20 +33,3 @@ def test_other_arguments_into_the_same_folder_are_refused(tmp_path):
     gen.generate(tmp_path, 1, 1, size=16)
     with pytest.raises(ValueError, match="other arguments"):
         gen.generate(tmp_path, 1, 1, size=32)
-
-
-def test_study_preset_has_twenty_classes_and_its_own_manifest(tmp_path):
-    assert gen.generate(tmp_path / "study", 1, 1, size=32, preset="study") == 40
-    assert sorted(p.name for p in (tmp_path / "study" / "train").iterdir()) == sorted(gen.STUDY_CLASSES)
-    assert len(set(gen.STUDY_CLASSES)) == 20 and gen.STUDY_CLASSES[:10] == gen.CLASSES
-    # the same seed renders another picture of a shared class (lower contrast, clutter)
-    gen.generate(tmp_path / "demo", 1, 1, size=32)
-    circle = "train/circle/00000.png"
-    assert (tmp_path / "study" / circle).read_bytes() != (tmp_path / "demo" / circle).read_bytes()
-    with pytest.raises(ValueError, match="other arguments"):
-        gen.generate(tmp_path / "study", 1, 1, size=32)  # the demo preset into the study's folder
-
-
-def test_preset_sets_the_default_image_counts(tmp_path, capsys):
-    assert gen.main(["--out", str(tmp_path / "s"), "--preset", "study", "--train-per-class", "2"]) == 0
-    assert "study data: 1040 images of 20 classes" in capsys.readouterr().out  # 20 x (2 + 50 val)
