@@ -240,3 +240,15 @@ def test_the_tools_name_the_variant(variant_runs, tiny_data, tmp_path, capsys):
     status, out, err = run_cli(cli.main, [*args, "--out", picture, "--token-reduction", "toe-drop"], capsys)
     assert status == 0, err
     assert "token reduction toe-drop" in out
+
+
+@pytest.mark.parametrize("recipe", ["deit", "lvvit", "efficienttrain", "et_training"])
+def test_every_recipe_takes_the_variant_flag(recipe):
+    import importlib
+
+    from toe.options import token_select_from_args
+
+    module = importlib.import_module(f"toe.recipes.{recipe}")
+    argv = ["--token-reduction", "random"] + (["data", "--toe"] if recipe == "lvvit" else ["--toe"])
+    args = module.parse_args(argv) if hasattr(module, "parse_args") else module.build_parser().parse_args(argv)
+    assert token_select_from_args(args).reduction == "random"
