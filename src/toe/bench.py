@@ -15,7 +15,6 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,11 +26,12 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch._dynamo.utils import counters  # torch.compile's statistics (graphs compiled)
 
+from .errors import UserError
 from .figures import check_output, save_figure
 from .flops import ViTShape, forward_macs, vit_shape
 from .integration import apply_toe
-from .options import UserError, check_at_least, token_select_from_args
-from .recipes.common import create_model, parse_model_kwargs
+from .models.factory import create_model, parse_model_kwargs
+from .options import check_at_least, token_select_from_args
 from .schedule import REDUCTIONS, ToESchedule
 from .token_select import TokenSelect
 
@@ -247,16 +247,3 @@ def speedup_figure(variants: list[Variant], title: str) -> Figure:
     axis.legend(fontsize=8)
     figure.tight_layout()
     return figure
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m toe.bench``: the same as ``toe bench``."""
-    from .cli import main as toe_main
-
-    toe_main(["bench", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    from .options import run_main
-
-    run_main(main)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from .options import ArgumentParser, UserError, add_toe_arguments, check_at_least, run_main, schedule_from_args
+from .errors import UserError
+from .options import ArgumentParser, add_toe_arguments, check_at_least, run_main, schedule_from_args
 from .schedule import REDUCTIONS
 
 

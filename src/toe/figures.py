@@ -6,7 +6,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from .options import UserError
+from .errors import UserError
 
 DPI = 100
 

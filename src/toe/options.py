@@ -1,7 +1,7 @@
 """Command-line plumbing shared by every recipe and the ``toe`` command.
 
 - :class:`ArgumentParser`: argparse that reports a mistake as one line (no usage dump, no traceback);
-- :class:`UserError` and :func:`run_main`: user mistakes found after parsing end the same way;
+- :func:`run_main`: a :class:`~toe.errors.UserError` found after parsing ends the same way;
 - the ToE flags (spec section 2) with each recipe's paper settings as defaults.
 """
 
@@ -15,12 +15,9 @@ from typing import NoReturn
 
 import torch
 
+from .errors import UserError  # also re-exported: ``from toe.options import UserError`` keeps working
 from .schedule import DISTANCES, REDUCTIONS, SEEDINGS, ToESchedule
 from .token_select import TokenSelect
-
-
-class UserError(Exception):
-    """A mistake of the user (flag, path, file): reported as one sentence, exit status 2."""
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -15,8 +15,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from .engine.logger import read_log
+from .errors import UserError
 from .figures import save_figure
-from .options import UserError
 
 RUN_COLOURS = colormaps["tab10"].colors
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .engine.logger import read_log
+from .errors import UserError
 from .flops import ViTShape, forward_macs, vit_shape
-from .options import UserError
 from .saved_run import build_model, read_run_args
 from .schedule import REDUCTIONS
 

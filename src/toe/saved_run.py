@@ -9,7 +9,6 @@ The recipes record their flags as a dict: in every checkpoint (``args``) and in 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from pathlib import Path
 
@@ -18,8 +17,8 @@ import yaml
 from torch import nn
 
 from .engine.checkpoint import load_checkpoint
-from .options import UserError
-from .recipes.common import create_model, parse_model_kwargs
+from .errors import UserError
+from .models.factory import create_model, parse_model_kwargs
 
 TOE_FLAGS = (
     "expansion_step",
@@ -30,15 +29,6 @@ TOE_FLAGS = (
     "seeding",
     "token_reduction",
 )
-
-
-def register_project_models() -> None:
-    """Import ``toe.models`` (models of this project registered in timm, e.g. LV-ViT) when it exists."""
-    try:
-        importlib.import_module("toe.models")
-    except ModuleNotFoundError as error:
-        if error.name != "toe.models":
-            raise
 
 
 def model_kwargs_from_args(args: dict) -> dict:
@@ -53,7 +43,6 @@ def model_kwargs_from_args(args: dict) -> dict:
 
 def build_model(args: dict, num_classes: int = 1000, device: str | torch.device = "cpu") -> nn.Module:
     """The model ``args`` describe, untrained, on ``device`` (``"meta"``: shapes only, no memory)."""
-    register_project_models()
     if not args.get("model"):
         raise UserError("the recorded flags name no --model")
     with torch.device(device):

@@ -33,10 +33,11 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .errors import UserError
 from .figures import check_output, save_figure
 from .integration import apply_toe
-from .options import UserError, check_at_least, token_select_from_args
-from .recipes.common import check_input_size
+from .models.factory import check_input_size
+from .options import check_at_least, token_select_from_args
 from .saved_run import build_model, model_from_checkpoint, toe_namespace
 from .token_select import TokenSelect
 

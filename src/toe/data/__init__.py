@@ -2,7 +2,7 @@
 
 from .datasets import DATA_SETS, build_dataset, check_same_classes, image_folder
 from .loader import build_eval_loader, build_train_loader
-from .sampling import EpochRandomSampler, KeyedSampler, SeededDataset, seed_epoch
+from .sampling import EpochRandomSampler, KeyedSampler, SeededDataset
 from .transforms import build_eval_transform, build_train_transform
 
 __all__ = [
@@ -17,5 +17,4 @@ __all__ = [
     "build_train_transform",
     "check_same_classes",
     "image_folder",
-    "seed_epoch",
 ]

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..options import UserError
+from ..errors import UserError
 
 DATA_SETS = ("IMNET", "CIFAR10", "CIFAR100", "INAT", "INAT19")
 

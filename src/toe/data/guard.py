@@ -12,7 +12,7 @@ import sys
 
 from torch.utils.data import Dataset
 
-from ..options import UserError
+from ..errors import UserError
 
 _READ_ERRORS = (OSError, ValueError, SyntaxError)  # PIL: UnidentifiedImageError, truncated files, ...
 

@@ -27,7 +27,7 @@ from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_i
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
-from ..options import UserError
+from ..errors import UserError
 
 Box = tuple[float, float, float, float]
 FULL_BOX: Box = (0.0, 0.0, 1.0, 1.0)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from ..engine.distributed import DistInfo
-from ..options import UserError
+from ..errors import UserError
 from .guard import GuardedDataset
 from .sampling import EpochRandomSampler, KeyedSampler, SeededDataset
 
@@ -21,11 +23,13 @@ def build_train_loader(
     pin_memory: bool = True,
     repeated_aug: bool = False,
     skip_corrupt: bool = False,
+    collate_fn: Callable | None = None,
 ) -> DataLoader:
     """Shuffled batches (last partial batch dropped); the sampler is a :class:`KeyedSampler`.
 
     Unreadable images stop the run naming the file, or with ``skip_corrupt`` are replaced by the
-    next readable image and counted (see :func:`skipped_images`).
+    next readable image and counted (see :func:`skipped_images`). ``collate_fn``: how samples form a
+    batch (default: torch's stacking; e.g. padding with masks for images of different sizes).
     """
     if dist.enabled and repeated_aug:
         base = RepeatAugSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True)
@@ -44,6 +48,7 @@ def build_train_loader(
         num_workers=num_workers,
         pin_memory=pin_memory and dist.device.type == "cuda",
         drop_last=True,
+        collate_fn=collate_fn,
         persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(seed),  # keeps the loader off the global RNG stream
     )
@@ -57,6 +62,7 @@ def build_eval_loader(
     num_workers: int = 4,
     pin_memory: bool = True,
     skip_corrupt: bool = False,
+    collate_fn: Callable | None = None,
 ) -> DataLoader:
     """Batches in order; with ``dist_eval`` each process evaluates a shard (padded to equal size)."""
     if dist.enabled and dist_eval:
@@ -70,6 +76,7 @@ def build_eval_loader(
         num_workers=num_workers,
         pin_memory=pin_memory and dist.device.type == "cuda",
         drop_last=False,
+        collate_fn=collate_fn,
         persistent_workers=num_workers > 0,
     )
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
+from ..engine.rng import seed_all
+
 _EPOCH_STRIDE = 1 << 40  # positions per epoch in a key
 
 
@@ -73,25 +75,14 @@ class SeededDataset(Dataset):
         key, index = item
         sample_seed = (self.seed * 1_000_003 + key) % (1 << 63)
         if get_worker_info() is not None:
-            _seed_all(sample_seed)
+            seed_all(sample_seed)
             return self.dataset[index]
         # in the main process, keep the training loop's random streams untouched
         python_state, numpy_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
-            _seed_all(sample_seed)
+            seed_all(sample_seed)
             try:
                 return self.dataset[index]
             finally:
                 random.setstate(python_state)
                 np.random.set_state(numpy_state)
-
-
-def _seed_all(seed: int) -> None:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
-
-
-def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
-    """Seed the main process's RNGs (drop-path, mixup, ...) for ``epoch``: a resumed run repeats them."""
-    _seed_all((seed * 1_000_003 + epoch) * 64 + rank)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision.ops import roi_align
 
-from ..options import UserError
+from ..errors import UserError
 from .datasets import image_folder
 from .label_transforms import TokenLabelTransform
 

@@ -1,31 +1,59 @@
-"""The shared training engine: distributed set-up, precision, losses, checkpoints, logging, loops."""
+"""The shared training engine: distributed set-up, precision, losses, checkpoints, logging, loops.
+
+It imports nothing from the data, the recipes or the command line; recipes build a :class:`TrainingRun`
+(``toe.recipes.common.build_run``) and call :func:`fit`.
+"""
 
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .distributed import DistInfo, init_distributed
+from .evaluation import Classification, Evaluation, evaluate
 from .logger import RunLogger, read_log
-from .loop import EpochStats, StepHooks, TrainingDiverged, evaluate, to_device, train_one_epoch, unwrap
+from .loop import EpochStats, StepHooks, TrainingDiverged, train_one_epoch
+from .lr import LRSchedule
 from .precision import AMP_DTYPES, Precision
-from .trainer import TrainingRun, checkpoint_state, evaluate_run, fit, restore, resume, set_toe_stage
+from .trainer import (
+    FoundCheckpoint,
+    RunParts,
+    RunSettings,
+    TrainingRun,
+    TrainState,
+    checkpoint_state,
+    evaluate_run,
+    find_checkpoint,
+    fit,
+    restore,
+    resume_message,
+    set_toe_stage,
+)
+from .transfer import to_device, unwrap
 
 __all__ = [
     "AMP_DTYPES",
+    "Classification",
     "DistInfo",
     "EpochStats",
+    "Evaluation",
+    "FoundCheckpoint",
+    "LRSchedule",
     "Precision",
     "RunLogger",
+    "RunParts",
+    "RunSettings",
     "StepHooks",
+    "TrainState",
     "TrainingDiverged",
     "TrainingRun",
     "checkpoint_state",
     "evaluate",
     "evaluate_run",
+    "find_checkpoint",
     "fit",
     "init_distributed",
     "load_checkpoint",
     "load_weights",
     "read_log",
     "restore",
-    "resume",
+    "resume_message",
     "save_checkpoint",
     "set_toe_stage",
     "to_device",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..options import UserError
+from ..errors import UserError
 from .failpoints import failpoint
 
 FORMAT = "toe-checkpoint-1"

@@ -1,24 +1,26 @@
-"""One training epoch and one evaluation pass, shared by every recipe."""
+"""One training epoch: forward, loss, backward, gradient accumulation, optimizer step, EMA, LR."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from timm.utils import accuracy
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..options import UserError
-from .distributed import DistInfo, all_reduce_sum
+from ..errors import UserError
+from .distributed import DistInfo
 from .failpoints import failpoint
 from .logger import progress
+from .lr import LRSchedule
 from .precision import Precision
+from .transfer import to_device, unwrap
 
 
 class TrainingDiverged(UserError):
@@ -46,16 +48,28 @@ class EpochStats:
 
 @dataclass
 class StepHooks:
-    """Recipe-specific steps around the model call.
+    """Recipe-specific steps on the batch before the model call.
 
     prepare: (images, targets) -> (images, targets) on the device, before mixup (e.g. Fourier crop,
-        token-label targets; targets may be tuples/dicts of tensors); mixup: timm Mixup-like callable;
-        after_update: called with the number of optimizer updates done so far (per-iteration LR).
+        token-label targets; targets may be tuples/dicts of tensors); mixup: timm Mixup-like callable.
     """
 
     prepare: Callable | None = None
     mixup: Callable | None = None
-    after_update: Callable[[int], None] | None = None
+
+
+def batches_to_train(batches: int, accum_steps: int, drop_last_group: bool) -> int:
+    """How many of an epoch's ``batches`` are trained: all of them (a short last accumulation group makes
+    a smaller update, as timm's train.py), or with ``drop_last_group`` only whole groups (EfficientTrain:
+    the batches of a short last group are left out)."""
+    return batches - batches % accum_steps if drop_last_group else batches
+
+
+def accumulation_divisor(step: int, total_steps: int, accum_steps: int) -> int:
+    """The number of batches in the accumulation group of batch ``step`` (of ``total_steps``): the loss is
+    divided by it, so every update averages the gradients of its own batches (timm's train.py)."""
+    last_group_start = total_steps - total_steps % accum_steps
+    return accum_steps if step < last_group_start else total_steps - last_group_start
 
 
 def train_one_epoch(
@@ -69,20 +83,25 @@ def train_one_epoch(
     *,
     num_updates: int = 0,
     accum_steps: int = 1,
+    drop_last_group: bool = False,
     clip_grad: float | None = None,
     clip_mode: str = "norm",
     model_ema=None,
     hooks: StepHooks | None = None,
+    lr_schedule: LRSchedule | None = None,
     tokens_of: Callable[[], int | None] | None = None,
+    synchronize_step: bool = False,
     show_progress: bool = True,
     resume_from: EpochStats | None = None,
     on_update: Callable[[EpochStats], None] | None = None,
 ) -> EpochStats:
     """Train for one pass over ``loader``; raises :class:`TrainingDiverged` on a non-finite loss.
 
-    ``resume_from``: the stats of the part of this epoch done before a mid-epoch checkpoint (the
-    loader then yields only the rest). ``on_update``: called with the running stats after every
-    optimizer update (mid-epoch checkpoints).
+    Every ``accum_steps`` batches make one optimizer update (see :func:`batches_to_train` for a short
+    last group). ``resume_from``: the stats of the part of this epoch done before a mid-epoch checkpoint
+    (the loader then yields only the rest). ``on_update``: called with the running stats after every
+    optimizer update but the epoch's last (mid-epoch checkpoints). ``synchronize_step``: also wait for
+    the device at the end of every step (exact per-step compute times; one more host sync per step).
     """
     hooks = hooks or StepHooks()
     device = dist.device
@@ -92,12 +111,16 @@ def train_one_epoch(
     stats = dataclasses.replace(resume_from) if resume_from is not None else EpochStats()
     stats.updates = num_updates
     first_step = stats.steps
-    total_steps = first_step + len(loader)
+    total_steps = batches_to_train(first_step + len(loader), accum_steps, drop_last_group)
     if total_steps == 0:
-        raise UserError("the training loader produced no batch (fewer images than --batch-size?)")
+        raise UserError(
+            "the training loader produced no batch to train (fewer images than the batch size, or fewer "
+            "batches than the gradient accumulation steps?)"
+        )
     start = last = time.perf_counter()
     wall_before = stats.wall_time
-    batches = progress(loader, len(loader), f"epoch {epoch}", dist.is_main and show_progress)
+    to_train = itertools.islice(loader, total_steps - first_step)  # a dropped last group is not even loaded
+    batches = progress(to_train, total_steps - first_step, f"epoch {epoch}", dist.is_main and show_progress)
     for step, (samples, targets) in enumerate(batches, start=first_step):
         ready = time.perf_counter()
         stats.data_time += ready - last
@@ -112,7 +135,7 @@ def train_one_epoch(
             with precision.autocast():
                 outputs = model(samples)
                 loss = criterion(samples, outputs, targets)
-            precision.backward(loss / accum_steps)
+            precision.backward(loss / accumulation_divisor(step, total_steps, accum_steps))
         if update:
             precision.step(optimizer, parameters, clip_grad, clip_mode)
             optimizer.zero_grad(set_to_none=True)
@@ -128,9 +151,9 @@ def train_one_epoch(
             stats.updates += 1
             if model_ema is not None:  # decay applies from the first update, as timm's ModelEma in upstream
                 model_ema.update(unwrap(model))
-            if hooks.after_update is not None:
-                hooks.after_update(stats.updates)
-        if device.type == "cuda":
+            if lr_schedule is not None:
+                lr_schedule.on_update(stats.updates)
+        if synchronize_step and device.type == "cuda":
             torch.cuda.synchronize(device)
         last = time.perf_counter()
         stats.compute_time += last - ready
@@ -145,57 +168,3 @@ def train_one_epoch(
             failpoint("train-step")
     stats.tokens = tokens_of() if tokens_of is not None else None
     return stats
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: DataLoader,
-    precision: Precision,
-    dist: DistInfo,
-    *,
-    reduce: bool = False,
-    prepare: Callable | None = None,
-    show_progress: bool = True,
-    description: str = "eval",
-) -> dict[str, float]:
-    """Cross-entropy loss, top-1 and top-5 accuracy (%) over ``loader``; ``reduce`` sums over processes."""
-    model.eval()
-    device = dist.device
-    loss_sum = correct1 = correct5 = count = 0.0
-    for images, targets in progress(loader, len(loader), description, dist.is_main and show_progress):
-        images, targets = to_device(images, device), to_device(targets, device)
-        if prepare is not None:
-            images, targets = prepare(images, targets)
-        with precision.autocast():
-            outputs = model(images)
-        outputs = outputs.float()
-        acc1, acc5 = accuracy(outputs, targets, topk=(1, min(5, outputs.shape[1])))
-        n = images.shape[0]
-        loss_sum += nn.functional.cross_entropy(outputs, targets, reduction="sum").item()
-        correct1 += acc1.item() * n / 100
-        correct5 += acc5.item() * n / 100
-        count += n
-    if reduce:
-        loss_sum, correct1, correct5, count = all_reduce_sum([loss_sum, correct1, correct5, count], dist, device)
-    return {"loss": loss_sum / count, "acc1": 100 * correct1 / count, "acc5": 100 * correct5 / count}
-
-
-def to_device(batch, device: torch.device):
-    """Move a tensor, or tuples/lists/dicts of tensors (e.g. token-label targets), to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(item, device) for item in batch)
-    if isinstance(batch, dict):
-        return {key: to_device(value, device) for key, value in batch.items()}
-    return batch
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DDP and/or torch.compile wrappers."""
-    while True:
-        inner = model._orig_mod if hasattr(model, "_orig_mod") else getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner

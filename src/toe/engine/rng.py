@@ -1,6 +1,7 @@
-"""Capture and restore every random stream of the training process (for mid-epoch checkpoints).
+"""Every random stream of the training process: seeded per epoch (and per sample, by the data
+loaders), captured and restored (mid-epoch checkpoints).
 
-The states are converted to tensors, ints and lists so that checkpoints still load with
+The captured states are converted to tensors, ints and lists so that checkpoints still load with
 ``torch.load(weights_only=True)``.
 """
 
@@ -33,3 +34,15 @@ def restore_rng(state: dict) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
+
+
+def seed_all(seed: int) -> None:
+    """Seed torch, numpy and Python's ``random`` of this process."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+
+
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
+    """Seed the main process's RNGs (drop-path, mixup, ...) for ``epoch``: a resumed run repeats them."""
+    seed_all((seed * 1_000_003 + epoch) * 64 + rank)

@@ -1,40 +1,80 @@
-"""Building blocks every recipe shares: engine flags, model creation, fine-tuning, EMA, wrapping, output folder."""
+"""What every recipe shares: the engine flags, fine-tuning, the output folder, and :func:`build_run`,
+the one way a recipe turns its model, data and loss into a :class:`~toe.engine.TrainingRun`.
+
+A recipe file keeps only what is its own: its flags, its model, its datasets and transforms, its loss
+(and batch preparation), its LR schedule and the lines it prints. Everything else, from the EMA and the
+optimizer to the loaders, precision, wrapping and the resume, is built here from the flags all recipes
+share (``--batch-size``, ``--seed``, ``--model-ema*``, timm's optimizer flags, ``--clip-grad``, the
+engine flags of :func:`add_engine_arguments`, ...).
+"""
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
+import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-import timm
 import torch
+from timm.data import Mixup
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
 
-from ..engine import DistInfo, TrainingRun, load_weights, resume
+from ..data import build_eval_loader, build_train_loader
+from ..data.loader import skipped_images
+from ..engine import (
+    DistInfo,
+    Evaluation,
+    FoundCheckpoint,
+    LRSchedule,
+    Precision,
+    RunLogger,
+    RunParts,
+    RunSettings,
+    StepHooks,
+    TrainingRun,
+    TrainState,
+    fit,
+    load_weights,
+    restore,
+    resume_message,
+)
+from ..engine.loop import batches_to_train
 from ..engine.precision import AMP_DTYPES
-from ..engine.trainer import auto_resume
-from ..options import UserError
+from ..errors import UserError
+from ..integration import apply_toe
+from ..token_select import TokenSelect
+from .summary import describe_toe
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of the shared engine that the upstream recipes lack (precision, compile, resume, ...)."""
+def add_engine_arguments(parser: argparse.ArgumentParser, upstream_switches: bool = True) -> None:
+    """Flags of the shared engine that the upstream recipes lack (precision, compile, resume, ...).
+
+    ``upstream_switches=False`` leaves out ``--no-amp``, ``--apex-amp`` and ``--auto-resume`` for a recipe
+    that has its own switches for them (EfficientTrain's ``--use_amp`` and ``--auto_resume``).
+    """
     group = parser.add_argument_group("engine")
     group.add_argument(
         "--amp-dtype",
         choices=AMP_DTYPES,
         default="auto",
-        help="autocast dtype: auto = bf16 on GPUs that support it, else fp16; fp32 on CPU",
+        help="autocast dtype when mixed precision is on: auto = bf16 on GPUs that support it, else fp16; fp32 on CPU",
     )
-    group.add_argument("--no-amp", action="store_true", help="train in full fp32")
-    group.add_argument("--apex-amp", action="store_true", help="accepted for compatibility: native AMP is used")
+    if upstream_switches:
+        group.add_argument("--no-amp", action="store_true", help="train in full fp32")
+        group.add_argument("--apex-amp", action="store_true", help="accepted for compatibility: native AMP is used")
+        group.add_argument(
+            "--auto-resume",
+            action="store_true",
+            help="resume from <output>/checkpoint.pth when it exists (checkpoint-prev.pth if it is damaged)",
+        )
     group.add_argument("--compile", action="store_true", help="torch.compile the model")
-    group.add_argument(
-        "--auto-resume",
-        action="store_true",
-        help="resume from <output>/checkpoint.pth when it exists (checkpoint-prev.pth if it is damaged)",
-    )
     group.add_argument(
         "--save-every-steps",
         type=int,
@@ -47,6 +87,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace unreadable images by the next readable one and count them, instead of stopping",
     )
+    group.add_argument(
+        "--synchronize-step",
+        action="store_true",
+        help="wait for the GPU at the end of every training step (exact per-step compute times, slower)",
+    )
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
     group.add_argument(
         "--model-kwargs",
@@ -57,36 +102,176 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_model_kwargs(pairs: list[str]) -> dict:
-    """``["depth=6", "embed_dim=96"]`` -> ``{"depth": 6, "embed_dim": 96}`` (values as Python literals)."""
-    kwargs = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise UserError(f"--model-kwargs expects KEY=VALUE pairs, got {pair!r}")
+def mixup_active(args: argparse.Namespace) -> bool:
+    """Whether the mixup/cutmix flags (the same in every recipe) ask for mixing."""
+    return args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+
+
+def mixup_from_args(args: argparse.Namespace, num_classes: int) -> Mixup | None:
+    """timm's Mixup from the mixup/cutmix flags (label smoothing included), or None when they ask for none."""
+    if not mixup_active(args):
+        return None
+    return Mixup(
+        mixup_alpha=args.mixup,
+        cutmix_alpha=args.cutmix,
+        cutmix_minmax=args.cutmix_minmax,
+        prob=args.mixup_prob,
+        switch_prob=args.mixup_switch_prob,
+        mode=args.mixup_mode,
+        label_smoothing=args.smoothing,
+        num_classes=num_classes,
+    )
+
+
+def attach_toe(model: nn.Module, token_select: TokenSelect | None, model_name: str) -> nn.Module:
+    """``apply_toe(model, token_select)`` when ToE is on; a model ToE cannot work with is a :class:`UserError`."""
+    if token_select is not None:
         try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            kwargs[key] = value
-    return kwargs
+            apply_toe(model, token_select)
+        except (TypeError, ValueError) as error:
+            raise UserError(f"--model {model_name} cannot train with ToE: {error}") from None
+    return model
 
 
-def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """``timm.create_model(name, num_classes=..., **kwargs)`` with user mistakes as :class:`UserError`."""
-    if not timm.is_model(name):
-        raise UserError(f"--model {name} is not a timm model name (see timm.list_models())")
+def epoch_schedule(args: argparse.Namespace, epoch_offset: int) -> Callable[[torch.optim.Optimizer, int], LRSchedule]:
+    """timm's per-epoch schedule from the schedule flags (``--sched``, ``--warmup-epochs``, ...), stepped with
+    the finished epoch + ``epoch_offset``; its length (with cool-down) becomes the run's epochs."""
+
+    def build(optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> LRSchedule:
+        scheduler, epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args))
+        return LRSchedule(scheduler, epoch_offset=epoch_offset, epochs=epochs)
+
+    return build
+
+
+def build_run(
+    args: argparse.Namespace,
+    model: nn.Module,
+    datasets: tuple[Dataset, Dataset | None],
+    loss: nn.Module,
+    dist: DistInfo,
+    *,
+    output_dir: Path | None,
+    lr_schedule: Callable[[torch.optim.Optimizer, int], LRSchedule],
+    amp: bool,
+    num_workers: int,
+    eval_batch_size: int,
+    dist_eval: bool,
+    epochs: int | None = None,
+    accum_steps: int = 1,
+    drop_last_group: bool = False,
+    repeated_aug: bool = False,
+    hooks: StepHooks | None = None,
+    eval_prepare: Callable | None = None,
+    evaluation: Evaluation | None = None,
+    collate_fn: Callable | None = None,
+    extra_log: dict | None = None,
+) -> TrainingRun:
+    """The run of a recipe: its ``model`` (built, ToE attached, on the CPU), ``datasets`` (train, val or
+    None), ``loss`` (``loss(inputs, outputs, targets)``) and what differs between recipes, with the rest
+    built from the shared flags.
+
+    Args:
+        lr_schedule: ``(optimizer, updates per epoch) -> LRSchedule``, e.g. :func:`epoch_schedule`.
+        amp: mixed precision on (``--amp-dtype`` picks the dtype).
+        num_workers, eval_batch_size, dist_eval: loaders and evaluation (flag names differ per recipe).
+        epochs: train epochs [start, epochs); None: the LR schedule's length.
+        accum_steps, drop_last_group: batches per optimizer update, and whether a short last group of an
+            epoch is left out (EfficientTrain) or makes a smaller update (timm).
+        repeated_aug: DeiT's repeated augmentation when distributed.
+        hooks: batch preparation before the model call (device-side transforms, mixup, target building).
+        eval_prepare: the same before evaluation. evaluation: the metrics (default: top-1/top-5).
+        collate_fn: how samples form a batch (default: stacking), for both loaders.
+        extra_log: constant entries of every log record (``n_parameters`` is added).
+    """
+    device = dist.device
+    model.to(device)
+    model_ema = None
+    if args.model_ema:
+        model_ema = ModelEmaV3(
+            model, decay=args.model_ema_decay, device=torch.device("cpu") if args.model_ema_force_cpu else None
+        )
     try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    except (TypeError, AssertionError, ValueError) as error:
-        given = ", ".join(f"{k}={v}" for k, v in kwargs.items())
-        raise UserError(f"--model {name} cannot be built with {given}: {error}") from None
+        optimizer = create_optimizer_v2(model, **optimizer_kwargs(args))
+    except (AssertionError, ValueError) as error:
+        raise UserError(f"--opt {args.opt}: {error}") from None
+    train_set, val_set = datasets
+    train_loader = build_train_loader(
+        train_set,
+        args.batch_size,
+        dist,
+        args.seed,
+        num_workers,
+        args.pin_mem,
+        repeated_aug,
+        args.skip_corrupt,
+        collate_fn=collate_fn,
+    )
+    val_loader = None
+    if val_set is not None:
+        val_loader = build_eval_loader(
+            val_set, eval_batch_size, dist, dist_eval, num_workers, args.pin_mem, args.skip_corrupt, collate_fn
+        )
+    updates_per_epoch = math.ceil(batches_to_train(len(train_loader), accum_steps, drop_last_group) / accum_steps)
+    schedule = lr_schedule(optimizer, updates_per_epoch)
+    settings = RunSettings(
+        epochs=epochs if epochs is not None else schedule.epochs,
+        seed=args.seed,
+        output_dir=output_dir,
+        args=plain_args(args),
+        accum_steps=accum_steps,
+        drop_last_group=drop_last_group,
+        clip_grad=args.clip_grad,
+        clip_mode=getattr(args, "clip_mode", "norm"),
+        dist_eval=dist_eval,
+        synchronize_step=args.synchronize_step,
+        show_progress=not args.no_progress,
+        save_every_steps=args.save_every_steps,
+        extra_log={"n_parameters": n_parameters(model), **(extra_log or {})},
+    )
+    parts = RunParts(
+        model=wrap_model(model, dist, args.compile),
+        module=model,
+        criterion=loss,
+        optimizer=optimizer,
+        precision=Precision.from_flag(device, args.amp_dtype, enabled=amp),
+        train_loader=train_loader,
+        val_loader=val_loader,
+        dist=dist,
+        lr_schedule=schedule,
+        model_ema=model_ema,
+        hooks=hooks or StepHooks(),
+        eval_prepare=eval_prepare,
+        skipped_images=(lambda: skipped_images(train_loader)) if args.skip_corrupt else None,
+    )
+    if evaluation is not None:
+        parts.evaluation = evaluation
+    return TrainingRun(settings, parts, TrainState(start_epoch=args.start_epoch))
 
 
-def check_input_size(model: nn.Module, input_size: int) -> None:
-    """ViT inputs must be a whole number of patches."""
-    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
-    if patch is not None and (input_size % patch[0] or input_size % patch[-1]):
-        raise UserError(f"--input-size {input_size} is not divisible by the patch size {patch[0]}")
+def resume_run(
+    run: TrainingRun, found: FoundCheckpoint | None, adapt: Callable[[dict], str | None] | None = None
+) -> str | None:
+    """Continue ``run`` from ``found`` (see :func:`toe.engine.find_checkpoint`), after ``adapt`` changed the
+    checkpoint's contents in place (returning a note to print, or None); returns the line to print, or None
+    for a fresh start."""
+    if found is None:
+        return None
+    note = adapt(found.state) if adapt is not None else None
+    restore(run, found.state, found.source)
+    return resume_message(run, found) + (f"; {note}" if note else "")
+
+
+def train_and_log(run: TrainingRun, log: RunLogger, header: str, toe_epochs: int | None = None) -> dict | None:
+    """Print ``header`` and the ToE schedule (over ``toe_epochs``, default the run's), train, print the
+    training time; returns the last epoch's log record."""
+    log.print(header)
+    log.print(describe_toe(run.parts.module, toe_epochs or run.settings.epochs))
+    started = time.perf_counter()
+    record = fit(run, log)
+    log.print(f"training time {time.perf_counter() - started:.0f}s")
+    log.close()
+    return record
 
 
 def load_finetune_weights(model: nn.Module, source: str, flag: str = "--finetune") -> str:
@@ -146,23 +331,17 @@ def prepare_output_dir(output_dir: str | None, resuming: bool, dist: DistInfo, f
     return path
 
 
-def save_args(path: Path | None, args: argparse.Namespace, dist: DistInfo, name: str = "args.json") -> dict:
-    """The flags as plain data (for checkpoints), also written to ``path/name`` by the main process."""
-    plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not callable(v)}
+def plain_args(args: argparse.Namespace) -> dict:
+    """The flags as plain data (saved in checkpoints and args.json)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not callable(v)}
+
+
+def save_args(path: Path | None, args: argparse.Namespace, dist: DistInfo, name: str = "args.json") -> None:
+    """Write the flags to ``path/name`` (main process, atomically)."""
     if path is not None and dist.is_main:
         temp = path / f".{name}.tmp"
-        temp.write_text(json.dumps(plain, indent=2) + "\n")
+        temp.write_text(json.dumps(plain_args(args), indent=2) + "\n")
         temp.replace(path / name)
-    return plain
-
-
-def resume_as_asked(run: TrainingRun, resume_path: str, auto: bool) -> str | None:
-    """Load ``--resume FILE``, else (``auto``) the newest checkpoint of the output folder, into ``run``;
-    returns the line to print, or None for a fresh start."""
-    if resume_path:
-        resume(run, resume_path)
-        return f"resumed from {resume_path}: continuing at epoch {run.start_epoch}"
-    return auto_resume(run) if auto else None
 
 
 def n_parameters(model: nn.Module) -> int:

@@ -9,51 +9,33 @@ Without the ToE flags this is plain DeiT training (the baseline).
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from timm.data import Mixup
-from timm.optim import create_optimizer_v2, optimizer_kwargs
-from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-from timm.utils import ModelEmaV3
+from torch.utils.data import Dataset
 
-from ..data import (
-    DATA_SETS,
-    build_dataset,
-    build_eval_loader,
-    build_eval_transform,
-    build_train_loader,
-    build_train_transform,
-    check_same_classes,
-)
-from ..data.loader import skipped_images
-from ..engine import Precision, RunLogger, StepHooks, TrainingRun, evaluate_run, fit, init_distributed
+from ..data import DATA_SETS, build_dataset, build_eval_transform, build_train_transform, check_same_classes
+from ..engine import RunLogger, StepHooks, evaluate_run, find_checkpoint, init_distributed, load_weights
 from ..engine.distributed import cleanup
 from ..engine.losses import DISTILLATION_TYPES, BaseLoss, DistillationLoss, classification_loss
-from ..integration import apply_toe
-from ..options import (
-    ArgumentParser,
-    UserError,
-    add_toe_arguments,
-    check_at_least,
-    run_main,
-    token_select_from_args,
-)
+from ..errors import UserError
+from ..models.factory import check_input_size, create_model, parse_model_kwargs
+from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main, token_select_from_args
 from .common import (
     add_engine_arguments,
-    check_input_size,
-    create_model,
+    attach_toe,
+    build_run,
+    epoch_schedule,
     load_finetune_weights,
+    mixup_active,
+    mixup_from_args,
     n_parameters,
-    parse_model_kwargs,
     prepare_output_dir,
-    resume_as_asked,
+    resume_run,
     save_args,
-    wrap_model,
+    train_and_log,
 )
-from .summary import describe_toe
 
 
 def build_parser() -> ArgumentParser:
@@ -186,10 +168,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--data-path {args.data_path} does not exist")
 
 
-def mixup_active(args: argparse.Namespace) -> bool:
-    return args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
-
-
 def main(argv: Sequence[str] | None = None) -> dict | None:
     args = build_parser().parse_args(argv)
     check_args(args)
@@ -204,8 +182,56 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
 def _train_or_evaluate(args, dist, token_select) -> dict | None:
     resuming = bool(args.resume) or args.auto_resume or args.eval
     output_dir = prepare_output_dir(args.output_dir, resuming, dist, "--output_dir")
-    device = dist.device
+    say = print if dist.is_main else (lambda *_: None)
+    datasets, num_classes = _datasets(args)
+    model = _model(args, num_classes, token_select, say)
 
+    world_batch = args.batch_size * dist.world_size * args.accum_iter
+    if not args.unscale_lr:
+        args.lr = args.lr * world_batch / 512.0
+    run = build_run(
+        args,
+        model,
+        datasets,
+        _loss(args, num_classes, dist.device),
+        dist,
+        output_dir=output_dir,
+        lr_schedule=epoch_schedule(args, epoch_offset=0),  # DeiT: lr_scheduler.step(epoch)
+        amp=not args.no_amp,
+        num_workers=args.num_workers,
+        eval_batch_size=int(1.5 * args.batch_size),
+        dist_eval=args.dist_eval,
+        epochs=args.epochs,
+        accum_steps=args.accum_iter,
+        repeated_aug=args.repeated_aug,
+        hooks=StepHooks(mixup=mixup_from_args(args, num_classes)),
+    )
+    found = find_checkpoint(args.resume, args.auto_resume, output_dir, clean=dist.is_main)
+    if message := resume_run(run, found):
+        say(message)
+
+    val_images = len(datasets[1])
+    if args.eval:
+        metrics = evaluate_run(run)
+        say(
+            f"Accuracy of the network on the {val_images} test images: {metrics['test_acc1']:.2f}% "
+            f"(top-5 {metrics['test_acc5']:.2f}%, loss {metrics['test_loss']:.4f})"
+        )
+        if "test_ema_acc1" in metrics:
+            say(f"Accuracy of the EMA on the {val_images} test images: {metrics['test_ema_acc1']:.2f}%")
+        return metrics
+
+    save_args(output_dir, args, dist)
+    header = (
+        f"{args.model}: {n_parameters(model) / 1e6:.2f}M parameters, {num_classes} classes, "
+        f"{len(datasets[0])} training images, {dist.world_size} process(es) on {dist.device}, "
+        f"{run.parts.precision.name}, lr {args.lr:.2e} at total batch {world_batch}"
+    )
+    return train_and_log(run, RunLogger(output_dir, dist.is_main), header)
+
+
+def _datasets(args: argparse.Namespace) -> tuple[tuple[Dataset, Dataset], int]:
+    """(train, val) with DeiT's transforms, and the class count."""
     train_transform = build_train_transform(
         args.input_size,
         args.color_jitter,
@@ -218,11 +244,14 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
         simple_random_crop=args.src,
     )
     train_set, num_classes = build_dataset(args.data_set, args.data_path, True, train_transform, args.download)
-    val_set, _ = build_dataset(
-        args.data_set, args.data_path, False, build_eval_transform(args.input_size, args.eval_crop_ratio), args.download
-    )
+    eval_transform = build_eval_transform(args.input_size, args.eval_crop_ratio)
+    val_set, _ = build_dataset(args.data_set, args.data_path, False, eval_transform, args.download)
     check_same_classes(train_set, val_set, f"{args.data_path}/train", f"{args.data_path}/val")
+    return (train_set, val_set), num_classes
 
+
+def _model(args: argparse.Namespace, num_classes: int, token_select, say) -> torch.nn.Module:
+    """The timm model (fine-tuned, attention-only, distilled as asked) with ToE attached."""
     torch.manual_seed(args.seed)  # identical initial weights on every process
     model_kwargs = {
         "img_size": args.input_size,
@@ -233,13 +262,11 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
     }
     model = create_model(args.model, num_classes, **model_kwargs)
     check_input_size(model, args.input_size)
-    say = print if dist.is_main else (lambda *_: None)
     if args.finetune:
         say(load_finetune_weights(model, args.finetune))
     if args.attn_only:
         _train_attention_only(model)
-    if token_select is not None:
-        apply_toe(model, token_select)
+    attach_toe(model, token_select, args.model)
     if args.distillation_type != "none":
         if not hasattr(model, "set_distilled_training"):
             raise UserError(
@@ -247,110 +274,16 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
                 f"(deit_*_distilled_*), not {args.model}"
             )
         model.set_distilled_training(True)
-    model.to(device)
-    model_ema = None
-    if args.model_ema:
-        model_ema = ModelEmaV3(
-            model, decay=args.model_ema_decay, device=torch.device("cpu") if args.model_ema_force_cpu else None
-        )
+    return model
 
-    world_batch = args.batch_size * dist.world_size * args.accum_iter
-    if not args.unscale_lr:
-        args.lr = args.lr * world_batch / 512.0
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(args))
-    lr_scheduler, _ = create_scheduler_v2(optimizer, **scheduler_kwargs(args))
+
+def _loss(args: argparse.Namespace, num_classes: int, device: torch.device) -> torch.nn.Module:
+    """DeiT's classification loss, wrapped in the distillation loss with a teacher."""
     base_loss = classification_loss(mixup_active(args), args.smoothing, args.bce_loss)
-    criterion = BaseLoss(base_loss)
-    if args.distillation_type != "none":
-        teacher = _build_teacher(args, num_classes, device)
-        criterion = DistillationLoss(
-            base_loss, teacher, args.distillation_type, args.distillation_alpha, args.distillation_tau
-        )
-    mixup = None
-    if mixup_active(args):
-        mixup = Mixup(
-            mixup_alpha=args.mixup,
-            cutmix_alpha=args.cutmix,
-            cutmix_minmax=args.cutmix_minmax,
-            prob=args.mixup_prob,
-            switch_prob=args.mixup_switch_prob,
-            mode=args.mixup_mode,
-            label_smoothing=args.smoothing,
-            num_classes=num_classes,
-        )
-
-    run = TrainingRun(
-        model=wrap_model(model, dist, args.compile),
-        module=model,
-        criterion=criterion,
-        optimizer=optimizer,
-        lr_scheduler=lr_scheduler,
-        precision=Precision.from_flag(device, args.amp_dtype, enabled=not args.no_amp),
-        train_loader=(
-            train_loader := build_train_loader(
-                train_set,
-                args.batch_size,
-                dist,
-                args.seed,
-                args.num_workers,
-                args.pin_mem,
-                args.repeated_aug,
-                args.skip_corrupt,
-            )
-        ),
-        val_loader=build_eval_loader(
-            val_set,
-            int(1.5 * args.batch_size),
-            dist,
-            args.dist_eval,
-            args.num_workers,
-            args.pin_mem,
-            args.skip_corrupt,
-        ),
-        dist=dist,
-        epochs=args.epochs,
-        seed=args.seed,
-        output_dir=output_dir,
-        args=save_args(None, args, dist),
-        model_ema=model_ema,
-        hooks=StepHooks(mixup=mixup),
-        accum_steps=args.accum_iter,
-        clip_grad=args.clip_grad,
-        clip_mode=args.clip_mode,
-        lr_step_offset=0,
-        dist_eval=args.dist_eval,
-        show_progress=not args.no_progress,
-        extra_log={"n_parameters": n_parameters(model)},
-        save_every_steps=args.save_every_steps,
-        skipped_images=(lambda: skipped_images(train_loader)) if args.skip_corrupt else None,
-        start_epoch=args.start_epoch,
-    )
-    if message := resume_as_asked(run, args.resume, args.auto_resume):
-        say(message)
-
-    if args.eval:
-        metrics = evaluate_run(run)
-        say(
-            f"Accuracy of the network on the {len(val_set)} test images: {metrics['test_acc1']:.2f}% "
-            f"(top-5 {metrics['test_acc5']:.2f}%, loss {metrics['test_loss']:.4f})"
-        )
-        if "test_ema_acc1" in metrics:
-            say(f"Accuracy of the EMA on the {len(val_set)} test images: {metrics['test_ema_acc1']:.2f}%")
-        return metrics
-
-    save_args(output_dir, args, dist)
-    log = RunLogger(output_dir, dist.is_main)
-    log.print(
-        f"{args.model}: {n_parameters(model) / 1e6:.2f}M parameters, {num_classes} classes, "
-        f"{len(train_set)} training images, {dist.world_size} process(es) on {device}, "
-        f"{run.precision.name}, lr {args.lr:.2e} at total batch {world_batch}"
-    )
-    log.print(describe_toe(model, args.epochs))
-    started = time.perf_counter()
-    record = fit(run, log)
-    log.print(f"training time {time.perf_counter() - started:.0f}s")
-    log.close()
-    return record
+    if args.distillation_type == "none":
+        return BaseLoss(base_loss)
+    teacher = _build_teacher(args, num_classes, device)
+    return DistillationLoss(base_loss, teacher, args.distillation_type, args.distillation_alpha, args.distillation_tau)
 
 
 def _train_attention_only(model: torch.nn.Module) -> None:
@@ -360,8 +293,6 @@ def _train_attention_only(model: torch.nn.Module) -> None:
 
 
 def _build_teacher(args, num_classes: int, device: torch.device) -> torch.nn.Module:
-    from ..engine import load_weights
-
     teacher = create_model(args.teacher_model, num_classes)
     state = load_weights(args.teacher_path, "--teacher-path")
     try:

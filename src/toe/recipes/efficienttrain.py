@@ -14,47 +14,34 @@ of another input size is adapted first: position embedding and optimizer moments
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from timm.data import Mixup
-from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import CosineLRScheduler
-from timm.utils import ModelEmaV3
 
-from ..data import build_dataset, build_eval_loader, build_eval_transform, build_train_loader, build_train_transform
+from ..data import build_dataset, build_eval_transform, build_train_transform
 from ..data.datasets import check_same_classes, image_folder
 from ..data.fourier import FourierCrop
-from ..data.loader import skipped_images
-from ..engine import (
-    Precision,
-    RunLogger,
-    StepHooks,
-    TrainingRun,
-    evaluate_run,
-    fit,
-    init_distributed,
-    load_checkpoint,
-    restore,
-)
-from ..engine.checkpoint import load_latest, remove_stale_temporaries
+from ..engine import LRSchedule, RunLogger, StepHooks, evaluate_run, find_checkpoint, init_distributed
 from ..engine.distributed import DistInfo, cleanup
 from ..engine.losses import BaseLoss, classification_loss
-from ..engine.precision import AMP_DTYPES
-from ..integration import apply_toe
-from ..options import (
-    ArgumentParser,
-    UserError,
-    add_toe_arguments,
-    check_at_least,
-    run_main,
-    token_select_from_args,
+from ..errors import UserError
+from ..models.factory import create_model, parse_model_kwargs
+from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main, token_select_from_args
+from .common import (
+    add_engine_arguments,
+    attach_toe,
+    build_run,
+    mixup_active,
+    mixup_from_args,
+    n_parameters,
+    prepare_output_dir,
+    resume_run,
+    save_args,
+    train_and_log,
 )
-from .common import create_model, n_parameters, parse_model_kwargs, prepare_output_dir, save_args, wrap_model
 from .resample import resample_checkpoint
-from .summary import describe_toe
 
 DATA_SETS = ("IMNET", "CIFAR", "image_folder")
 LOW_FREQ = ("fourier", "downsample")
@@ -139,29 +126,7 @@ def build_parser(prog: str = "ToE/EfficientTrain/main.py", stage: bool = True) -
     g.add_argument("--pin_mem", type=str2bool, default=True)
     g.add_argument("--dist_url", default="env://", help="distributed rendezvous")
 
-    g = p.add_argument_group("engine")
-    g.add_argument("--amp-dtype", choices=AMP_DTYPES, default="auto", help="autocast dtype with --use_amp true")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    g.add_argument(
-        "--save-every-steps",
-        type=int,
-        default=0,
-        metavar="N",
-        help="also write checkpoint.pth every N optimizer updates within an epoch (0: off)",
-    )
-    g.add_argument(
-        "--skip-corrupt",
-        action="store_true",
-        help="replace unreadable images by the next readable one and count them, instead of stopping",
-    )
-    g.add_argument(
-        "--model-kwargs",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra keyword arguments for timm.create_model, e.g. embed_dim=96 depth=6",
-    )
+    add_engine_arguments(p, upstream_switches=False)  # --use_amp and --auto_resume are its own
     if stage:
         g = p.add_argument_group("this stage")
         g.add_argument("--input_size", default=224, type=int, help="input size the model is built for")
@@ -212,10 +177,6 @@ def check_stage_args(args: argparse.Namespace) -> None:
         raise UserError(f"--batch_size {args.batch_size} must be even with --mixup/--cutmix (or set both to 0)")
 
 
-def mixup_active(args: argparse.Namespace) -> bool:
-    return args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
-
-
 def model_patch_size(args: argparse.Namespace, num_classes: int = 1000) -> int | None:
     """Patch size of ``--model`` (None for models without a patch embedding, e.g. CNNs); built on the meta device."""
     with torch.device("meta"):
@@ -224,21 +185,11 @@ def model_patch_size(args: argparse.Namespace, num_classes: int = 1000) -> int |
     return None if patch is None else int(patch[0])
 
 
-class PerIterationLR:
-    """Drive a timm scheduler (``t_in_epochs=False``) from the optimizer updates of one stage.
+def cosine_per_update(args: argparse.Namespace) -> Callable[[torch.optim.Optimizer, int], LRSchedule]:
+    """ConvNeXt's schedule, set every update: linear warm-up from 0 over --warmup_epochs, then cosine down
+    to --min_lr at --epochs; positions count the updates of a stage's epochs (see :class:`LRSchedule`)."""
 
-    The schedule position is ``epoch * updates_per_epoch`` plus the updates done since the stage started,
-    so it stays right when stages (or a retry with half the batch) run a different number of updates.
-    """
-
-    def __init__(self, scheduler: CosineLRScheduler, updates_per_epoch: int) -> None:
-        self.scheduler, self.updates_per_epoch, self.origin = scheduler, updates_per_epoch, 0
-
-    @classmethod
-    def cosine(
-        cls, optimizer: torch.optim.Optimizer, args: argparse.Namespace, updates_per_epoch: int
-    ) -> PerIterationLR:
-        """ConvNeXt's schedule: linear warm-up from 0 over --warmup_epochs, then cosine down to --min_lr at --epochs."""
+    def build(optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> LRSchedule:
         scheduler = CosineLRScheduler(
             optimizer,
             t_initial=(args.epochs - args.warmup_epochs) * updates_per_epoch,
@@ -248,17 +199,9 @@ class PerIterationLR:
             warmup_prefix=True,
             t_in_epochs=False,
         )
-        return cls(scheduler, updates_per_epoch)
+        return LRSchedule(scheduler, updates_per_epoch=updates_per_epoch)
 
-    def start(self, epoch: int, num_updates: int, done_in_epoch: int = 0) -> None:
-        """Training continues at ``epoch`` (``done_in_epoch`` of its updates already made, when resuming a
-        mid-epoch checkpoint) with ``num_updates`` updates done so far: set the LR for it."""
-        position = epoch * self.updates_per_epoch + done_in_epoch
-        self.origin = position - num_updates
-        self.scheduler.step_update(position)
-
-    def __call__(self, num_updates: int) -> None:
-        self.scheduler.step_update(self.origin + num_updates)
+    return build
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
@@ -277,11 +220,13 @@ def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
     token_select = token_select_from_args(args)
     output_dir = prepare_output_dir(args.output_dir, bool(args.resume) or args.auto_resume, dist, "--output_dir")
     end_epoch = args.end_epoch or args.epochs
-    state, path, flag = _checkpoint_to_resume(args, output_dir)
-    if state is not None and not args.eval and int(state["epoch"]) + 1 >= end_epoch:
-        RunLogger(None, dist.is_main).print(f"epochs before {end_epoch} already done ({path}: epoch {state['epoch']})")
+    found = find_checkpoint(args.resume, args.auto_resume, output_dir, auto_flag="--auto_resume", clean=dist.is_main)
+    if found is not None and not args.eval and int(found.state["epoch"]) + 1 >= end_epoch:
+        RunLogger(None, dist.is_main).print(
+            f"epochs before {end_epoch} already done ({found.path}: epoch {found.state['epoch']})"
+        )
         return None
-    if args.eval and state is None:
+    if args.eval and found is None:
         raise UserError("--eval true needs a checkpoint: --resume FILE or --output_dir holding checkpoint.pth")
 
     load_size = args.input_size if args.low_freq == "downsample" else (args.load_size or args.input_size)
@@ -290,64 +235,33 @@ def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
 
     torch.manual_seed(args.seed)  # identical initial weights on every process
     model = _build_model(args, num_classes, token_select)
-    model.to(dist.device)
-    model_ema = None
-    if args.model_ema:
-        ema_device = torch.device("cpu") if args.model_ema_force_cpu else None
-        model_ema = ModelEmaV3(model, decay=args.model_ema_decay, device=ema_device)
-    try:
-        optimizer = create_optimizer_v2(model, **optimizer_kwargs(args))
-    except (AssertionError, ValueError) as error:
-        raise UserError(f"--opt {args.opt}: {error}") from None
-    train_loader = build_train_loader(
-        train_set, args.batch_size, dist, args.seed, args.num_workers, args.pin_mem, skip_corrupt=args.skip_corrupt
-    )
-    lr_schedule = PerIterationLR.cosine(optimizer, args, math.ceil(len(train_loader) / args.update_freq))
-    run = TrainingRun(
-        model=wrap_model(model, dist, args.compile),
-        module=model,
-        criterion=BaseLoss(classification_loss(mixup_active(args), args.smoothing, bce=False)),
-        optimizer=optimizer,
-        lr_scheduler=lr_schedule.scheduler,
-        precision=Precision.from_flag(dist.device, args.amp_dtype, enabled=args.use_amp),
-        train_loader=train_loader,
-        val_loader=build_eval_loader(
-            val_set,
-            int(1.5 * args.batch_size),
-            dist,
-            args.dist_eval,
-            args.num_workers,
-            args.pin_mem,
-            args.skip_corrupt,
-        ),
-        dist=dist,
-        epochs=end_epoch,
-        seed=args.seed,
+    run = build_run(
+        args,
+        model,
+        (train_set, val_set),
+        BaseLoss(classification_loss(mixup_active(args), args.smoothing, bce=False)),
+        dist,
         output_dir=output_dir,
-        args=save_args(None, args, dist),
-        model_ema=model_ema,
-        hooks=StepHooks(prepare=crop, mixup=_mixup(args, num_classes), after_update=lr_schedule),
-        eval_prepare=crop,
-        accum_steps=args.update_freq,
-        clip_grad=args.clip_grad,
-        sched_on_updates=True,
+        lr_schedule=cosine_per_update(args),
+        amp=args.use_amp,
+        num_workers=args.num_workers,
+        eval_batch_size=int(1.5 * args.batch_size),
         dist_eval=args.dist_eval,
-        show_progress=not args.no_progress,
-        extra_log={"n_parameters": n_parameters(model), "input_size": args.input_size},
-        save_every_steps=args.save_every_steps,
-        skipped_images=(lambda: skipped_images(train_loader)) if args.skip_corrupt else None,
-        start_epoch=args.start_epoch,
+        epochs=end_epoch,
+        accum_steps=args.update_freq,
+        drop_last_group=True,  # as upstream: len(loader) // update_freq updates per epoch
+        hooks=StepHooks(prepare=crop, mixup=mixup_from_args(args, num_classes)),
+        eval_prepare=crop,
+        extra_log={"input_size": args.input_size},
     )
     log = RunLogger(output_dir, dist.is_main, tensorboard=not args.eval)
-    if state is not None:
-        resampled = resample_checkpoint(state, model, optimizer, f"{flag} {path}")
-        state.pop("lr_scheduler", None)  # rebuilt from the flags: updates per epoch may differ between stages
-        restore(run, state, f"{flag} {path}")
-        log.print(
-            f"resumed from {path}: continuing at epoch {run.start_epoch}" + (f"; {resampled}" if resampled else "")
-        )
-    done_in_epoch = run.partial["stats"]["steps"] // args.update_freq if run.partial else 0
-    lr_schedule.start(run.start_epoch, run.num_updates, done_in_epoch)
+
+    def adapt(state: dict) -> str | None:
+        """A checkpoint of another stage's input size: position embedding and its optimizer moments resampled."""
+        return resample_checkpoint(state, model, run.parts.optimizer, found.source)
+
+    if message := resume_run(run, found, adapt):
+        log.print(message)
 
     if args.eval:
         metrics = evaluate_run(run)
@@ -360,46 +274,13 @@ def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
 
     save_args(output_dir, args, dist)
     low_freq = f"loaded at {load_size} px, " + ("Fourier-cropped on the device" if crop else "no crop")
-    log.print(
+    header = (
         f"{args.model}: {n_parameters(model) / 1e6:.2f}M parameters, {num_classes} classes, {len(train_set)} "
-        f"training images; epochs {run.start_epoch}-{end_epoch - 1} of {args.epochs} at {args.input_size} px "
+        f"training images; epochs {run.state.start_epoch}-{end_epoch - 1} of {args.epochs} at {args.input_size} px "
         f"({low_freq}), {args.aa}, batch {args.batch_size} x {args.update_freq} x {dist.world_size}, "
-        f"{run.precision.name}, peak lr {args.lr:.2e}"
+        f"{run.parts.precision.name}, peak lr {args.lr:.2e}"
     )
-    log.print(describe_toe(model, args.epochs))
-    record = fit(run, log)
-    log.close()
-    return record
-
-
-def _checkpoint_to_resume(args: argparse.Namespace, output_dir: Path | None) -> tuple[dict | None, Path | None, str]:
-    """(state, path, flag): --resume's checkpoint, else <output_dir>/checkpoint.pth with --auto_resume true."""
-    if args.resume:
-        return load_checkpoint(args.resume, "--resume"), Path(args.resume), "--resume"
-    if args.auto_resume and output_dir is not None:
-        remove_stale_temporaries(output_dir)
-        found = load_latest(output_dir)  # checkpoint.pth, or checkpoint-prev.pth when the newest is damaged
-        if found is not None:
-            state, path, note = found
-            if note:
-                print(note)
-            return state, path, "--auto_resume"
-    return None, None, ""
-
-
-def _mixup(args: argparse.Namespace, num_classes: int) -> Mixup | None:
-    if not mixup_active(args):
-        return None
-    return Mixup(
-        mixup_alpha=args.mixup,
-        cutmix_alpha=args.cutmix,
-        cutmix_minmax=args.cutmix_minmax,
-        prob=args.mixup_prob,
-        switch_prob=args.mixup_switch_prob,
-        mode=args.mixup_mode,
-        label_smoothing=args.smoothing,
-        num_classes=num_classes,
-    )
+    return train_and_log(run, log, header, toe_epochs=args.epochs)
 
 
 def _datasets(args: argparse.Namespace, load_size: int):
@@ -429,13 +310,7 @@ def _build_model(args: argparse.Namespace, num_classes: int, token_select) -> to
         if args.input_size % patch:
             raise UserError(f"--input_size {args.input_size} is not divisible by the patch size {patch}")
         kwargs["img_size"] = args.input_size
-    model = create_model(args.model, num_classes, **kwargs)
-    if token_select is not None:
-        try:
-            apply_toe(model, token_select)
-        except (TypeError, ValueError) as error:
-            raise UserError(f"--model {args.model} cannot train with ToE: {error}") from None
-    return model
+    return attach_toe(create_model(args.model, num_classes, **kwargs), token_select, args.model)
 
 
 def cli() -> None:

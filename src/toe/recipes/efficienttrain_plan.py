@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..options import UserError
+from ..errors import UserError
 from ..schedule import ToESchedule
 
 MAGNITUDES = (1, 3, 5, 7, 9)  # RandAugment magnitude of each stage

@@ -27,8 +27,10 @@ import torch
 
 from ..engine import RunLogger, init_distributed
 from ..engine.distributed import DistInfo, barrier, cleanup
-from ..options import ArgumentParser, UserError, check_at_least, run_main, schedule_from_args, toe_enabled
+from ..errors import UserError
+from ..options import ArgumentParser, check_at_least, run_main, schedule_from_args, toe_enabled
 from . import efficienttrain
+from .common import mixup_active
 from .efficienttrain_plan import NUM_STAGES, Stage, format_plan, plan_stages, stage_input_sizes
 
 # models the ToE paper trained with EfficientTrain: ToE with its settings, AMP and clipping appended
@@ -91,7 +93,7 @@ def check_args(args: argparse.Namespace) -> None:
             f"--input_sizes must end with the final --input_size {args.input_size}, got "
             f"{' '.join(map(str, args.input_sizes))}"
         )
-    if efficienttrain.mixup_active(args) and args.final_bs % 2:
+    if mixup_active(args) and args.final_bs % 2:
         raise UserError(f"--final_bs {args.final_bs} must be even with --mixup/--cutmix (or set both to 0)")
 
 

@@ -28,8 +28,9 @@ from tqdm import tqdm
 from ..data.datasets import image_folder
 from ..data.token_label import TOPK, label_file
 from ..engine import Precision, load_weights
-from ..options import ArgumentParser, UserError, run_main
-from .common import create_model, parse_model_kwargs
+from ..errors import UserError
+from ..models.factory import create_model, parse_model_kwargs
+from ..options import ArgumentParser, run_main
 
 MAX_CLASSES = 2048  # class indices are stored as float16, exact up to 2048
 

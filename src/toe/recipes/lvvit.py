@@ -13,45 +13,35 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from timm.data import Mixup, create_transform
-from timm.optim import create_optimizer_v2, optimizer_kwargs
-from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-from timm.utils import ModelEmaV3
+from timm.data import create_transform
 
-from ..data import build_dataset, build_eval_loader, build_eval_transform, build_train_loader, check_same_classes
+from ..data import build_dataset, build_eval_transform, check_same_classes
 from ..data.label_transforms import build_token_label_transform
-from ..data.loader import skipped_images
 from ..data.token_label import TokenLabelDataset, TokenLabelTargets
-from ..engine import Precision, RunLogger, StepHooks, TrainingRun, evaluate_run, fit, init_distributed
+from ..engine import RunLogger, StepHooks, evaluate_run, find_checkpoint, init_distributed
 from ..engine.distributed import cleanup
 from ..engine.losses import BaseLoss, TokenLabelCrossEntropy, classification_loss
-from ..integration import apply_toe
+from ..errors import UserError
 from ..models import LVViT
-from ..options import (
-    ArgumentParser,
-    UserError,
-    add_toe_arguments,
-    check_at_least,
-    run_main,
-    token_select_from_args,
-)
+from ..models.factory import create_model, parse_model_kwargs
+from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main, token_select_from_args
 from .common import (
     add_engine_arguments,
-    create_model,
+    attach_toe,
+    build_run,
+    epoch_schedule,
     load_finetune_weights,
+    mixup_active,
+    mixup_from_args,
     n_parameters,
-    parse_model_kwargs,
     prepare_output_dir,
-    resume_as_asked,
-    save_args,
-    wrap_model,
+    resume_run,
+    train_and_log,
 )
-from .summary import describe_toe
 from .yaml_config import parse_with_config, save_args_yaml
 
 
@@ -199,10 +189,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--crop-pct must lie in (0, 1], got {args.crop_pct}")
 
 
-def mixup_active(args: argparse.Namespace) -> bool:
-    return args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
-
-
 def main(argv: Sequence[str] | None = None) -> dict | None:
     args = parse_args(argv)
     check_args(args)
@@ -221,7 +207,6 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
 def _train_or_evaluate(args, dist, token_select) -> dict | None:
     resuming = bool(args.resume) or args.auto_resume or args.eval
     output_dir = prepare_output_dir(args.output, resuming, dist, "--output")
-    device = dist.device
     data = Path(args.data_dir)
 
     torch.manual_seed(args.seed)  # identical initial weights on every process
@@ -242,69 +227,32 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
     say = print if dist.is_main else (lambda *_: None)
     if args.finetune:
         say(load_finetune_weights(model, args.finetune))
-    if token_select is not None:
-        try:
-            apply_toe(model, token_select)
-        except (TypeError, ValueError) as error:
-            raise UserError(f"--model {args.model}: {error}") from None
+    attach_toe(model, token_select, args.model)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    model.to(device)
-    model_ema = None
-    if args.model_ema:
-        model_ema = ModelEmaV3(
-            model, decay=args.model_ema_decay, device=torch.device("cpu") if args.model_ema_force_cpu else None
-        )
 
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(args))
-    lr_scheduler, total_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args))
     if args.token_label:
-        criterion = TokenLabelCrossEntropy(args.cls_weight, args.dense_weight)
+        loss = TokenLabelCrossEntropy(args.cls_weight, args.dense_weight)
         hooks = StepHooks(prepare=TokenLabelTargets(num_classes, label_size, args.smoothing, args.ground_truth))
     else:
-        criterion = BaseLoss(classification_loss(mixup_active(args), args.smoothing, bce=False))
-        hooks = StepHooks(mixup=_mixup(args, num_classes) if mixup_active(args) else None)
-
-    amp = (args.amp or args.apex_amp or args.native_amp) and not args.no_amp
-    run = TrainingRun(
-        model=wrap_model(model, dist, args.compile),
-        module=model,
-        criterion=criterion,
-        optimizer=optimizer,
-        lr_scheduler=lr_scheduler,
-        precision=Precision.from_flag(device, args.amp_dtype, enabled=amp),
-        train_loader=(
-            train_loader := build_train_loader(
-                train_set, args.batch_size, dist, args.seed, args.workers, args.pin_mem, skip_corrupt=args.skip_corrupt
-            )
-        ),
-        val_loader=build_eval_loader(
-            val_set,
-            args.validation_batch_size or args.batch_size,
-            dist,
-            dist.enabled,
-            args.workers,
-            args.pin_mem,
-            args.skip_corrupt,
-        ),
-        dist=dist,
-        epochs=total_epochs,
-        seed=args.seed,
+        loss = BaseLoss(classification_loss(mixup_active(args), args.smoothing, bce=False))
+        hooks = StepHooks(mixup=mixup_from_args(args, num_classes))
+    run = build_run(
+        args,
+        model,
+        (train_set, val_set),
+        loss,
+        dist,
         output_dir=output_dir,
-        args=save_args(None, args, dist),
-        model_ema=model_ema,
-        hooks=hooks,
-        clip_grad=args.clip_grad,
-        clip_mode=args.clip_mode,
-        lr_step_offset=1,
+        lr_schedule=epoch_schedule(args, epoch_offset=1),  # timm's train.py: lr_scheduler.step(epoch + 1)
+        amp=(args.amp or args.apex_amp or args.native_amp) and not args.no_amp,
+        num_workers=args.workers,
+        eval_batch_size=args.validation_batch_size or args.batch_size,
         dist_eval=dist.enabled,
-        show_progress=not args.no_progress,
-        extra_log={"n_parameters": n_parameters(model)},
-        save_every_steps=args.save_every_steps,
-        skipped_images=(lambda: skipped_images(train_loader)) if args.skip_corrupt else None,
-        start_epoch=args.start_epoch,
+        hooks=hooks,
     )
-    if message := resume_as_asked(run, args.resume, args.auto_resume):
+    found = find_checkpoint(args.resume, args.auto_resume, output_dir, clean=dist.is_main)
+    if message := resume_run(run, found):
         say(message)
 
     if args.eval:
@@ -318,19 +266,14 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
         return metrics
 
     save_args_yaml(output_dir, args, dist)
-    log = RunLogger(output_dir, dist.is_main)
-    log.print(
+    epochs = run.settings.epochs
+    header = (
         f"{args.model}: {n_parameters(model) / 1e6:.2f}M parameters, {num_classes} classes, {len(train_set)} "
-        f"training images at {input_size} px, {dist.world_size} process(es) on {device}, {run.precision.name}, "
-        f"lr {args.lr:.2e}, {total_epochs} epochs ({args.epochs} + {total_epochs - args.epochs} cool-down), "
-        + (f"token labels {label_size}x{label_size}" if args.token_label else "no token labels")
+        f"training images at {input_size} px, {dist.world_size} process(es) on {dist.device}, "
+        f"{run.parts.precision.name}, lr {args.lr:.2e}, {epochs} epochs ({args.epochs} + {epochs - args.epochs} "
+        "cool-down), " + (f"token labels {label_size}x{label_size}" if args.token_label else "no token labels")
     )
-    log.print(describe_toe(model, total_epochs))
-    started = time.perf_counter()
-    record = fit(run, log)
-    log.print(f"training time {time.perf_counter() - started:.0f}s")
-    log.close()
-    return record
+    return train_and_log(run, RunLogger(output_dir, dist.is_main), header)
 
 
 def _datasets(args: argparse.Namespace, data: Path, input_size: int, crop_pct: float, num_classes: int):
@@ -400,19 +343,6 @@ def _class_count(folder: Path) -> int:
     if not folder.is_dir():
         raise UserError(f"data folder {folder} does not exist (expected train/ and val/ with one folder per class)")
     return sum(1 for entry in folder.iterdir() if entry.is_dir())
-
-
-def _mixup(args: argparse.Namespace, num_classes: int) -> Mixup:
-    return Mixup(
-        mixup_alpha=args.mixup,
-        cutmix_alpha=args.cutmix,
-        cutmix_minmax=args.cutmix_minmax,
-        prob=args.mixup_prob,
-        switch_prob=args.mixup_switch_prob,
-        mode=args.mixup_mode,
-        label_smoothing=args.smoothing,
-        num_classes=num_classes,
-    )
 
 
 def _without_worker_traceback(error: UserError) -> UserError:

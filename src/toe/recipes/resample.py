@@ -15,7 +15,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from ..options import UserError
+from ..errors import UserError
 
 
 def resample_checkpoint(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, source: str) -> str | None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import yaml
 
 from ..engine import DistInfo
-from ..options import ArgumentParser, UserError
-from .common import save_args
+from ..errors import UserError
+from ..options import ArgumentParser
+from .common import plain_args
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -54,7 +55,7 @@ def save_args_yaml(output_dir: Path | None, args: argparse.Namespace, dist: Dist
     if output_dir is None or not dist.is_main:
         return
     temp = output_dir / ".args.yaml.tmp"
-    temp.write_text(yaml.safe_dump(save_args(None, args, dist), sort_keys=False))
+    temp.write_text(yaml.safe_dump(plain_args(args), sort_keys=False))
     temp.replace(output_dir / "args.yaml")
 
 
