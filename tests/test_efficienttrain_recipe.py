@@ -205,8 +205,9 @@ def test_main_py_evaluates_a_checkpoint_at_its_size_and_at_a_smaller_one(full_ru
 
 
 def test_a_stage_out_of_memory_is_retried_with_half_the_batch(tiny_data, tmp_path, capsys, monkeypatch):
-    """80 images, 12 per update: 6 updates per epoch at batch 12 x 1 (stages 1-4), 7 at 6 x 2 (13 batches, the
-    planned stage 5) and 7 at 3 x 4 (26 batches, the retry). The LR follows the epochs all the same."""
+    """80 images, 12 per update: 6 updates per epoch at batch 12 x 1 (stages 1-4), at 6 x 2 (13 batches, the
+    planned stage 5) and at 3 x 4 (26 batches, the retry): as upstream, the batches of a short last accumulation
+    group are left out (len(loader) // update_freq updates). The LR follows the epochs all the same."""
     output = tmp_path / "oom"
     stop_at(monkeypatch, epoch=4, make_error=out_of_memory, times=1)  # the last of 5 one-epoch stages
     flags = "--epochs 5 --final_bs 6 --effective_bs 12 --mixup 0 --cutmix 0 --expansion-step 0 2 4".split()
@@ -217,7 +218,7 @@ def test_a_stage_out_of_memory_is_retried_with_half_the_batch(tiny_data, tmp_pat
     assert "stage 5/5: epochs 4-4 at 32 px, rand-m9-mstd0.5-inc1, batch 3 x 4 x 1" in out
     log = read_log(output)
     assert [r["epoch"] for r in log] == [0, 1, 2, 3, 4]
-    assert [r["train_images"] for r in log] == [72] * 4 + [78]  # whole batches of 12, then of 3
+    assert [r["train_images"] for r in log] == [72] * 5  # 6 updates of 12 images: batches of 12, then 6 x 4 of 3
     stage_flags = json.loads((output / "args.json").read_text())
     assert (stage_flags["batch_size"], stage_flags["update_freq"]) == (3, 4)
     # warm-up over epoch 0, cosine to epoch 5: after epoch 3 at 3/4 of the cosine, after epoch 4 at its end
