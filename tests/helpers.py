@@ -1,17 +1,37 @@
-"""Shared test helpers: run a command in-process, tiny model flags, reading checkpoints."""
+"""Shared test helpers: the tiny model (and its flags), running a command in-process, reading checkpoints."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
+import timm
 import torch
 
 from toe.options import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# a DeiT small enough for the CPU: 32 px images, 4 px patches (64 patches), width 32, 3 blocks
+# the tiny ViT every test uses, small enough for the CPU: 32 px images, 4 px patches (64 patches), width 32,
+# 2 heads, 3 blocks (tests that want another size override one entry)
+TINY_VIT = {"img_size": 32, "patch_size": 4, "embed_dim": 32, "depth": 3, "num_heads": 2}
+
+
+def tiny_vit(name: str = "deit_tiny_patch16_224", seed: int | None = None, **overrides) -> torch.nn.Module:
+    """timm's ``name`` at the tiny size (``overrides`` win); seeded first when ``seed`` is given."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return timm.create_model(name, **{**TINY_VIT, **overrides})
+
+
+def tiny_model_kwargs(*keys: str, **overrides) -> list[str]:
+    """The tiny size as ``--model-kwargs`` values, e.g. ``["embed_dim=32", "depth=3", "num_heads=2"]``
+    (``keys``: which entries, default the width, depth and heads; ``overrides`` change values)."""
+    values = {**TINY_VIT, **overrides}
+    return [f"{key}={values[key]}" for key in (keys or ("embed_dim", "depth", "num_heads"))]
+
+
+# the DeiT recipe's flags for the tiny ViT, on the CPU
 TINY_DEIT = [
     "--model",
     "deit_tiny_patch16_224",
@@ -20,9 +40,7 @@ TINY_DEIT = [
     "--patch-size",
     "4",
     "--model-kwargs",
-    "embed_dim=32",
-    "depth=3",
-    "num_heads=2",
+    *tiny_model_kwargs(),
     "--num_workers",
     "0",
     "--no-progress",
@@ -32,6 +50,14 @@ TINY_DEIT = [
     "1",
     "--device",
     "cpu",
+]
+
+# the EfficientTrain recipes' model flags for the tiny ViT (the input size is a stage flag there)
+TINY_ET_MODEL = [
+    "--model",
+    "deit_tiny_patch16_224",
+    "--model-kwargs",
+    *tiny_model_kwargs("patch_size", "embed_dim", "depth", "num_heads"),
 ]
 
 

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import TINY_DEIT, assert_one_line_error, run_cli
+from helpers import TINY_DEIT, assert_one_line_error, run_cli, tiny_model_kwargs
 
 from toe.engine import trainer
 from toe.options import run_main
@@ -74,7 +74,7 @@ CASES = {
     "resume a text file": case(["--resume", "{root}/notes.pth"], "--resume", "notes.pth"),
     "resume a truncated checkpoint": case(["--resume", "{root}/torn.pth"], "torn.pth", "not a readable"),
     "resume with another model": case(
-        ["--resume", "{root}/run/checkpoint.pth", "--model-kwargs", "embed_dim=32", "depth=2", "num_heads=2"],
+        ["--resume", "{root}/run/checkpoint.pth", "--model-kwargs", *tiny_model_kwargs(depth=2)],
         "different model",
     ),
     "output folder holds another run": case(["--output_dir", "{root}/run"], "already holds a run"),

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import timm
 import torch
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli, tiny_model_kwargs, tiny_vit
 
 from toe.cli import main as toe_main
 from toe.flops import forward_macs, vit_shape
@@ -26,10 +25,7 @@ TINY = [
     "--device",
     "cpu",
     "--model-kwargs",
-    "patch_size=4",
-    "embed_dim=32",
-    "depth=2",
-    "num_heads=2",
+    *tiny_model_kwargs("patch_size", "embed_dim", "depth", "num_heads", depth=2),
 ]
 
 
@@ -47,9 +43,7 @@ def test_bench_measures_every_stage_next_to_the_analytic_ratio(tmp_path, capsys)
     for name in ("stage 1", "stage 2"):
         assert variants[name]["images_per_sec"] > 0 and 0 < variants[name]["op_share"] < 1
     with torch.device("meta"):
-        shape = vit_shape(
-            timm.create_model("deit_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2)
-        )
+        shape = vit_shape(tiny_vit(depth=2))
     assert variants["stage 1"]["analytic_speedup"] == pytest.approx(forward_macs(shape) / forward_macs(shape, 32))
     assert (tmp_path / "b.png").stat().st_size > 1000
 

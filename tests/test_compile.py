@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import timm
 import torch
 import torch._dynamo as dynamo
+from helpers import tiny_vit
 from torch._dynamo.utils import counters
 
 from toe import apply_toe
 
 
 def tiny_toe_model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = timm.create_model("deit_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2)
-    return apply_toe(model).train()
+    return apply_toe(tiny_vit(seed=0)).train()
 
 
 def test_no_graph_breaks_on_a_cold_selector():
@@ -42,12 +40,14 @@ def test_one_graph_per_stage_and_eager_equal_outputs():
 def test_a_plain_model_compiled_first_does_not_hide_the_hook_of_a_toe_model():
     """torch.compile reuses graphs across instances of one class and skips hook guards by default."""
     dynamo.reset()
-    torch.manual_seed(0)
-    plain = timm.create_model("deit_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2)
+    plain = tiny_vit(seed=0)
     x = torch.randn(2, 3, 32, 32)
     torch.compile(plain.train(), backend="aot_eager")(x)
     model = tiny_toe_model()
     model.token_select.update_current_stage(0)
     out = torch.compile(model, backend="aot_eager")(x)
-    assert model.toe_index is not None and model.toe_index.shape == (2, 33)  # ToE ran: 1 + 32 of 64 patches
+    assert model.token_select.last_index is not None and model.token_select.last_index.shape == (
+        2,
+        33,
+    )  # ToE ran: 1 + 32 of 64 patches
     torch.testing.assert_close(out, model(x))

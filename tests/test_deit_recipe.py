@@ -9,7 +9,7 @@ import sys
 import pytest
 import timm
 import torch
-from helpers import ROOT, TINY_DEIT, assert_one_line_error, load_model_state, run_cli
+from helpers import ROOT, TINY_DEIT, assert_one_line_error, load_model_state, run_cli, tiny_vit
 
 from toe.engine import trainer
 from toe.recipes import deit
@@ -83,9 +83,7 @@ def test_evaluation_is_full_token_for_model_and_ema(toe_run, tiny_data, capsys):
     labels = torch.tensor([val[i][1] for i in range(len(val))])
     last = read_log(toe_run)[-1]
     for key, logged in (("model", last["test_acc1"]), ("model_ema", last["test_ema_acc1"])):
-        plain = timm.create_model(
-            "deit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2
-        )
+        plain = tiny_vit(num_classes=10)
         plain.load_state_dict(state[key])
         with torch.no_grad():
             accuracy = (plain.eval()(images).argmax(1) == labels).float().mean().item() * 100
@@ -196,9 +194,7 @@ def test_distillation_loss_values():
 
 def test_finetune_drops_the_head_and_resamples_the_position_embedding(toe_run, tiny_data, tmp_path, capsys):
     source = load_model_state(toe_run / "checkpoint.pth")
-    model = timm.create_model(
-        "deit_tiny_patch16_224", num_classes=5, img_size=48, patch_size=4, embed_dim=32, depth=3, num_heads=2
-    )
+    model = tiny_vit(num_classes=5, img_size=48)
     report = load_finetune_weights(model, str(toe_run / "checkpoint.pth"))
     assert "2 head tensors dropped" in report
     state = model.state_dict()
@@ -224,6 +220,7 @@ def test_finetune_drops_the_head_and_resamples_the_position_embedding(toe_run, t
     assert read_log(tmp_path / "ft")[0]["toe_tokens"] == 1 + 72  # 12 x 12 patches at 48 px
 
 
+@pytest.mark.slow
 def test_main_script_help_and_a_user_error_from_a_fresh_process(tmp_path):
     script = ROOT / "ToE" / "deit" / "main.py"
     help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=120)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 from helpers import ROOT, TINY_DEIT, load_model_state
 
@@ -38,6 +39,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tiny_data, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     run_main(

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT, load_model_state
+from helpers import ROOT, TINY_ET_MODEL, load_model_state
 
 from toe.options import run_main
 from toe.recipes import et_training
@@ -18,12 +18,13 @@ from toe.recipes import et_training
 # one epoch per stage at 16/16/16/24/32 px; nothing that depends on the process layout (mixup mixes within a
 # local batch, drop-path draws per local batch)
 COMMON = [
-    *"--model deit_tiny_patch16_224 --model-kwargs patch_size=4 embed_dim=32 depth=3 num_heads=2".split(),
+    *TINY_ET_MODEL,
     *"--input_size 32 --input_sizes 16 16 16 24 32 --epochs 5 --effective_bs 16 --warmup_epochs 1".split(),
     *"--expansion-step 0 2 4 --mixup 0 --cutmix 0 --num_workers 0 --no-progress --device cpu --seed 5".split(),
 ]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_across_the_stages(tiny_data, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     run_main(et_training.main, [*COMMON, "--final_bs", "8", "--data_path", str(tiny_data), "--output_dir", str(one)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import math
@@ -11,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT, assert_one_line_error, run_cli
+from helpers import ROOT, TINY_ET_MODEL, assert_one_line_error, run_cli
 
 from toe.cli import main as toe_main
 from toe.engine import trainer
@@ -19,7 +20,7 @@ from toe.options import run_main
 from toe.recipes import efficienttrain, et_training
 
 # a 3-block DeiT of width 32 with 4 px patches: 16 / 36 / 64 patches at 16 / 24 / 32 px
-TINY_MODEL = "--model deit_tiny_patch16_224 --model-kwargs patch_size=4 embed_dim=32 depth=3 num_heads=2".split()
+TINY_MODEL = TINY_ET_MODEL
 TINY_RUN = "--num_workers 0 --no-progress --device cpu --warmup_epochs 1 --seed 3".split()
 # stages at 16/16/16/24/32 px; 16 images per update: batch 16 x 1 below 32 px, 8 x 2 at 32 px
 TINY_ET = [
@@ -230,6 +231,26 @@ def test_a_stage_out_of_memory_is_retried_with_half_the_batch(tiny_data, tmp_pat
     assert_one_line_error(status, err, "stage 1 ran out of GPU memory at batch 8 per process", "--final_bs")
 
 
+def test_a_finished_stage_is_freed_without_the_garbage_collector(tiny_data, tmp_path):
+    """No reference cycle in a run (the ToE hook holds no model): when a stage returns, its model, EMA and
+    optimizer are gone by reference counting alone, so the next stage needs no gc.collect()."""
+    kinds = (torch.nn.Module, torch.optim.Optimizer)
+
+    def alive() -> set[int]:
+        return {id(o) for o in gc.get_objects() if isinstance(o, kinds)}
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = alive()
+        flags = [*TINY_MODEL, *TINY_RUN, "--epochs", "2", "--input_size", "16", "--load_size", "32", "--toe"]
+        flags += ["--batch_size", "16", "--model_ema", "true", "--data_path", str(tiny_data)]
+        run_main(efficienttrain.main, [*flags, "--output_dir", str(tmp_path / "stage")])
+        assert alive() - before == set()
+    finally:
+        gc.enable()
+
+
 def test_downsample_alternative_loads_small_images_without_a_crop(tiny_data, tmp_path, capsys, monkeypatch):
     seen = []
     real = efficienttrain.FourierCrop.__call__
@@ -319,6 +340,7 @@ def test_bad_input_is_one_clear_line(tiny_data, tmp_path, capsys, full_run):
         assert_one_line_error(status, err, *fragments)
 
 
+@pytest.mark.slow
 def test_launcher_from_a_fresh_process_and_the_flags_in_help(tmp_path):
     """(ET_training.py runs from a fresh process in test_efficienttrain_distributed.py.)"""
     main_py = ROOT / "ToE" / "EfficientTrain" / "main.py"

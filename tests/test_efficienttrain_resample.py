@@ -5,19 +5,17 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from helpers import tiny_vit
 from timm.layers import resample_abs_pos_embed
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 
-from toe.options import UserError
+from toe.errors import UserError
 from toe.recipes.resample import resample_checkpoint
-
-TINY = dict(patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=5)
 
 
 def vit(img_size: int) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model("deit_tiny_patch16_224", img_size=img_size, **TINY)
+    return tiny_vit(seed=0, img_size=img_size, depth=2, num_classes=5)
 
 
 def train(model, optimizer, size: int, steps: int) -> list[float]:
@@ -117,6 +115,6 @@ def test_same_grid_or_no_position_embedding_needs_nothing():
 
 def test_a_position_embedding_of_another_width_is_a_user_error():
     state, _ = trained_state(16)
-    model = timm.create_model("deit_tiny_patch16_224", img_size=24, **{**TINY, "embed_dim": 64})
+    model = tiny_vit(img_size=24, depth=2, num_classes=5, embed_dim=64)
     with pytest.raises(UserError, match="ckpt.pth has a position embedding of shape"):
         resample_checkpoint(state, model, create_optimizer_v2(model, opt="adamw"), "--resume ckpt.pth")

@@ -70,10 +70,10 @@ def test_analytic_count_matches_torch_flop_counter(name, epoch):
     finally:
         timm.layers.set_fused_attn(True)
     shape = vit_shape(model)
-    if model.toe_index is None:
+    if model.token_select.last_index is None:
         expected = forward_macs(shape)
     else:
-        kept = model.toe_index.shape[1] - shape.num_prefix_tokens
+        kept = model.token_select.last_index.shape[1] - shape.num_prefix_tokens
         expected = forward_macs(shape, kept) + selection_macs(shape, kept)
     assert counter.get_total_flops() / 2 == pytest.approx(expected, rel=1e-9)
 
@@ -89,6 +89,7 @@ def run_toe(capsys, *args: str) -> tuple[int, str, str]:
     return status, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_toe_console_script_prints_the_deit_small_table():
     result = subprocess.run(
         [sys.executable, "-m", "toe.cli", "flops", "--model", "deit_small_patch16_224", "--epochs", "300"],

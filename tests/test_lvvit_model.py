@@ -8,18 +8,16 @@ import numpy as np
 import pytest
 import timm
 import torch
-from helpers import run_cli
+from helpers import run_cli, tiny_vit
 
 from toe import TokenSelect, apply_toe
 from toe.models import LVViT, scatter_tokens, swap_box
 
 NAMES = ["lvvit_t", "lvvit_s", "lvvit_m", "lvvit_l"]
-TINY = {"img_size": 32, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 10}
 
 
 def tiny(name: str = "lvvit_s", **kwargs) -> LVViT:
-    torch.manual_seed(0)
-    return timm.create_model(name, **{**TINY, **kwargs})
+    return tiny_vit(name, seed=0, **{"depth": 2, "num_classes": 10, **kwargs})
 
 
 @pytest.mark.parametrize(
@@ -124,7 +122,7 @@ def test_with_toe_the_reduced_tokens_are_scattered_back_to_their_positions():
     reduced = []
     model.norm.register_forward_hook(lambda module, args, out: reduced.append(out))
     tokens = model.forward_features(torch.randn(2, 3, 32, 32))
-    index = model.toe_index
+    index = model.token_select.last_index
     assert reduced[0].shape == (2, 1 + 24, 32) and index.shape == (2, 1 + 24)  # 64 patches at keep rate .4
     assert tokens.shape == (2, 1 + 64, 32)
     for b in range(2):
@@ -142,7 +140,7 @@ def test_toe_keeps_the_state_dict_and_eval_is_bit_identical():
     model = apply_toe(copy.deepcopy(plain), TokenSelect([0, 1, 2], [0.4, 0.7, 1.0], 0.2, 2)).eval()
     assert list(model.state_dict()) == list(plain.state_dict())
     images = torch.randn(3, 3, 32, 32)
-    assert torch.equal(model(images), plain(images)) and model.toe_index is None
+    assert torch.equal(model(images), plain(images)) and model.token_select.last_index is None
 
 
 def test_toe_flops_counts_the_stem_and_the_dense_head(capsys):

@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 import yaml
-from helpers import ROOT, assert_one_line_error, run_cli
+from helpers import ROOT, assert_one_line_error, run_cli, tiny_model_kwargs, tiny_vit
 from torchvision import transforms as T
 
 from toe import TokenSelect, apply_toe
@@ -32,10 +32,7 @@ TINY_LVVIT = [
     "--img-size",
     "32",
     "--model-kwargs",
-    "patch_size=4",
-    "embed_dim=32",
-    "depth=3",
-    "num_heads=2",
+    *tiny_model_kwargs("patch_size", "embed_dim", "depth", "num_heads"),
     "stem_chans=16",
     "-j",
     "0",
@@ -48,7 +45,6 @@ TINY_LVVIT = [
 # 2 epochs: 1 + 1 cool-down; ToE stage 1 (keep .4) in epoch 0, stage 2 (keep .7) in epoch 1
 TRAIN = ["--epochs", "1", "--cooldown-epochs", "1", "--warmup-epochs", "1", "--model-ema", "--toe"]
 TRAIN += ["--expansion-step", "0", "1", "2", "--seed", "5"]
-DEIT_KWARGS = {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
 def read_log(output):
@@ -58,11 +54,10 @@ def read_log(output):
 @pytest.fixture(scope="module")
 def annotator(tmp_path_factory):
     """A checkpoint of this project's format (weights + the flags naming the model) of a tiny DeiT."""
-    torch.manual_seed(0)
-    model = timm.create_model("deit_tiny_patch16_224", num_classes=10, img_size=32, **DEIT_KWARGS)
+    model = tiny_vit(seed=0, num_classes=10, depth=2)
     path = tmp_path_factory.mktemp("annotator") / "checkpoint.pth"
     saved = {"model": "deit_tiny_patch16_224", "input_size": 32, "patch_size": 4}
-    saved["model_kwargs"] = ["embed_dim=32", "depth=2", "num_heads=2"]
+    saved["model_kwargs"] = tiny_model_kwargs(depth=2)
     torch.save({"model": model.state_dict(), "epoch": 0, "args": saved}, path)
     return path
 
@@ -91,7 +86,7 @@ def test_generate_label_writes_the_annotators_top5_per_location_and_resumes(tiny
     # the file of one image holds the DeiT's top-5 per-patch logits, computed here independently of the script
     images, _ = image_folder(tiny_data / "train", None)
     path, _ = images.samples[17]
-    model = timm.create_model("deit_tiny_patch16_224", num_classes=10, img_size=32, **DEIT_KWARGS).eval()
+    model = tiny_vit(num_classes=10, depth=2).eval()
     model.load_state_dict(torch.load(annotator, weights_only=True)["model"])
     prepare = T.Compose(
         [
@@ -230,7 +225,7 @@ def test_visualize_and_report_read_an_lvvit_run(lvvit_run, tiny_data, tmp_path, 
         with torch.no_grad():
             model(batch)
         for b, row in enumerate(selections):
-            assert torch.equal(row[stage - 1].kept, model.toe_index[b, 1:] - 1)
+            assert torch.equal(row[stage - 1].kept, model.token_select.last_index[b, 1:] - 1)
 
     # 24 and 43 of 64 patches (+ class token); no full-token stage was reached, so no measured speedup
     status, report, err = run_cli(toe_main, ["report", lvvit_run], capsys)
@@ -302,6 +297,7 @@ def test_a_bad_label_file_met_by_a_loader_worker_is_one_line(tiny_data, labels, 
     assert_one_line_error(status, err, "token label file", "class indices outside 0..9")
 
 
+@pytest.mark.slow
 def test_main_script_help_and_a_user_error_from_a_fresh_process(tiny_data):
     script = ROOT / "ToE" / "lvvit" / "main.py"
     help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=180)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from helpers import tiny_vit
 from PIL import Image
 from timm.data.auto_augment import rand_augment_transform
 from torch.utils.data import DataLoader
@@ -236,9 +237,7 @@ def test_dense_logits_of_a_cnn_average_to_its_logits():
 
 @pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "vit_medium_patch16_reg4_gap_256", "lvvit_s"])
 def test_dense_logits_of_a_vit_classify_every_patch_token(name):
-    torch.manual_seed(0)
-    kwargs = {"img_size": 32, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 7}
-    model = timm.create_model(name, **kwargs).eval()
+    model = tiny_vit(name, seed=0, depth=2, num_classes=7).eval()
     with torch.no_grad():
         images = torch.randn(2, 3, 32, 32)
         dense = dense_logits(model, images)

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT, TINY_DEIT, assert_one_line_error, run_cli
+from helpers import ROOT, TINY_DEIT, assert_one_line_error, run_cli, tiny_vit
 
 from toe.engine import losses
 from toe.options import run_main
@@ -80,6 +80,7 @@ def uninterrupted(tiny_data, tmp_path_factory):
     return output
 
 
+@pytest.mark.slow
 def test_kill_mid_epoch_then_auto_resume(tiny_data, tmp_path, uninterrupted, capsys):
     output = tmp_path / "run"
     result = killed_run(tiny_data, output, "train-step:8")  # epoch 1, after its 3rd of 5 updates
@@ -93,6 +94,7 @@ def test_kill_mid_epoch_then_auto_resume(tiny_data, tmp_path, uninterrupted, cap
     assert_same_run(uninterrupted, output)
 
 
+@pytest.mark.slow
 def test_mid_epoch_checkpoints_resume_without_repeating_samples(tiny_data, tmp_path, uninterrupted, capsys):
     output = tmp_path / "run"
     result = killed_run(tiny_data, output, "train-step:8", "--save-every-steps", "2")
@@ -111,6 +113,7 @@ def test_mid_epoch_checkpoints_resume_without_repeating_samples(tiny_data, tmp_p
     assert_same_run(uninterrupted, output)
 
 
+@pytest.mark.slow
 def test_kill_while_writing_a_checkpoint(tiny_data, tmp_path, uninterrupted, capsys):
     output = tmp_path / "run"
     # writes: epoch 0 mid-epoch x2, best, best EMA, checkpoint.pth; the 6th is epoch 1's first mid-epoch one
@@ -166,16 +169,12 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_checkpoint(tiny_data
 
 def test_fp16_overflow_is_absorbed_by_the_grad_scaler(tiny_data):
     """A huge initial loss scale overflows the fp16 gradients: those steps are skipped, training goes on."""
-    import timm
 
     from toe.data import build_dataset, build_train_loader, build_train_transform
     from toe.engine import DistInfo, Precision, train_one_epoch
     from toe.engine.losses import BaseLoss
 
-    torch.manual_seed(0)
-    model = timm.create_model(
-        "deit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2
-    )
+    model = tiny_vit(seed=0, num_classes=10, depth=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     precision = Precision(torch.device("cpu"), torch.float16)
     precision.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**30)
@@ -221,6 +220,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_restarts_a_killed_worker_from_the_last_checkpoint(tiny_data, tmp_path):
     layout_free = ["--mixup", "0", "--cutmix", "0", "--drop-path", "0", "--no-repeated-aug"]
     one = tmp_path / "one"

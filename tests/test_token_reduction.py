@@ -16,7 +16,7 @@ import sys
 import pytest
 import timm
 import torch
-from helpers import ROOT, TINY_DEIT, run_cli
+from helpers import ROOT, TINY_DEIT, run_cli, tiny_vit
 
 from toe import TokenSelect, apply_toe
 from toe.options import run_main
@@ -147,11 +147,10 @@ def test_every_variant_runs_after_block_0_of_a_timm_vit(reduction):
 
 @pytest.mark.parametrize("reduction", list(REDUCTIONS))
 def test_lvvit_scatters_every_variant_back_for_its_dense_head(reduction):
-    torch.manual_seed(0)
-    model = timm.create_model("lvvit_s", img_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2, num_classes=10)
+    model = tiny_vit("lvvit_s", seed=0, num_classes=10)
     apply_toe(model, selector(reduction, rates=(0.4, 0.7, 1.0), r0=0.2)).train()
     tokens = model.forward_features(torch.randn(2, 3, 32, 32))
-    index = model.toe_index
+    index = model.token_select.last_index
     assert index.shape == (2, 1 + 24) and tokens.shape == (2, 65, 32)
     for b in range(2):
         away = torch.ones(65, dtype=torch.bool)
@@ -165,6 +164,7 @@ def test_lvvit_scatters_every_variant_back_for_its_dense_head(reduction):
 FLAGS = [*TINY_DEIT, "--epochs", "3", "--toe", "--expansion-step", "0", "1", "2", "--seed", "5"]
 
 
+@pytest.mark.slow
 def test_random_variant_resumes_bit_exactly_after_a_kill(tiny_data, tmp_path, capsys):
     """The random subsets come from the run's seeded RNG: a kill and --auto-resume change nothing."""
     flags = [*FLAGS, "--token-reduction", "random", "--data-path", tiny_data]

@@ -246,14 +246,37 @@ def test_seeds_are_cached_per_size_and_device():
         ({"keep_rate": [0.5, 0.75, 1.5]}, "(0, 1]"),
         ({"keep_rate": [0.0, 0.75, 1.0]}, "(0, 1]"),
         ({"keep_rate": [0.75, 0.5, 1.0]}, "strictly increasing"),
-        ({"initialization_keep_rate": 0.5}, "--initialization-keep-rate"),
-        ({"initialization_keep_rate": 0.0}, "--initialization-keep-rate"),
-        ({"expansion_multiple_stage": 0}, "--expansion-multiple-stage"),
-        ({"distance": "cosin"}, "--distance"),
-        ({"seeding": "random"}, "--seeding"),
+        ({"initialization_keep_rate": 0.5}, "initialization_keep_rate must lie in (0, 0.5)"),
+        ({"initialization_keep_rate": 0.0}, "initialization_keep_rate"),
+        ({"expansion_multiple_stage": 0}, "expansion_multiple_stage"),
+        ({"distance": "cosin"}, "distance must be one of"),
+        ({"seeding": "random"}, "seeding must be one of"),
+        ({"reduction": "merge"}, "reduction must be one of"),
         ({"expansion_step": [], "keep_rate": []}, "at least one"),
     ],
 )
-def test_validation_errors(kwargs, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
+def test_validation_errors_name_the_parameters(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as raised:
         TokenSelect(**kwargs)
+    assert "--" not in str(raised.value)  # the library names its parameters; the command line, its flags
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--initialization-keep-rate", "0.6"],
+            "--initialization-keep-rate must lie in (0, 0.5) (below the first --keep-rate)",
+        ),
+        (["--expansion-step", "0", "100"], "--expansion-step and --keep-rate need the same number of values"),
+        (["--expansion-multiple-stage", "0"], "--expansion-multiple-stage must be a whole number"),
+    ],
+)
+def test_the_command_line_names_its_flags_in_the_same_errors(flags, message):
+    from toe.errors import UserError
+    from toe.options import ArgumentParser, add_toe_arguments, schedule_from_args
+
+    parser = ArgumentParser()
+    add_toe_arguments(parser, "deit")
+    with pytest.raises(UserError, match=re.escape(message)):
+        schedule_from_args(parser.parse_args(["--toe", *flags]))

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli, tiny_model_kwargs, tiny_vit
 from PIL import Image
 
 from toe import TokenSelect, apply_toe
@@ -32,9 +31,7 @@ TINY_FRESH = [
     "--patch-size",
     "4",
     "--model-kwargs",
-    "embed_dim=32",
-    "depth=2",
-    "num_heads=2",
+    *tiny_model_kwargs(depth=2),
 ]
 
 CONFIGS = [
@@ -76,9 +73,7 @@ def test_assignment_is_none_when_the_stage_keeps_every_token():
 
 def test_selection_groups_agree_with_the_forward_index(tiny_data):
     torch.manual_seed(0)
-    model = timm.create_model(
-        "deit_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2, num_classes=10
-    )
+    model = tiny_vit(num_classes=10)
     apply_toe(model, TokenSelect(expansion_step=(0, 1, 2), keep_rate=(0.5, 0.75, 1.0), initialization_keep_rate=0.25))
     batch = to_model_input([load_image(path, (32, 32))[0] for path in dataset_images(tiny_data, 4)])
     tokens = block0_tokens(model, batch)
@@ -94,7 +89,7 @@ def test_selection_groups_agree_with_the_forward_index(tiny_data):
         for b, row in enumerate(selections):
             selection = row[stage - 1]
             kept, slot = selection.kept, selection.slot
-            assert torch.equal(kept, model.toe_index[b, 1:] - 1)  # the training forward's own index
+            assert torch.equal(kept, model.token_select.last_index[b, 1:] - 1)  # the training forward's own index
             assert slot.shape == (patches,) and 0 <= int(slot.min()) and int(slot.max()) < len(kept)
             assert len(set(kept.tolist())) == len(kept) and torch.equal(slot[kept], torch.arange(len(kept)))
             assert kept[: counts.seeds].tolist() == spec_seeds
@@ -156,7 +151,7 @@ def files(tmp_path_factory, tiny_runs):
     state = torch.load(tiny_runs["toe"] / "checkpoint.pth", map_location="cpu", weights_only=True)
     torch.save({"model": state["model"]}, folder / "no_args.pth")
     torch.save({"model": state["model"], "args": state["args"]}, folder / "no_ema.pth")
-    other = {**state["args"], "model_kwargs": ["embed_dim=32", "depth=2", "num_heads=2"]}
+    other = {**state["args"], "model_kwargs": tiny_model_kwargs(depth=2)}
     torch.save({"model": state["model"], "args": other}, folder / "other_model.pth")
     return folder
 

@@ -3,12 +3,23 @@
 Public API::
 
     from toe import TokenSelect, apply_toe, remove_toe
+    from toe.functional import select_tokens, merge_tokens, gather_tokens, random_tokens
 """
 
-from . import models  # noqa: F401  (registers the LV-ViT family in timm's registry)
+from . import functional, models  # noqa: F401  (models: registers the LV-ViT family in timm's registry)
+from .functional import seed_positions
 from .integration import apply_toe, has_toe, remove_toe
 from .schedule import ToESchedule, TokenCounts
-from .token_select import TokenSelect, seed_positions
+from .token_select import TokenSelect
 
-__all__ = ["TokenSelect", "ToESchedule", "TokenCounts", "apply_toe", "remove_toe", "has_toe", "seed_positions"]
+__all__ = [
+    "TokenSelect",
+    "ToESchedule",
+    "TokenCounts",
+    "apply_toe",
+    "remove_toe",
+    "has_toe",
+    "seed_positions",
+    "functional",
+]
 __version__ = "0.1.0"

@@ -1,34 +1,47 @@
 """Attach Token Expansion to timm VisionTransformer-family models without touching their code.
 
-``apply_toe`` registers a forward hook on ``model.blocks[0]`` that passes the block's output through
-``model.token_select`` (a :class:`TokenSelect` child module with no parameters or buffers), so the
-state_dict keys stay those of the plain model, eval is untouched and gradient checkpointing keeps
-working. The last forward's index is kept in ``model.toe_index`` for models with dense heads.
+``apply_toe`` registers a forward hook on ``model.blocks[0]`` that passes the block's output through the
+model's :class:`TokenSelect` (``model.token_select``, a child module with no parameters or buffers), so
+the state_dict keys stay those of the plain model, eval is untouched and gradient checkpointing keeps
+working. The hook holds only the selector and the prefix-token count, not the model (no reference
+cycle: a model is freed as soon as it is dropped); the last forward's index is the selector's
+``last_index``, for models with dense heads. Assigning ``model.token_select = TokenSelect(...)`` points
+the hook at the new selector (a module-registration hook of torch follows the assignment).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_module_registration_hook
 
 from .token_select import TokenSelect
 
 
 class _ToEHook:
-    """Forward hook on block 0: replaces its output by the reduced tokens of ``model.token_select``.
+    """Forward hook on block 0: replaces its output [B, N, C] by the selector's reduced tokens.
 
-    Holds the model itself (not a weak reference) so that ``copy.deepcopy(model)`` (e.g. timm's
-    ModelEma) yields a copy whose hook drives the copy's own selector.
+    ``copy.deepcopy(model)`` (e.g. timm's ModelEma) copies the hook with the model, so the copy's hook
+    drives the copy's own selector.
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
+    def __init__(self, selector: TokenSelect, num_prefix_tokens: int) -> None:
+        self.selector = selector
+        self.num_prefix_tokens = num_prefix_tokens
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        model = self.model
-        tokens, index = model.token_select(output, num_prefix_tokens=model.num_prefix_tokens)
-        model.toe_index = index
+        tokens, _ = self.selector(output, num_prefix_tokens=self.num_prefix_tokens)
         return tokens
+
+
+def _follow_selector(module: nn.Module, name: str, submodule: nn.Module) -> None:
+    """Module-registration hook: ``model.token_select = selector`` on a ToE model re-points its hook."""
+    if name == "token_select" and isinstance(submodule, TokenSelect):
+        for hook in _toe_hooks(module).values():
+            hook.selector = submodule
+
+
+_registration = None  # the process-wide handle of _follow_selector, registered by the first apply_toe
 
 
 def apply_toe(model: nn.Module, token_select: TokenSelect | None = None) -> nn.Module:
@@ -43,18 +56,24 @@ def apply_toe(model: nn.Module, token_select: TokenSelect | None = None) -> nn.M
     Call it before ``torch.compile``: it makes torch.compile guard on module hooks (a process-wide
     setting, ``torch._dynamo.config.skip_nnmodule_hook_guards = False``), so compiled graphs of other
     models are not reused for this one; graphs compiled before the call do not know about the hook.
+    The first call also registers one process-wide module-registration hook (torch's
+    ``register_module_module_registration_hook``) that follows ``model.token_select = ...`` assignments.
     """
+    global _registration
     _check_supported(model)
     # torch.compile skips guards on module hooks by default, so a graph compiled for another instance of
     # the same model class (e.g. a plain baseline) would be reused for this one without the ToE hook
     torch._dynamo.config.skip_nnmodule_hook_guards = False
+    if _registration is None:
+        _registration = register_module_module_registration_hook(_follow_selector)
+    attached = getattr(model, "token_select", None)
+    selector = token_select if token_select is not None else attached
+    if not isinstance(selector, TokenSelect):
+        selector = TokenSelect()
     if not _toe_hooks(model):
-        model.blocks[0].register_forward_hook(_ToEHook(model))
-    if token_select is not None:
-        model.token_select = token_select
-    elif not isinstance(getattr(model, "token_select", None), TokenSelect):
-        model.token_select = TokenSelect()
-    model.toe_index = None
+        model.blocks[0].register_forward_hook(_ToEHook(selector, model.num_prefix_tokens))
+    model.token_select = selector  # (re-)points the hook through _follow_selector
+    selector.last_index = None
     return model
 
 
@@ -63,9 +82,8 @@ def remove_toe(model: nn.Module) -> nn.Module:
     hooks = model.blocks[0]._forward_hooks if hasattr(model, "blocks") else {}
     for key in _toe_hooks(model):
         del hooks[key]
-    for name in ("token_select", "toe_index"):
-        if hasattr(model, name):
-            delattr(model, name)
+    if hasattr(model, "token_select"):
+        del model.token_select
     return model
 
 
@@ -74,11 +92,12 @@ def has_toe(model: nn.Module) -> bool:
     return bool(_toe_hooks(model))
 
 
-def _toe_hooks(model: nn.Module) -> list[int]:
+def _toe_hooks(model: nn.Module) -> dict[int, _ToEHook]:
+    """The ToE hooks on ``model.blocks[0]`` by their handle ids (one after apply_toe, none before)."""
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or len(blocks) == 0:
-        return []
-    return [key for key, hook in blocks[0]._forward_hooks.items() if isinstance(hook, _ToEHook)]
+        return {}
+    return {key: hook for key, hook in blocks[0]._forward_hooks.items() if isinstance(hook, _ToEHook)}
 
 
 def _check_supported(model: nn.Module) -> None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -167,7 +168,24 @@ def schedule_from_args(args: argparse.Namespace) -> ToESchedule | None:
             pick(args.expansion_multiple_stage, paper.expansion_multiple_stage),
         )
     except ValueError as error:
-        raise UserError(str(error)) from None
+        raise UserError(flag_names(str(error))) from None
+
+
+# the ToE library's parameter names (in its error messages) and the flags they come from
+TOE_FLAGS = {
+    "expansion_step": "--expansion-step",
+    "keep_rate": "--keep-rate",
+    "initialization_keep_rate": "--initialization-keep-rate",
+    "expansion_multiple_stage": "--expansion-multiple-stage",
+    "distance": "--distance",
+    "seeding": "--seeding",
+    "reduction": "--token-reduction",
+}
+
+
+def flag_names(message: str) -> str:
+    """A ToE library error with its parameter names replaced by the command line's flags."""
+    return re.sub(r"\b(" + "|".join(TOE_FLAGS) + r")\b", lambda match: TOE_FLAGS[match.group(1)], message)
 
 
 def token_select_from_args(args: argparse.Namespace) -> TokenSelect | None:

@@ -125,25 +125,26 @@ def validate_schedule(
     initialization_keep_rate: float,
     expansion_multiple_stage: int,
 ) -> None:
-    """Raise one ValueError naming the flag for the first mistake in a ToE schedule."""
+    """Raise one ValueError naming the parameter for the first mistake in a ToE schedule (the command line
+    turns the parameter names into its flags, see ``toe.options``)."""
     if len(expansion_step) == 0:
-        raise ValueError("--expansion-step needs at least one epoch")
+        raise ValueError("expansion_step needs at least one epoch")
     if len(expansion_step) != len(keep_rate):
         raise ValueError(
-            f"--expansion-step and --keep-rate need the same number of values, "
+            f"expansion_step and keep_rate need the same number of values, "
             f"got {len(expansion_step)} and {len(keep_rate)}"
         )
     if any(not float(s).is_integer() or s < 0 for s in expansion_step):
-        raise ValueError(f"--expansion-step must be whole epochs >= 0, got {list(expansion_step)}")
+        raise ValueError(f"expansion_step must be whole epochs >= 0, got {list(expansion_step)}")
     if any(b <= a for a, b in zip(expansion_step[:-1], expansion_step[1:])):
-        raise ValueError(f"--expansion-step must be strictly ascending, got {list(expansion_step)}")
+        raise ValueError(f"expansion_step must be strictly ascending, got {list(expansion_step)}")
     if any(not 0.0 < r <= 1.0 for r in keep_rate):
-        raise ValueError(f"--keep-rate values must lie in (0, 1], got {list(keep_rate)}")
+        raise ValueError(f"keep_rate values must lie in (0, 1], got {list(keep_rate)}")
     if any(b <= a for a, b in zip(keep_rate[:-1], keep_rate[1:])):
-        raise ValueError(f"--keep-rate must be strictly increasing, got {list(keep_rate)}")
+        raise ValueError(f"keep_rate must be strictly increasing, got {list(keep_rate)}")
     if not 0.0 < initialization_keep_rate < keep_rate[0]:
         raise ValueError(
-            f"--initialization-keep-rate must lie in (0, {keep_rate[0]}) (below the first --keep-rate), "
+            f"initialization_keep_rate must lie in (0, {keep_rate[0]}) (below the first keep_rate), "
             f"got {initialization_keep_rate}"
         )
     if (
@@ -151,4 +152,4 @@ def validate_schedule(
         or not float(expansion_multiple_stage).is_integer()
         or (expansion_multiple_stage < 1)
     ):
-        raise ValueError(f"--expansion-multiple-stage must be a whole number >= 1, got {expansion_multiple_stage}")
+        raise ValueError(f"expansion_multiple_stage must be a whole number >= 1, got {expansion_multiple_stage}")

@@ -121,7 +121,7 @@ def full_token_count(module: nn.Module) -> int | None:
 
 def tokens_fed_to_blocks(module: nn.Module) -> int | None:
     """Sequence length fed to blocks 1.. in the last training forward (full length without ToE)."""
-    index = getattr(module, "toe_index", None)
+    index = module.token_select.last_index if has_toe(module) else None
     return int(index.shape[1]) if index is not None else full_token_count(module)
 
 

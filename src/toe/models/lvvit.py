@@ -193,7 +193,8 @@ class LVViT(nn.Module):
         """
         x = torch.cat((self.cls_token.expand(patches.shape[0], -1, -1), patches), dim=1) + self.pos_embed
         x = self.norm(self.blocks(self.pos_drop(x)))
-        index = getattr(self, "toe_index", None)
+        select = getattr(self, "token_select", None)  # attached by toe.apply_toe
+        index = select.last_index if select is not None else None
         if index is not None:
             x = scatter_tokens(x, index, self.pos_embed.shape[1])
         return x

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -182,8 +181,8 @@ def run_stage(args: argparse.Namespace, stage: Stage, dist: DistInfo, log: RunLo
 
 
 def release_memory() -> None:
-    """Collect unreachable objects (a ToE model is a reference cycle) and return cached GPU memory."""
-    gc.collect()
+    """Return the GPU memory cached for the previous stage (its model, optimizer and activations are freed
+    as soon as the stage returns: nothing of a run holds itself in a reference cycle)."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
