@@ -165,6 +165,7 @@ def build_run(
     eval_prepare: Callable | None = None,
     evaluation: Evaluation | None = None,
     collate_fn: Callable | None = None,
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
     extra_log: dict | None = None,
 ) -> TrainingRun:
     """The run of a recipe: its ``model`` (built, ToE attached, on the CPU), ``datasets`` (train, val or
@@ -182,19 +183,23 @@ def build_run(
         hooks: batch preparation before the model call (device-side transforms, mixup, target building).
         eval_prepare: the same before evaluation. evaluation: the metrics (default: top-1/top-5).
         collate_fn: how samples form a batch (default: stacking), for both loaders.
+        optimizer: ``model -> optimizer`` (default: timm's ``create_optimizer_v2`` from ``--opt``, ``--lr``,
+            ``--weight-decay``, ...).
         extra_log: constant entries of every log record (``n_parameters`` is added).
+
+    Flags read from ``args``: ``batch_size``, ``seed``, ``pin_mem``, the engine flags of
+    :func:`add_engine_arguments`, and when present ``model_ema`` (with ``model_ema_decay`` and
+    ``model_ema_force_cpu``), ``clip_grad``, ``clip_mode``, ``start_epoch`` (absent: no EMA, no clipping,
+    epoch 0).
     """
     device = dist.device
     model.to(device)
     model_ema = None
-    if args.model_ema:
+    if getattr(args, "model_ema", False):
         model_ema = ModelEmaV3(
             model, decay=args.model_ema_decay, device=torch.device("cpu") if args.model_ema_force_cpu else None
         )
-    try:
-        optimizer = create_optimizer_v2(model, **optimizer_kwargs(args))
-    except (AssertionError, ValueError) as error:
-        raise UserError(f"--opt {args.opt}: {error}") from None
+    optimizer = optimizer(model) if optimizer is not None else _timm_optimizer(model, args)
     train_set, val_set = datasets
     train_loader = build_train_loader(
         train_set,
@@ -221,7 +226,7 @@ def build_run(
         args=plain_args(args),
         accum_steps=accum_steps,
         drop_last_group=drop_last_group,
-        clip_grad=args.clip_grad,
+        clip_grad=getattr(args, "clip_grad", None),
         clip_mode=getattr(args, "clip_mode", "norm"),
         dist_eval=dist_eval,
         synchronize_step=args.synchronize_step,
@@ -246,7 +251,15 @@ def build_run(
     )
     if evaluation is not None:
         parts.evaluation = evaluation
-    return TrainingRun(settings, parts, TrainState(start_epoch=args.start_epoch))
+    return TrainingRun(settings, parts, TrainState(start_epoch=getattr(args, "start_epoch", 0)))
+
+
+def _timm_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """timm's optimizer from the optimizer flags; a mistake in them is a :class:`UserError`."""
+    try:
+        return create_optimizer_v2(model, **optimizer_kwargs(args))
+    except (AssertionError, ValueError) as error:
+        raise UserError(f"--opt {args.opt}: {error}") from None
 
 
 def resume_run(

@@ -254,6 +254,13 @@ def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
         eval_prepare=crop,
         extra_log={"input_size": args.input_size},
     )
+    batches = len(run.parts.train_loader)
+    if batches < args.update_freq and not args.eval:
+        raise UserError(
+            f"--update_freq {args.update_freq} is more than the {batches} batches of an epoch, so no update "
+            "would be made (upstream trains whole accumulation groups only); lower --update_freq (the driver: "
+            "--effective_bs) or --batch_size"
+        )
     log = RunLogger(output_dir, dist.is_main, tensorboard=not args.eval)
 
     def adapt(state: dict) -> str | None:
