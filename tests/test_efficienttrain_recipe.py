@@ -335,7 +335,7 @@ def test_bad_input_is_one_clear_line(tiny_data, tmp_path, capsys, full_run):
         (["--batch_size", "15"], ["--batch_size 15 must be even"]),
         (["--eval", "true", "--input_size", "32"], ["--eval true needs a checkpoint"]),
         (["--data_set", "image_folder"], ["--eval_data_path"]),
-        (["--input_size", "32", "--batch_size", "16", "--update_freq", "8"], ["--update_freq 8", "5 batches"]),
+        (["--input_size", "32", "--batch_size", "16", "--update_freq", "8"], ["--update_freq 8", "--batch_size 16"]),
     ):
         status, _, err = run_cli(efficienttrain.main, [*stage, *extra], capsys)
         assert_one_line_error(status, err, *fragments)

@@ -190,6 +190,12 @@ def cosine_per_update(args: argparse.Namespace) -> Callable[[torch.optim.Optimiz
     to --min_lr at --epochs; positions count the updates of a stage's epochs (see :class:`LRSchedule`)."""
 
     def build(optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> LRSchedule:
+        if updates_per_epoch == 0:
+            raise UserError(
+                f"--update_freq {args.update_freq} is more than the batches of an epoch at --batch_size "
+                f"{args.batch_size}, so no update would be made (as upstream, only whole accumulation groups "
+                "train); lower --update_freq (the driver: --effective_bs) or --batch_size"
+            )
         scheduler = CosineLRScheduler(
             optimizer,
             t_initial=(args.epochs - args.warmup_epochs) * updates_per_epoch,
@@ -254,13 +260,6 @@ def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
         eval_prepare=crop,
         extra_log={"input_size": args.input_size},
     )
-    batches = len(run.parts.train_loader)
-    if batches < args.update_freq and not args.eval:
-        raise UserError(
-            f"--update_freq {args.update_freq} is more than the {batches} batches of an epoch, so no update "
-            "would be made (upstream trains whole accumulation groups only); lower --update_freq (the driver: "
-            "--effective_bs) or --batch_size"
-        )
     log = RunLogger(output_dir, dist.is_main, tensorboard=not args.eval)
 
     def adapt(state: dict) -> str | None:
