@@ -1,0 +1,230 @@
+"""benchmarks/study.py: the resumable study runner (a tiny grid end to end, the table's arithmetic, bad input)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, TINY_DEIT, assert_one_line_error, run_cli
+
+from toe.engine import read_log
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+study = importlib.import_module("study")
+report = importlib.import_module("study_report")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """(modification time, bytes) of a cell's log and checkpoint."""
+    return {
+        name: ((folder / name).stat().st_mtime_ns, (folder / name).read_bytes())
+        for name in ("log.txt", "checkpoint.pth")
+    }
+
+
+def test_tiny_grid_runs_resumes_and_skips(tiny_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "study"
+    grid = ["--out", out, "--data", tiny_data, "--epochs", "3", "--seeds", "0", "--threads", "1"]
+    tiny = ["--", *TINY_DEIT]
+    toe, baseline = out / "e3" / "toe" / "seed0", out / "e3" / "baseline" / "seed0"
+
+    # the toe cell alone, killed (SIGKILL) at its 7th update: 80 images in batches of 16, so in epoch 1
+    monkeypatch.setenv("TOE_FAILPOINT", "train-step:7")
+    status, printed, _ = run_cli(study.main, [*grid, "--variants", "toe", *tiny], capsys)
+    assert status == 1
+    assert "e3/toe/seed0: FAILED (exit -9)" in printed
+    assert [r["epoch"] for r in read_log(toe)] == [0]
+    monkeypatch.delenv("TOE_FAILPOINT")
+
+    status, printed, _ = run_cli(study.main, [*grid, "--variants", "baseline", "toe", "--dry-run", *tiny], capsys)
+    assert status == 0
+    assert "e3/baseline/seed0: new" in printed
+    assert "e3/toe/seed0: partial at epoch 1 of 3" in printed
+    assert "--expansion-step 0 1 2" in printed and not baseline.exists()
+
+    # the 2 x 1 x 1 grid: the baseline from scratch, the toe cell continued, both at once
+    status, printed, _ = run_cli(study.main, [*grid, "--variants", "baseline", "toe", "--parallel", "2", *tiny], capsys)
+    assert status == 0, printed
+    for cell in (baseline, toe):
+        assert [r["epoch"] for r in read_log(cell)] == [0, 1, 2]
+    assert "resumed from" in (toe / "console.log").read_text()
+    assert "resumed from" not in (baseline / "console.log").read_text()
+    assert [r["toe_tokens"] for r in read_log(toe)] == [33, 49, 65]  # 32, 48, 64 of 64 patches + class token
+    assert [r["toe_tokens"] for r in read_log(baseline)] == [65, 65, 65]
+
+    result = json.loads((out / "study.json").read_text())
+    assert [(c["cell"], c["status"], len(c["epochs"])) for c in result["cells"]] == [
+        ("e3/baseline/seed0", "done", 3),
+        ("e3/toe/seed0", "done", 3),
+    ]
+    assert result["settings"]["pass_through"] == [str(a) for a in TINY_DEIT]
+    assert [len(c["attempts"]) for c in result["cells"]] == [1, 2]
+    logged = read_log(toe)
+    toe_cell = result["cells"][1]
+    assert [e["test_acc1"] for e in toe_cell["epochs"]] == [r["test_acc1"] for r in logged]
+    assert toe_cell["totals"]["train_compute_time"] == pytest.approx(sum(r["train_compute_time"] for r in logged))
+    macs = [e["forward_macs"] for e in toe_cell["epochs"]]
+    assert macs[0] < macs[1] < macs[2] == result["cells"][0]["epochs"][2]["forward_macs"]
+    table = (out / "study.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith(("| baseline |", "| toe |"))]
+    assert len(rows) == 2
+    base_row, toe_row = rows
+    final = f"{logged[-1]['test_acc1']:.2f}"
+    assert toe_row.split(" | ")[2] == final  # one seed: no spread
+    assert f"{sum(macs[2:]) * 3 / sum(macs):.2f}x" in toe_row  # analytic speedup
+    assert "All cells are done." in table
+    for name in ("study_curves.png", "study_final.png"):
+        assert (out / name).read_bytes().startswith(PNG_MAGIC)
+
+    # running it again trains nothing
+    before = {cell: _files(cell) for cell in (baseline, toe)}
+    status, printed, _ = run_cli(study.main, [*grid, "--variants", "baseline", "toe", *tiny], capsys)
+    assert status == 0
+    assert "e3/baseline/seed0: done, skipped" in printed and "e3/toe/seed0: done, skipped" in printed
+    assert {cell: _files(cell) for cell in (baseline, toe)} == before
+
+    # other recipe flags than the study was started with: refused
+    status, _, err = run_cli(study.main, [*grid, "--report-only", "--", *TINY_DEIT, "--lr", "0.01"], capsys)
+    assert_one_line_error(status, err, "other recipe flags after --", "--lr 0.01")
+
+
+def _cell(variant: str, seed: int, compute: list[float], top1: list[float], macs: list[float] | None = None) -> dict:
+    """A study.json cell entry built by hand (3-epoch run)."""
+    macs = macs or [None] * len(compute)
+    epochs = [
+        {
+            "epoch": i,
+            "test_acc1": a,
+            "test_ema_acc1": a - 1,
+            "train_compute_time": c,
+            "epoch_time": c + 1,
+            "toe_tokens": None,
+            "forward_macs": m,
+        }
+        for i, (c, a, m) in enumerate(zip(compute, top1, macs))
+    ]
+    return {
+        "cell": f"e3/{variant}/seed{seed}",
+        "variant": variant,
+        "length": 3,
+        "seed": seed,
+        "status": "done" if len(epochs) == 3 else "partial",
+        "epochs_finished": len(epochs),
+        "token_reduction": None,
+        "attempts": [],
+        "epochs": epochs,
+        "totals": report.totals(epochs),
+    }
+
+
+def test_table_arithmetic_on_hand_written_records():
+    cells = [
+        _cell("baseline", 0, [10, 10, 10], [20, 40, 60], [4, 4, 4]),
+        _cell("baseline", 1, [10, 12, 10], [30, 50, 70], [4, 4, 4]),
+        # seed 0: 18 s, between the baseline's 10 s (20%) and 20 s (40%): 20 + 20 * 8/10 = 36%
+        # on the analytic axis 6 MACs, between 4 (20%) and 8 (40%): 30%
+        _cell("toe", 0, [4, 6, 8], [25, 45, 50], [1, 2, 3]),
+        # seed 1: 12 s, between 10 s (30%) and 22 s (50%): 30 + 20 * 2/12 = 33.33%; 6 MACs: 40%
+        _cell("toe", 1, [3, 4, 5], [35, 30, 52], [1, 2, 3]),
+        # beyond the baseline's whole run: unknown; a partial cell stays out of the table
+        _cell("random", 0, [20, 20, 20], [10, 20, 30], [4, 4, 4]),
+        _cell("toe-drop", 0, [3, 3], [10, 20]),
+    ]
+    rows = {row.variant: row for row in report.summary_rows(cells)}
+    assert set(rows) == {"baseline", "toe", "random"}
+    toe = rows["toe"]
+    assert toe.seeds == [0, 1]
+    assert toe.equal_measured.mean == pytest.approx((36 + 30 + 20 * 2 / 12) / 2)
+    assert toe.equal_measured.std == pytest.approx(abs(36 - (30 + 20 * 2 / 12)) / 2**0.5)
+    assert toe.equal_analytic.mean == pytest.approx(35.0)
+    assert toe.speedup_measured == pytest.approx(((30 + 32) / 2) / ((18 + 12) / 2))
+    assert toe.speedup_analytic == pytest.approx(12 / 6)
+    assert toe.values["final_acc1"].mean == pytest.approx(51.0)
+    assert toe.values["best_acc1"].mean == pytest.approx(51.0)  # max(25, 45, 50) and max(35, 30, 52)
+    assert toe.values["best_ema_acc1"].mean == pytest.approx(50.0)
+    assert toe.values["wall_time"].mean == pytest.approx((21 + 15) / 2)
+    assert rows["random"].equal_measured is None and rows["random"].equal_analytic.mean == pytest.approx(60.0)
+    assert rows["baseline"].speedup_measured == pytest.approx(1.0) and rows["baseline"].equal_measured is None
+
+    study_json = {
+        "date": "2024-01-01T00:00:00",
+        "commit": "abc",
+        "torch": "2.x",
+        "threads": 1,
+        "parallel": 1,
+        "settings": {"base_flags": ["--x"], "pass_through": [], "data": "d"},
+        "grid": {"variants": ["baseline", "toe", "toe-drop", "random"], "seeds": [0, 1], "lengths": [3]},
+        "cells": cells,
+    }
+    table = report.markdown(study_json)
+    toe_line = next(line for line in table.splitlines() if line.startswith("| toe |"))
+    assert "| 0 1 | 51.00 ± 1.41 |" in toe_line
+    assert toe_line.endswith(
+        f"| 2.07x | 2.00x | {toe.equal_measured.mean:.2f} ± {toe.equal_measured.std:.2f} | 35.00 ± 7.07 |"
+    )
+    random_line = next(line for line in table.splitlines() if line.startswith("| random |"))
+    assert random_line.endswith("| - | 60.00 |")
+    assert "`e3/toe-drop/seed0` (partial at epoch 2 of 3)" in table
+
+
+def test_top1_at_compute_interpolates_between_epochs():
+    spent, top1 = [10.0, 20.0, 30.0], [20.0, 40.0, 60.0]
+    assert report.top1_at_compute(spent, top1, 15.0) == pytest.approx(30.0)
+    assert report.top1_at_compute(spent, top1, 20.0) == pytest.approx(40.0)
+    assert report.top1_at_compute(spent, top1, 10.0) == pytest.approx(20.0)
+    assert report.top1_at_compute(spent, top1, 5.0) is None  # before the first epoch's record
+    assert report.top1_at_compute(spent, top1, 30.5) is None  # beyond the run
+
+
+def test_stage_starts_and_cell_commands(tmp_path):
+    assert study.stage_starts(9) == [0, 3, 6]
+    assert study.stage_starts(36) == [0, 12, 24]
+    assert study.stage_starts(3) == [0, 1, 2]
+    assert study.stage_starts(4) == [0, 1, 3]
+    run = study.parse(["--out", str(tmp_path / "o"), "--epochs", "9", "--seeds", "2", "--", "--lr", "0.01"])
+    commands = {c.variant: study.cell_command(run, c) for c in run.cells}
+    assert list(commands) == ["baseline", "toe", "toe-drop", "random"]
+    assert "--toe" not in commands["baseline"] and "--token-reduction" not in commands["baseline"]
+    random = commands["random"]
+    tail = random[random.index("--toe") :]
+    assert tail[:7] == ["--toe", "--token-reduction", "random", "--expansion-step", "0", "3", "6"]
+    assert random.index("--lr") > random.index("--model-kwargs")  # pass-through after the base flags
+    assert random[random.index("--seed") + 1] == "2" and random[random.index("--epochs") + 1] == "9"
+    assert random[random.index("--output_dir") + 1] == str(tmp_path / "o" / "e9" / "random" / "seed2")
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["--variants", "toe", "merge"], ["--variants", "merge"]),
+        (["--epochs", "9", "2"], ["--epochs must be at least 3, got 2"]),
+        (["--parallel", "0"], ["--parallel must be at least 1"]),
+        (["--threads", "0"], ["--threads must be at least 1"]),
+        (["--seeds", "-1"], ["--seeds must be at least 0"]),
+        (["--python", "/no/such/python"], ["--python /no/such/python"]),
+        (["--", "--no-such-flag", "3"], ["--no-such-flag"]),
+        (["--", "--epochs", "5"], ["--epochs is set by the study"]),
+        (["--", "--expansion-step", "0", "5"], ["--expansion-step is set by the study"]),
+        (["--", "--lr", "fast"], ["--lr", "fast"]),
+        (["--report-only"], ["does not exist"]),
+        (["--dry-run", "--report-only"], ["--report-only"]),
+    ],
+)
+def test_bad_input_is_one_line(argv, fragments, tmp_path, capsys):
+    out = tmp_path / "study"
+    status, _, err = run_cli(study.main, ["--out", out, *argv], capsys)
+    assert_one_line_error(status, err, *fragments)
+    assert not out.exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    file = tmp_path / "file"
+    file.write_text("not a folder")
+    status, _, err = run_cli(study.main, ["--out", file, "--dry-run"], capsys)
+    assert_one_line_error(status, err, f"--out {file} is a file")
+    assert file.read_text() == "not a folder"
