@@ -35,6 +35,7 @@ OUT/study_final.png (final top-1 per variant with the seed spread). See docs/stu
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import fcntl
 import json
@@ -49,8 +50,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from study_report import ATTEMPTS_FILE, VARIANTS, Cell, cell_status, cells_on_disk, collect, describe_status
+from study_figures import curves_figure, final_figure
+from study_report import (
+    ATTEMPTS_FILE,
+    VARIANTS,
+    Cell,
+    cell_status,
+    cells_on_disk,
+    collect,
+    describe_status,
+    markdown,
+    write_text,
+)
 
+from toe.figures import save_figure
 from toe.options import ArgumentParser, UserError, check_at_least, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +116,7 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="benchmarks/study.py",
         description=__doc__,
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="%(prog)s [options] [-- RECIPE_FLAGS ...]",
     )
     p.add_argument("--out", type=Path, default=Path("output/study"), help="the study's folder (default output/study)")
@@ -158,8 +171,11 @@ class Study:
 def stage_starts(length: int) -> list[int]:
     """ToE's stage starts for a run of ``length`` epochs: 0, 1/3 and 2/3 of it, rounded to whole epochs."""
     starts = [0, round(length / 3), round(2 * length / 3)]
-    if not all(a < b for a, b in zip(starts, starts[1:])) or starts[-1] >= length:
-        raise UserError(f"--epochs {length}: the ToE stages {starts} would not be distinct epochs of the run")
+    if not 0 < starts[1] < starts[2] < length:
+        raise UserError(
+            f"--epochs {length}: ToE's stages at 0, 1/3 and 2/3 of the run ({' '.join(map(str, starts))}) would not be "
+            "distinct epochs of it; use at least 3 epochs"
+        )
     return starts
 
 
@@ -193,7 +209,7 @@ def parse(argv: list[str]) -> Study:
     args = build_parser().parse_args(argv[:split])
     pass_through = argv[split + 1 :]
     check_at_least(("--parallel", args.parallel, 1), ("--threads", args.threads, 1))
-    check_at_least(*(("--epochs", e, 3) for e in args.epochs), *(("--seeds", s, 0) for s in args.seeds))
+    check_at_least(*(("--seeds", s, 0) for s in args.seeds))
     for length in args.epochs:
         stage_starts(length)
     if args.out.exists() and not args.out.is_dir():
@@ -387,7 +403,6 @@ def run_cells(study: Study, commit: str | None) -> tuple[list[Cell], list[Cell]]
 def report(study: Study, settings: dict, commit: str | None) -> list[Path] | None:
     """Collect the grid's cells (and any other cell folder under --out) into the outputs; None: nothing yet."""
     import torch
-    from study_report import write_outputs
 
     cells = sorted(set(study.cells) | set(cells_on_disk(study.out)), key=Cell.sort_key)
     entries = collect(study.out, cells)
@@ -407,7 +422,12 @@ def report(study: Study, settings: dict, commit: str | None) -> list[Path] | Non
         },
         "cells": entries,
     }
-    return write_outputs(study.out, result)
+    paths = [study.out / name for name in ("study.json", "study.md", "study_curves.png", "study_final.png")]
+    write_text(paths[0], json.dumps(result, indent=1) + "\n")
+    write_text(paths[1], markdown(result))
+    save_figure(curves_figure(result), paths[2], "--out")
+    save_figure(final_figure(result), paths[3], "--out")
+    return paths
 
 
 def _terminate(signum, frame) -> None:

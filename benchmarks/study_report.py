@@ -1,4 +1,4 @@
-"""The outputs of the study (benchmarks/study.py) from its cells' log.txt: study.json, study.md and two figures.
+"""What the study (benchmarks/study.py) found, from its cells' log.txt: study.json's entries and study.md.
 
 A cell is one ordinary DeiT run folder ``OUT/e<length>/<variant>/seed<seed>``. Everything here is
 read from the cells' log.txt (one JSON record per epoch) and args.json (the model, for the analytic
@@ -20,15 +20,11 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from matplotlib.figure import Figure
-
 from toe.engine import read_log
-from toe.figures import save_figure
 from toe.flops import ViTShape, forward_macs
 from toe.report import run_args, run_shape
 
 VARIANTS = ("baseline", "toe", "toe-drop", "random")
-VARIANT_COLOURS = {"baseline": "black", "toe": "tab:blue", "toe-drop": "tab:orange", "random": "tab:green"}
 CELL_PATTERN = re.compile(r"e(\d+)/([a-z-]+)/seed(\d+)")
 EPOCH_KEYS = ("test_acc1", "test_ema_acc1", "train_compute_time", "epoch_time", "toe_tokens")
 
@@ -294,6 +290,13 @@ def _cell(spread: Spread | None, digits: int = 2) -> str:
     return "-" if spread is None else spread.text(digits)
 
 
+def _equal(spread: Spread | None, row: Row) -> str:
+    """An equal-compute cell of the table, saying how many seeds it is over when some have no value."""
+    if spread is None or spread.n == len(row.seeds):
+        return _cell(spread)
+    return f"{spread.text()} ({spread.n} of {len(row.seeds)} seeds)"
+
+
 def _times(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
@@ -328,7 +331,8 @@ def markdown(study: dict) -> str:
         "compute equalled the variant's whole run, linearly interpolated between the baseline's epochs; "
         "*measured* on train compute time (noisy: timings on a shared machine), *analytic* on cumulative "
         "forward multiply-adds (exact). Compare it with the variant's final top-1: above it, the variant "
-        "made better use of the same compute than full-token training stopped early.",
+        "made better use of the same compute than full-token training stopped early. A seed whose variant took "
+        "more compute than its baseline's whole run has no such point (then the column says over how many seeds).",
     ]
     header = (
         "| variant | seeds | "
@@ -346,7 +350,7 @@ def markdown(study: dict) -> str:
                     f"| {row.variant} | {' '.join(map(str, row.seeds))} | "
                     + " | ".join(values)
                     + f" | {_times(row.speedup_measured)} | {_times(row.speedup_analytic)} | "
-                    f"{_cell(row.equal_measured)} | {_cell(row.equal_analytic)} |"
+                    f"{_equal(row.equal_measured, row)} | {_equal(row.equal_analytic, row)} |"
                 )
         else:
             lines.append("No cell of this length is done yet.")
@@ -393,86 +397,6 @@ def _percent(value: float | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# figures
-
-
-def curves_figure(study: dict) -> Figure:
-    """Top-1 (model) against cumulative compute, one column per length: measured seconds (top row) and
-    analytic multiply-adds (bottom row); every cell a curve, one colour per variant."""
-    lengths = sorted({c["length"] for c in study["cells"] if c["epochs"]})
-    figure = Figure(figsize=(5 * max(len(lengths), 1), 8), layout="constrained")
-    axes = figure.subplots(2, max(len(lengths), 1), squeeze=False)
-    for column, length in enumerate(lengths):
-        for row, (axis, scale, label) in enumerate(
-            (
-                ("train_compute_time", 1.0, "cumulative train compute time (s)"),
-                ("forward_macs", 1e-12, "cumulative forward multiply-adds (T, analytic)"),
-            )
-        ):
-            ax = axes[row][column]
-            labelled = set()
-            for cell in (c for c in study["cells"] if c["length"] == length and c["epochs"]):
-                epochs = [e for e in cell["epochs"] if e["test_acc1"] is not None and e[axis] is not None]
-                if not epochs:
-                    continue
-                variant = cell["variant"]
-                ax.plot(
-                    [x * scale for x in cumulative([e[axis] for e in epochs])],
-                    [e["test_acc1"] for e in epochs],
-                    color=VARIANT_COLOURS.get(variant, "tab:gray"),
-                    marker=".",
-                    linewidth=1.2 if variant == "baseline" else 1.0,
-                    label=None if variant in labelled else variant,
-                )
-                labelled.add(variant)
-            ax.set_title(f"{length} epochs", fontsize=10)
-            ax.set_xlabel(label)
-            ax.set_ylabel("top-1 % (model)")
-            ax.grid(alpha=0.3)
-            if labelled:
-                ax.legend(fontsize=8)
-    return figure
-
-
-def final_figure(study: dict) -> Figure:
-    """Final top-1 (model) per variant: the mean as a bar with its standard deviation, every seed a dot;
-    one group of bars per length."""
-    rows = summary_rows(study["cells"])
-    lengths = sorted({row.length for row in rows})
-    variants = [v for v in VARIANTS if any(row.variant == v for row in rows)]
-    figure = Figure(figsize=(2 + 2.2 * max(len(lengths), 1), 4.5), layout="constrained")
-    ax = figure.subplots()
-    width = 0.8 / max(len(variants), 1)
-    for i, variant in enumerate(variants):
-        for group, length in enumerate(lengths):
-            row = next((r for r in rows if r.length == length and r.variant == variant), None)
-            if row is None or row.values["final_acc1"] is None:
-                continue
-            x = group + (i - (len(variants) - 1) / 2) * width
-            spread = row.values["final_acc1"]
-            colour = VARIANT_COLOURS.get(variant, "tab:gray")
-            ax.bar(x, spread.mean, width * 0.9, color=colour, alpha=0.35, label=variant if group == 0 else None)
-            if spread.std is not None:
-                ax.errorbar(x, spread.mean, yerr=spread.std, color=colour, capsize=3)
-            seeds = [
-                c["totals"]["final_acc1"]
-                for c in study["cells"]
-                if c["status"] == "done" and c["length"] == length and c["variant"] == variant
-            ]
-            ax.plot([x] * len(seeds), seeds, linestyle="none", marker="o", markersize=4, color=colour)
-    ax.set_xticks(range(len(lengths)), [f"{length} epochs" for length in lengths])
-    ax.set_ylabel("final top-1 % (model)")
-    ax.set_title("final top-1 per variant (bar: mean, line: ± std, dots: seeds)", fontsize=10)
-    finals = [c["totals"]["final_acc1"] for c in study["cells"] if c["status"] == "done"]
-    if finals:
-        ax.set_ylim(max(0.0, min(finals) - 10), min(100.0, max(finals) + 5))
-    ax.grid(alpha=0.3, axis="y")
-    if variants:
-        ax.legend(fontsize=8)
-    return figure
-
-
-# ---------------------------------------------------------------------------------------------------------
 # writing
 
 
@@ -482,17 +406,7 @@ def collect(out: Path, cells: list[Cell]) -> list[dict]:
     return [collect_cell(out, cell, shapes) for cell in sorted(cells, key=Cell.sort_key)]
 
 
-def write_outputs(out: Path, study: dict) -> list[Path]:
-    """Write study.json, study.md, study_curves.png and study_final.png into ``out``; returns their paths."""
-    paths = [out / "study.json", out / "study.md", out / "study_curves.png", out / "study_final.png"]
-    _write_text(paths[0], json.dumps(study, indent=1) + "\n")
-    _write_text(paths[1], markdown(study))
-    save_figure(curves_figure(study), paths[2], "--out")
-    save_figure(final_figure(study), paths[3], "--out")
-    return paths
-
-
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
     """Replace ``path`` atomically (a reader never sees half a file)."""
     temp = path.with_name(f".{path.name}.tmp")
     temp.write_text(text)

@@ -202,7 +202,8 @@ def test_stage_starts_and_cell_commands(tmp_path):
     "argv, fragments",
     [
         (["--variants", "toe", "merge"], ["--variants", "merge"]),
-        (["--epochs", "9", "2"], ["--epochs must be at least 3, got 2"]),
+        (["--epochs", "9", "2"], ["--epochs 2", "0 1 1", "at least 3 epochs"]),
+        (["--epochs", "-3"], ["--epochs -3", "at least 3 epochs"]),
         (["--parallel", "0"], ["--parallel must be at least 1"]),
         (["--threads", "0"], ["--threads must be at least 1"]),
         (["--seeds", "-1"], ["--seeds must be at least 0"]),
