@@ -50,6 +50,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from study_figures import curves_figure, final_figure
 from study_report import (
     ATTEMPTS_FILE,
@@ -120,7 +121,14 @@ def build_parser() -> ArgumentParser:
         usage="%(prog)s [options] [-- RECIPE_FLAGS ...]",
     )
     p.add_argument("--out", type=Path, default=Path("output/study"), help="the study's folder (default output/study)")
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="default: all four")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        metavar="VARIANT",
+        help=f"any of {', '.join(VARIANTS)} (default: all four)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="SEED", help="default: 0 1 2")
     p.add_argument(
         "--epochs",
@@ -298,7 +306,7 @@ def git_commit() -> str | None:
         done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
 def try_lock(folder: Path) -> int | None:
@@ -346,7 +354,8 @@ def last_line(path: Path) -> str:
 
 
 def run_cells(study: Study, commit: str | None) -> tuple[list[Cell], list[Cell]]:
-    """Train every unfinished cell, ``study.parallel`` at a time; returns (failed cells, cells busy elsewhere)."""
+    """Train every unfinished cell, ``study.parallel`` at a time (generating the data first when it is missing);
+    returns (failed cells, cells another process is training)."""
     todo = []
     for cell in study.cells:
         status, finished = cell_status(study.out / cell.name, cell.length)
@@ -354,6 +363,8 @@ def run_cells(study: Study, commit: str | None) -> tuple[list[Cell], list[Cell]]
             print(f"{cell.name}: done, skipped", flush=True)
         else:
             todo.append((cell, describe_status(status, finished, cell.length)))
+    if todo:
+        ensure_data(study)
     failed: list[Cell] = []
     busy: list[Cell] = []
     running: list[Running] = []
@@ -384,6 +395,10 @@ def run_cells(study: Study, commit: str | None) -> tuple[list[Cell], list[Cell]]
                     busy.append(cell)
                     print(f"{cell.name}: being trained by another process, left alone", flush=True)
                     continue
+                if cell_status(folder, cell.length)[0] == "done":  # finished by another process meanwhile
+                    os.close(lock)
+                    print(f"{cell.name}: done, skipped", flush=True)
+                    continue
                 print(f"[{total - len(todo)}/{total}] {cell.name}: {state}, training", flush=True)
                 running.append(Running(cell, start(study, cell, lock, commit), lock, time.monotonic()))
             time.sleep(0.2)
@@ -402,8 +417,6 @@ def run_cells(study: Study, commit: str | None) -> tuple[list[Cell], list[Cell]]
 
 def report(study: Study, settings: dict, commit: str | None) -> list[Path] | None:
     """Collect the grid's cells (and any other cell folder under --out) into the outputs; None: nothing yet."""
-    import torch
-
     cells = sorted(set(study.cells) | set(cells_on_disk(study.out)), key=Cell.sort_key)
     entries = collect(study.out, cells)
     if not any(entry["epochs"] for entry in entries):
@@ -452,13 +465,14 @@ def main(argv: list[str] | None = None) -> None:
         study.out.mkdir(parents=True, exist_ok=True)
         if not (study.out / SETTINGS_FILE).exists():
             (study.out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
-        ensure_data(study)
-        signal.signal(signal.SIGTERM, _terminate)
+        previous = signal.signal(signal.SIGTERM, _terminate)  # a kill stops the cells too, as Ctrl-C does
         try:
             failed, busy = run_cells(study, commit)
         except KeyboardInterrupt:
             print("stopped: run the same command to continue the unfinished cells", file=sys.stderr)
             raise SystemExit(130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         if busy:
             print(f"{len(busy)} cell(s) left to the other process training them: {', '.join(c.name for c in busy)}")
     written = report(study, settings, commit)

@@ -29,7 +29,7 @@ CELL_PATTERN = re.compile(r"e(\d+)/([a-z-]+)/seed(\d+)")
 EPOCH_KEYS = ("test_acc1", "test_ema_acc1", "train_compute_time", "epoch_time", "toe_tokens")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Cell:
     """One run of the grid: a schedule length (epochs), a variant and a seed."""
 
@@ -118,7 +118,7 @@ def collect_cell(out: Path, cell: Cell, shapes: ShapeCache) -> dict:
         entry = {"epoch": record["epoch"], **{key: record.get(key) for key in EPOCH_KEYS}}
         entry["forward_macs"] = epoch_macs(record, shape)
         epochs.append(entry)
-    entry = {
+    return {
         "cell": cell.name,
         "variant": cell.variant,
         "length": cell.length,
@@ -130,7 +130,6 @@ def collect_cell(out: Path, cell: Cell, shapes: ShapeCache) -> dict:
         "epochs": epochs,
         "totals": totals(epochs) if epochs else None,
     }
-    return entry
 
 
 def totals(epochs: list[dict]) -> dict:
