@@ -16,7 +16,8 @@ The three ToE variants train with --toe --token-reduction V --expansion-step 0 E
 0.75 1.0 --initialization-keep-rate 0.25 --expansion-multiple-stage 2 (stages at 0, 1/3 and 2/3 of a run
 of E epochs, rounded to whole epochs: 9 -> 0 3 6, 36 -> 0 12 24), i.e. the same tokens per stage.
 Every cell uses the demo's recipe (ToE/deit/run/demo.sh: a 6-block DeiT-Tiny on 32 px images, 4 px
-patches) on the CPU; recipe flags after `--` are added to every cell and override these.
+patches) on the CPU, by default on the demo data; recipe flags after `--` are added to every cell and
+override these.
 
 Resumable: a cell whose log.txt holds all its epochs is skipped, any other runs with --auto-resume (it
 continues from its last checkpoint), so the study can be stopped at any moment and continued later, or
@@ -141,8 +142,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--data",
         type=Path,
-        default=Path("data/study"),
-        help="dataset in ImageNet layout (default data/study; made with datasets/make_demo_data.py --preset study "
+        default=Path("data/demo"),
+        help="dataset in ImageNet layout (default data/demo, the demo data; made with datasets/make_demo_data.py "
         "when it does not exist)",
     )
     p.add_argument("--parallel", type=int, default=1, metavar="N", help="cells trained at the same time (default 1)")
@@ -289,12 +290,12 @@ def check_settings(study: Study) -> dict:
 
 
 def ensure_data(study: Study) -> None:
-    """Generate the study's dataset when --data does not exist (into a temporary folder, renamed when complete)."""
+    """Generate the demo data when --data does not exist (into a temporary folder, renamed when complete)."""
     if study.data.exists():
         return
     partial = study.data.with_name(study.data.name + ".partial")
-    print(f"generating the study data in {study.data}", flush=True)
-    command = [study.python, str(GENERATOR), "--preset", "study", "--out", str(partial)]
+    print(f"generating the demo data in {study.data}", flush=True)
+    command = [study.python, str(GENERATOR), "--out", str(partial)]
     if subprocess.run(command).returncode != 0:
         raise UserError(f"--data {study.data}: generating it failed ({shlex.join(command)})")
     partial.rename(study.data)
