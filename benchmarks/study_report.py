@@ -234,6 +234,7 @@ class Row:
     values: dict[str, Spread | None] = field(default_factory=dict)
     speedup_measured: float | None = None
     speedup_analytic: float | None = None
+    paired_delta: Spread | None = None
     equal_measured: Spread | None = None
     equal_analytic: Spread | None = None
 
@@ -266,10 +267,19 @@ def summary_rows(cells: list[dict]) -> list[Row]:
             row.speedup_analytic = _ratio(reference, group, "forward_macs")
         if variant != "baseline":
             pairs = [(c, baselines.get((length, c["seed"]))) for c in group]
+            row.paired_delta = Spread.of([paired_delta(c, b) for c, b in pairs])
             row.equal_measured = Spread.of([equal_compute_top1(c, b, "train_compute_time") for c, b in pairs])
             row.equal_analytic = Spread.of([equal_compute_top1(c, b, "forward_macs") for c, b in pairs])
         rows.append(row)
     return rows
+
+
+def paired_delta(variant: dict, baseline: dict | None) -> float | None:
+    """The variant's final top-1 minus its own seed's baseline final top-1 (None until both are done): the
+    seed's data order and initialisation cancel out, so its spread is the variant's own noise."""
+    if baseline is None or baseline["status"] != "done":
+        return None
+    return variant["totals"]["final_acc1"] - baseline["totals"]["final_acc1"]
 
 
 def _ratio(reference: list[dict], group: list[dict], key: str) -> float | None:
@@ -322,6 +332,8 @@ def markdown(study: dict) -> str:
         "--keep-rate 0.5 0.75 1.0 --initialization-keep-rate 0.25 --expansion-multiple-stage 2`.",
         "",
         "How to read the tables (mean ± standard deviation over the finished seeds):",
+        "- *Δ final top-1 vs same-seed baseline*: the variant's final top-1 minus the baseline's of the same seed "
+        "(same initialisation and data order), so its spread is the variant's own noise, not the seeds';",
         "- *train compute*: the sum of the epochs' train compute time (data loading excluded), *wall*: the sum "
         "of the epochs' wall time;",
         "- *speedup measured*: the baseline's mean train compute over the variant's (same length); *speedup "
@@ -336,7 +348,8 @@ def markdown(study: dict) -> str:
     header = (
         "| variant | seeds | "
         + " | ".join(name for _, name in TOTAL_COLUMNS)
-        + " | speedup measured | speedup analytic | baseline at equal compute: measured | analytic |"
+        + " | Δ final top-1 vs same-seed baseline | speedup measured | speedup analytic"
+        + " | baseline at equal compute: measured | analytic |"
     )
     for length in grid["lengths"] + sorted({c["length"] for c in cells} - set(grid["lengths"])):
         lines += ["", f"## {length} epochs", ""]
@@ -348,7 +361,8 @@ def markdown(study: dict) -> str:
                 lines.append(
                     f"| {row.variant} | {' '.join(map(str, row.seeds))} | "
                     + " | ".join(values)
-                    + f" | {_times(row.speedup_measured)} | {_times(row.speedup_analytic)} | "
+                    + f" | {_equal(row.paired_delta, row)} | {_times(row.speedup_measured)} | "
+                    f"{_times(row.speedup_analytic)} | "
                     f"{_equal(row.equal_measured, row)} | {_equal(row.equal_analytic, row)} |"
                 )
         else:

@@ -144,6 +144,9 @@ def test_table_arithmetic_on_hand_written_records():
     assert toe.equal_analytic.mean == pytest.approx(35.0)
     assert toe.speedup_measured == pytest.approx(((30 + 32) / 2) / ((18 + 12) / 2))
     assert toe.speedup_analytic == pytest.approx(12 / 6)
+    # final top-1 minus the same seed's baseline: 50 - 60 and 52 - 70
+    assert toe.paired_delta.mean == pytest.approx(-14.0) and toe.paired_delta.std == pytest.approx(8 / 2**0.5)
+    assert rows["random"].paired_delta.mean == pytest.approx(30 - 60) and rows["baseline"].paired_delta is None
     assert toe.values["final_acc1"].mean == pytest.approx(51.0)
     assert toe.values["best_acc1"].mean == pytest.approx(51.0)  # max(25, 45, 50) and max(35, 30, 52)
     assert toe.values["best_ema_acc1"].mean == pytest.approx(50.0)
@@ -165,10 +168,11 @@ def test_table_arithmetic_on_hand_written_records():
     toe_line = next(line for line in table.splitlines() if line.startswith("| toe |"))
     assert "| 0 1 | 51.00 ± 1.41 |" in toe_line
     assert toe_line.endswith(
-        f"| 2.07x | 2.00x | {toe.equal_measured.mean:.2f} ± {toe.equal_measured.std:.2f} | 35.00 ± 7.07 |"
+        f"| -14.00 ± 5.66 | 2.07x | 2.00x | {toe.equal_measured.mean:.2f} ± {toe.equal_measured.std:.2f} "
+        "| 35.00 ± 7.07 |"
     )
     random_line = next(line for line in table.splitlines() if line.startswith("| random |"))
-    assert random_line.endswith("| - | 60.00 |")
+    assert random_line.endswith("| -30.00 | 0.52x | 1.00x | - | 60.00 |")
     assert "`e3/toe-drop/seed0` (partial at epoch 2 of 3)" in table
 
 
