@@ -79,7 +79,7 @@ def final_figure(study: dict) -> Figure:
             ax.plot([x] * len(seeds), seeds, linestyle="none", marker="o", markersize=4, color=colour)
     ax.set_xticks(range(len(lengths)), [f"{length} epochs" for length in lengths])
     ax.set_ylabel("final top-1 % (model)")
-    ax.set_title("final top-1 per variant (bar: mean, line: ± std, dots: seeds)", fontsize=10)
+    ax.set_title("final top-1 per variant\n(bar: mean, line: ± std, dots: seeds)", fontsize=10)
     finals = [c["totals"]["final_acc1"] for c in study["cells"] if c["status"] == "done"]
     if finals:
         ax.set_ylim(max(0.0, min(finals) - 10), min(100.0, max(finals) + 5))
