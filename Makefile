@@ -20,9 +20,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+	$(BIN)/python tests/run_timm_model_tests.py
 
 demo: $(STAMP)
 	PYTHON=$(abspath $(BIN)/python) ToE/deit/run/demo.sh
 
 clean:
-	rm -rf $(VENV) output data/demo .pytest_cache .ruff_cache
+	rm -rf $(VENV) output data/demo .pytest_cache .ruff_cache .cache

@@ -8,16 +8,24 @@ import numpy as np
 import pytest
 import timm
 import torch
-from helpers import run_cli, tiny_vit
+from helpers import TINY_VIT, run_cli, tiny_vit
 
 from toe import TokenSelect, apply_toe
 from toe.models import LVViT, scatter_tokens, swap_box
+from toe.models.lvvit import mix_token_box
 
 NAMES = ["lvvit_t", "lvvit_s", "lvvit_m", "lvvit_l"]
+TINY = {**TINY_VIT, "depth": 2, "num_classes": 10}
 
 
 def tiny(name: str = "lvvit_s", **kwargs) -> LVViT:
-    return tiny_vit(name, seed=0, **{"depth": 2, "num_classes": 10, **kwargs})
+    return tiny_vit(name, seed=0, **{**TINY, **kwargs})
+
+
+def dense(model: LVViT, mix_token: bool = True) -> LVViT:
+    """The model with token labeling's training outputs switched on (as the recipe does)."""
+    model.return_dense, model.mix_token = True, mix_token
+    return model
 
 
 @pytest.mark.parametrize(
@@ -36,7 +44,7 @@ def test_full_size_models_match_the_published_sizes(name, millions, skip_lam, st
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_model_trains_and_evaluates_at_a_tiny_size(name):
-    model = tiny(name).train()
+    model = dense(tiny(name)).train()
     images = torch.randn(4, 3, 32, 32)
     cls_logits, aux_logits, lam = model(images)
     assert cls_logits.shape == (4, 10) and aux_logits.shape == (4, 64, 10) and 0 <= lam <= 1
@@ -44,20 +52,59 @@ def test_every_model_trains_and_evaluates_at_a_tiny_size(name):
     assert all(p.grad is not None for p in model.parameters())
     model.eval()
     with torch.no_grad():
-        tokens = model.forward_features(images)
+        tokens = model.forward_tokens(images)
         expected = model.head(tokens[:, 0]) + 0.5 * model.aux_head(tokens[:, 1:]).max(dim=1).values
         assert torch.equal(model(images), expected)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_plain_training_forward_gives_logits_as_timm_models_do(name):
+    model = tiny(name).train()
+    assert not model.return_dense and not model.mix_token
+    logits = model(torch.randn(2, 3, 32, 32))
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 10)
+    logits.mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_layer_norms_use_tokenlabelings_eps():
+    norms = [m for m in tiny().modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * 2 + 1 and all(m.eps == 1e-5 for m in norms)
+
+
+def test_evaluation_crops_are_tokenlabelings():
+    crops = {name: timm.create_model(name, pretrained=False, **TINY).pretrained_cfg["crop_pct"] for name in NAMES}
+    assert crops == {"lvvit_t": 0.9, "lvvit_s": 0.9, "lvvit_m": 1.0, "lvvit_l": 1.0}
+
+
 def test_timm_interface():
-    model = tiny()
+    model = tiny().eval()
+    images = torch.randn(2, 3, 32, 32)
     assert {"pos_embed", "cls_token"} <= model.no_weight_decay()
+    assert model.num_features == model.head_hidden_size == 32 and model.in_chans == 3
+    features = model.forward_features(images)  # the 65 tokens as a 65 x 1 NHWC map
+    assert features.shape == (2, 65, 1, 32) and torch.equal(features.squeeze(2), model.forward_tokens(images))
+    assert torch.equal(model.forward_head(features, pre_logits=True), features[:, 0, 0])
     model.reset_classifier(5)
-    assert model.head.out_features == model.aux_head.out_features == 5
+    assert model.head.out_features == model.aux_head.out_features == 5 and not model.head.training
     model.reset_classifier(0)
-    assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 32)
+    assert torch.equal(model(images), features[:, 0, 0])
+    model.reset_classifier(0, "")
+    assert torch.equal(model(images), features)
     with pytest.raises(ValueError, match="even patch size"):
         tiny(patch_size=3)
+
+
+def test_features_only_gives_patch_maps_of_the_last_blocks():
+    model = timm.create_model("lvvit_s", features_only=True, **{**TINY, "depth": 4}).eval()
+    assert model.feature_info.channels() == [32, 32, 32] and model.feature_info.reduction() == [4, 4, 4]
+    maps = model(torch.randn(2, 3, 32, 32))
+    assert [tuple(m.shape) for m in maps] == [(2, 32, 8, 8)] * 3
+    plain = tiny(depth=4).eval()
+    plain.load_state_dict(model.model.state_dict())
+    with torch.no_grad():
+        last, every = plain.forward_intermediates(torch.randn(2, 3, 32, 32))
+    assert len(every) == 4 and last.shape == (2, 65, 1, 32)
 
 
 def zero_residual_branches(model: LVViT) -> None:
@@ -70,7 +117,7 @@ def zero_residual_branches(model: LVViT) -> None:
 
 
 def test_mixtoken_mixes_a_box_of_tokens_and_unmixing_returns_each_samples_own_dense_predictions():
-    model = tiny().train()
+    model = dense(tiny()).train()
     zero_residual_branches(model)
     images = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
@@ -118,10 +165,10 @@ def test_scatter_tokens_puts_every_token_at_its_index_and_zeros_elsewhere():
 
 
 def test_with_toe_the_reduced_tokens_are_scattered_back_to_their_positions():
-    model = apply_toe(tiny(depth=3), TokenSelect([0, 1, 2], [0.4, 0.7, 1.0], 0.2, 2)).train()
+    model = apply_toe(dense(tiny(depth=3)), TokenSelect([0, 1, 2], [0.4, 0.7, 1.0], 0.2, 2)).train()
     reduced = []
     model.norm.register_forward_hook(lambda module, args, out: reduced.append(out))
-    tokens = model.forward_features(torch.randn(2, 3, 32, 32))
+    tokens = model.forward_tokens(torch.randn(2, 3, 32, 32))
     index = model.token_select.last_index
     assert reduced[0].shape == (2, 1 + 24, 32) and index.shape == (2, 1 + 24)  # 64 patches at keep rate .4
     assert tokens.shape == (2, 1 + 64, 32)
@@ -161,3 +208,48 @@ def test_toe_flops_counts_the_stem_and_the_dense_head(capsys):
     assert 6.4 < full < 6.7  # LV-ViT-S: about 6.6 GFLOPs
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert [row[2] for row in rows] == ["79", "137", "197"]
+
+
+def test_mixtoken_draws_tokenlabelings_box():
+    """TokenLabeling's rand_bbox: a side of int(side * sqrt(1 - lam)) per axis and cut // 2 either side of a
+    centre drawn row first (timm 1.0's helper puts (cut + 1) // 2 after the centre)."""
+    for trial in range(200):
+        np.random.seed(trial)
+        (y0, y1, x0, x1), lam = mix_token_box((14, 14))
+        np.random.seed(trial)
+        cut = int(14 * np.sqrt(1 - np.random.beta(1.0, 1.0)))
+        cy, cx = np.random.randint(14), np.random.randint(14)
+        expected = (max(cy - cut // 2, 0), min(cy + cut // 2, 14), max(cx - cut // 2, 0), min(cx + cut // 2, 14))
+        assert (y0, y1, x0, x1) == expected, trial
+        assert lam == 1 - (y1 - y0) * (x1 - x0) / 196
+
+
+# TokenLabeling's PatchEmbed4_2 names for the stem layers (conv-BN x 3, then the projection)
+UPSTREAM_STEM = {"stem.0": "conv1", "stem.1": "bn1", "stem.3": "conv2", "stem.4": "bn2", "stem.6": "conv3"}
+UPSTREAM_STEM |= {"stem.7": "bn3", "embed": "proj"}
+
+
+def upstream_layout(state: dict) -> dict:
+    """Our state_dict with the keys an official TokenLabeling checkpoint uses."""
+    out = {}
+    for key, value in state.items():
+        for ours, theirs in UPSTREAM_STEM.items():
+            if key.startswith(f"patch_embed.{ours}."):
+                key = key.replace(f"patch_embed.{ours}.", f"patch_embed.{theirs}.")
+        out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_tokenlabeling_weights_load_through_timm(tmp_path, wrapped):
+    source = tiny().eval()
+    state = upstream_layout(source.state_dict())
+    assert {"patch_embed.conv1.weight", "patch_embed.bn3.running_var", "patch_embed.proj.weight"} <= set(state)
+    file = tmp_path / "lvvit_s_upstream.pth"
+    torch.save({"state_dict": state, "epoch": 299, "arch": "lvvit_s"} if wrapped else state, file)
+    overlay = {"file": str(file), "num_classes": 10}
+    model = timm.create_model("lvvit_s", pretrained=True, pretrained_cfg_overlay=overlay, **TINY).eval()
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model(images), source(images))
+    bigger = timm.create_model("lvvit_s", pretrained=True, pretrained_cfg_overlay=overlay, **{**TINY, "img_size": 48})
+    assert bigger.pos_embed.shape == (1, 1 + 12 * 12, 32)  # the position embedding resampled to the new grid
