@@ -63,7 +63,7 @@ def test_label_script_uses_nfnet_f6_at_576_px(tmp_path):
     argv = script_argv(tmp_path, "generate_labels.sh", stub="python", DATA="/d", LABELS="/l")
     args = generate_label.build_parser().parse_args(split_at(argv, "generate_label.py")[1])
     assert (args.data_dir, args.output, args.model, args.img_size) == ("/d", "/l", "dm_nfnet_f6", 576)
-    assert args.pretrained and not args.checkpoint
+    assert args.pretrained and not args.checkpoint and args.crop_pct == 1.0  # the central square, as upstream
     argv = script_argv(tmp_path, "generate_labels.sh", stub="python", DATA="/d", LABELS="/l", CHECKPOINT="w.pth")
     args = generate_label.build_parser().parse_args(split_at(argv, "generate_label.py")[1])
     assert args.checkpoint == "w.pth" and not args.pretrained

@@ -20,7 +20,7 @@ if [ ! -f "$TEACHER/checkpoint.pth" ]; then
   PYTHON="$PYTHON" DATA="$DATA" OUTPUT="$TEACHER" ToE/deit/run/demo.sh
 fi
 "$PYTHON" ToE/lvvit/generate_label.py "$DATA" "$LABELS" --checkpoint "$TEACHER/checkpoint.pth" \
-  --device cpu -j 0 --no-progress
+  --crop-pct 1.0 --device cpu -j 0 --no-progress
 "$PYTHON" ToE/lvvit/main.py "$DATA" --output "$OUTPUT" --auto-resume --device cpu -j 0 --seed 0 \
   --model lvvit_t --img-size 32 --model-kwargs patch_size=4 depth=6 \
   --epochs 9 --cooldown-epochs 0 -b 64 --lr 1e-3 --warmup-epochs 0 --drop-path 0.05 \

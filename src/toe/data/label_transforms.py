@@ -2,13 +2,14 @@
 
 A label map [2, 5, h, w] (top-5 scores and class indices per location) covers the whole original image.
 The transforms carry ``(image, label_map, box)``, where ``box = (x0, y0, x1, y1)`` is the region of the
-label map's frame (coordinates normalised to [0, 1]) that the current image shows:
-- random resized crop crops the image and records the crop in ``box``; the map is not cropped
-  (the targets are roi-aligned from the box on the device, see ``token_label.TokenLabelTargets``);
-- a horizontal flip flips the image and the map and mirrors the box;
-- RandAugment applies its ops to the image; only the spatial ones (rotate, shear, translate) touch the
-  map: the same geometric change, expressed in the box's frame, resamples the map (nearest cell, so
-  score/index pairs stay together), and locations whose source lies outside the image get score 0.
+label map's frame (coordinates normalised to [0, 1]) that the current image shows. In TokenLabeling's
+order:
+- a horizontal flip flips the image and the map (and mirrors the box);
+- RandAugment (or, without it, colour jitter) changes the whole image; only RandAugment's spatial ops
+  (rotate, shear, translate) touch the map: the same geometric change resamples the map (nearest cell, so
+  score/index pairs stay together), and locations whose source lies outside the image get score 0;
+- the random resized crop comes last: it crops the image and records the crop in ``box``; the map is not
+  cropped (the targets are roi-aligned from the box on the device, see ``token_label.TokenLabelTargets``).
 All randomness comes from ``random``, ``numpy`` and ``torch``'s global RNGs, which the loader seeds per
 sample (``data/sampling.py``).
 """
@@ -144,9 +145,19 @@ def _source_matrix(name: str, level_args: tuple, size: tuple[int, int]) -> torch
     return torch.linalg.inv(scale) @ matrix @ scale
 
 
+class ImageOnly:
+    """A transform of the image alone (colour jitter) in the label-aware steps."""
+
+    def __init__(self, transform) -> None:
+        self.transform = transform
+
+    def __call__(self, img: Image.Image, label_map: torch.Tensor, box: Box) -> tuple[Image.Image, torch.Tensor, Box]:
+        return self.transform(img), label_map, box
+
+
 class TokenLabelTransform:
     """``(image, label_map) -> (image tensor [3, S, S], label_map [2, 5, h, w], box [4])``: the label-aware
-    steps, then image-only colour jitter, tensor conversion, normalisation and random erasing."""
+    steps, then image-only tensor conversion, normalisation and random erasing."""
 
     def __init__(self, label_steps: list, image_steps: list) -> None:
         self.label_steps, self.image_steps = label_steps, T.Compose(image_steps)
@@ -172,15 +183,13 @@ def build_token_label_transform(
     mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
     std: tuple[float, ...] = IMAGENET_DEFAULT_STD,
 ) -> TokenLabelTransform:
-    """The training transform of the LV-ViT recipe with token labels (timm's ImageNet pipeline, label-aware).
+    """The training transform of the LV-ViT recipe with token labels, in TokenLabeling's order: flip,
+    RandAugment of the whole image and its map (colour jitter instead when there is no RandAugment, as in
+    timm), random resized crop last; then tensor, normalisation, random erasing.
 
-    Colour jitter applies only without RandAugment (as in timm). ``auto_augment`` must be a ``rand-...``
-    policy or None/'none'.
+    ``auto_augment`` must be a ``rand-...`` policy or None/'none'.
     """
-    steps: list = [RandomResizedCropWithBox(input_size, scale, ratio, interpolation)]
-    if hflip > 0:
-        steps.append(HorizontalFlipWithLabels(hflip))
-    image_steps: list = []
+    steps: list = [HorizontalFlipWithLabels(hflip)] if hflip > 0 else []
     if auto_augment not in (None, "", "none"):
         if not auto_augment.startswith("rand"):
             raise UserError(f"--aa {auto_augment}: token labeling supports RandAugment ('rand-...') or 'none'")
@@ -192,8 +201,9 @@ def build_token_label_transform(
             params["interpolation"] = str_to_pil_interp(interpolation)
         steps.append(LabelRandAugment(rand_augment_transform(auto_augment, params)))
     elif color_jitter:
-        image_steps.append(T.ColorJitter(color_jitter, color_jitter, color_jitter))
-    image_steps += [T.ToTensor(), T.Normalize(mean, std)]
+        steps.append(ImageOnly(T.ColorJitter(color_jitter, color_jitter, color_jitter)))
+    steps.append(RandomResizedCropWithBox(input_size, scale, ratio, interpolation))
+    image_steps: list = [T.ToTensor(), T.Normalize(mean, std)]
     if re_prob > 0:
         image_steps.append(RandomErasing(re_prob, mode=re_mode, max_count=re_count, device="cpu"))
     return TokenLabelTransform(steps, image_steps)

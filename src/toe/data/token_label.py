@@ -112,33 +112,50 @@ def dense_label_maps(label_maps: torch.Tensor, num_classes: int) -> torch.Tensor
     return scores.new_zeros(batch, num_classes, h, w).scatter_(1, indices, scores)
 
 
+ROI_ORDERS = ("xy", "upstream")
+
+
 class TokenLabelTargets:
-    """``StepHooks.prepare``: token-label batches -> soft targets, on the device.
+    """``StepHooks.prepare``: token-label batches -> soft targets, on the device, as TokenLabeling makes them.
 
     The dense score map of every sample is roi-aligned over its crop box to ``size`` x ``size`` (the
-    token grid) and 1 x 1 (the class target), then softmax over classes and label smoothing
-    (``p * (1 - smoothing) + smoothing / K``). With ``ground_truth`` the class target is the image's own
-    label, smoothed, instead. Returns ``(images, {"cls": [B, K], "dense": [B, size*size, K]})``;
-    ``size == 1`` gives the class target only.
+    token grid) and 1 x 1 (the class target), then softmax over classes and TokenLabeling's label smoothing
+    ``p * (1 - s + s/K) + s/K``. ``roi_order`` "xy" reads the crop's own region of the map; "upstream" passes
+    the box to roi_align as TokenLabeling does, (top, left, bottom, right) read as (x1, y1, x2, y2), which
+    reads the transposed region for crops off the diagonal (for exact reproduction). With ``ground_truth``
+    and dense targets the class target is blended with the smoothed one-hot label:
+    ``cls * r + one_hot * (1 - r)``, r = 0.9 where the class target's top class is not the label, 0.5
+    where it is (TokenLabeling's rule). Returns ``(images, {"cls": [B, K], "dense": [B, size*size, K]})``;
+    ``size == 1`` gives the class target only (and ignores ``ground_truth``, as upstream).
     """
 
-    def __init__(self, num_classes: int, size: int, smoothing: float = 0.1, ground_truth: bool = False) -> None:
-        self.num_classes, self.size, self.smoothing, self.ground_truth = num_classes, size, smoothing, ground_truth
+    def __init__(
+        self, num_classes: int, size: int, smoothing: float = 0.1, ground_truth: bool = False, roi_order: str = "xy"
+    ) -> None:
+        if roi_order not in ROI_ORDERS:
+            raise ValueError(f"roi_order must be one of {ROI_ORDERS}, got {roi_order!r}")
+        self.num_classes, self.size, self.smoothing = num_classes, size, smoothing
+        self.ground_truth, self.roi_order = ground_truth, roi_order
 
     def __call__(self, images: torch.Tensor, targets: dict) -> tuple[torch.Tensor, dict]:
         maps = dense_label_maps(targets["label_map"], self.num_classes)
+        box = targets["box"].float()
+        if self.roi_order == "upstream":
+            box = box[:, [1, 0, 3, 2]]
         h, w = maps.shape[-2:]
-        box = targets["box"].float() * torch.tensor([w, h, w, h], device=maps.device, dtype=torch.float32)
+        box = box * torch.tensor([w, h, w, h], device=maps.device, dtype=torch.float32) - 0.5
         rois = torch.cat((torch.arange(len(box), device=maps.device, dtype=torch.float32).unsqueeze(1), box), dim=1)
+        cls = self._smooth(roi_align(maps, rois, 1).flatten(1).softmax(dim=1))
+        if self.size == 1:
+            return images, {"cls": cls}
         if self.ground_truth:
-            cls = F.one_hot(targets["label"], self.num_classes).float()
-        else:
-            cls = roi_align(maps, rois, 1, aligned=True).flatten(1).softmax(dim=1)
-        out = {"cls": self._smooth(cls)}
-        if self.size > 1:
-            dense = roi_align(maps, rois, self.size, aligned=True).softmax(dim=1)
-            out["dense"] = self._smooth(dense.flatten(2).transpose(1, 2))
-        return images, out
+            off = self.smoothing / self.num_classes  # a smoothed one-hot: 1 - s + s/K for the label, s/K elsewhere
+            label = F.one_hot(targets["label"], self.num_classes).float() * (1 - self.smoothing) + off
+            ratio = 0.9 - 0.4 * (label.argmax(1) == cls.argmax(1)).float().unsqueeze(1)
+            cls = cls * ratio + label * (1 - ratio)
+        dense = roi_align(maps, rois, self.size).softmax(dim=1)
+        return images, {"cls": cls, "dense": self._smooth(dense.flatten(2).transpose(1, 2))}
 
     def _smooth(self, probabilities: torch.Tensor) -> torch.Tensor:
-        return probabilities * (1 - self.smoothing) + self.smoothing / self.num_classes
+        off = self.smoothing / self.num_classes
+        return probabilities * (1 - self.smoothing + off) + off

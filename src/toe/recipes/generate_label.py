@@ -3,9 +3,11 @@
     python ToE/lvvit/generate_label.py DATA LABELS --model dm_nfnet_f6 --img-size 576 --pretrained
     python ToE/lvvit/generate_label.py data/demo data/demo_labels --checkpoint output/demo/checkpoint.pth
 
-The annotator sees every training image whole, resized to --img-size x --img-size, with its global pooling
-removed: its head is applied at every location of the last feature map (CNNs) or to every patch token
-(ViTs), giving per-location logits [K, h, w]. The top-5 logits and their class indices are saved as a
+The annotator sees every training image as TokenLabeling's generate_label.py shows it: resized to
+--img-size / --crop-pct (shorter side) and centre-cropped to --img-size x --img-size (--crop-pct 1.0, as
+TokenLabeling's README, gives the central square), with its global pooling removed: its head is applied at
+every location of the last feature map (CNNs) or to every patch token (ViTs; LV-ViT's dense auxiliary head,
+as upstream), giving per-location logits [K, h, w]. The top-5 logits and their class indices are saved as a
 [2, 5, h, w] float16 tensor at LABELS/<class>/<image>.pt. Images that already have a label file are
 skipped, so an interrupted run continues where it stopped; files are written atomically.
 """
@@ -19,16 +21,17 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.data import resolve_data_config
+from timm.data import create_transform, resolve_data_config
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
 from tqdm import tqdm
 
 from ..data.datasets import image_folder
 from ..data.token_label import TOPK, label_file
 from ..engine import Precision, load_weights
+from ..engine.checkpoint import as_our_layout, torch_load
 from ..errors import UserError
+from ..models import LVViT
 from ..models.factory import create_model, parse_model_kwargs
 from ..options import ArgumentParser, run_main
 
@@ -51,6 +54,13 @@ def build_parser() -> ArgumentParser:
         "--img-size", type=int, default=None, help="annotator input size (default: the checkpoint's/model's)"
     )
     p.add_argument(
+        "--crop-pct",
+        type=float,
+        default=None,
+        help="centre-crop ratio: images are resized to img-size / crop-pct, then centre-cropped (default: the "
+        "annotator's own, as upstream; TokenLabeling's README uses 1.0, the central square)",
+    )
+    p.add_argument(
         "--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="extra arguments for timm.create_model"
     )
     p.add_argument("-b", "--batch-size", type=int, default=64)
@@ -66,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1 or args.workers < 0:
         raise UserError("--batch-size must be at least 1 and --workers at least 0")
+    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
+        raise UserError(f"--crop-pct must lie in (0, 1], got {args.crop_pct}")
     if bool(args.checkpoint) == args.pretrained:
         raise UserError("give the annotator's weights: --checkpoint FILE or --pretrained (one of them)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -80,12 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     model.to(device).eval()
     config = resolve_data_config({}, model=model)
-    transform = T.Compose(
-        [
-            T.Resize((size, size), interpolation=T.InterpolationMode(config["interpolation"])),
-            T.ToTensor(),
-            T.Normalize(config["mean"], config["std"]),
-        ]
+    transform = create_transform(
+        size,
+        is_training=False,
+        interpolation=config["interpolation"],
+        mean=config["mean"],
+        std=config["std"],
+        crop_pct=args.crop_pct or config["crop_pct"],
     )
     loader = DataLoader(
         _Images([path for path, _ in todo], images.loader, transform),
@@ -157,11 +170,16 @@ def build_annotator(args: argparse.Namespace, num_classes: int) -> tuple[nn.Modu
 def dense_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Per-location logits [B, K, h, w] of a timm classifier with its global pooling removed.
 
-    The model's own ``forward_head`` classifies every location: a CNN's feature map [B, C, h, w] becomes
-    B*h*w maps of 1 x 1 (pooling one cell is the identity); a ViT's patch tokens [B, h*w, C] become B*h*w
-    sequences that hold the token at every position (prefix ones included), so token, average or
-    attention pooling all return the token itself.
+    LV-ViT's dense auxiliary head classifies its patch tokens (TokenLabeling's choice). Otherwise the model's
+    own ``forward_head`` classifies every location: a CNN's feature map [B, C, h, w] becomes B*h*w maps of
+    1 x 1 (pooling one cell is the identity); a ViT's patch tokens [B, h*w, C] become B*h*w sequences that
+    hold the token at every position (prefix ones included), so token, average or attention pooling all
+    return the token itself.
     """
+    if isinstance(model, LVViT):
+        h, w = model.patch_embed.grid_size
+        logits = model.aux_head(model.forward_tokens(images)[:, model.num_prefix_tokens :])
+        return logits.transpose(1, 2).reshape(images.shape[0], -1, h, w)
     features = model.forward_features(images)
     batch = features.shape[0]
     if features.dim() == 4:
@@ -214,10 +232,10 @@ def _create(build, size: int | None, kwargs: dict) -> nn.Module:
 def _saved_args(checkpoint: str) -> dict:
     """The flags saved in a checkpoint file of this project (empty for a bare state_dict)."""
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        state = as_our_layout(torch_load(checkpoint, mmap=True))
     except Exception:
         return {}  # load_weights reports unreadable files
-    saved = state.get("args") if isinstance(state, dict) else None
+    saved = state.get("args") if state is not None else None
     return saved if isinstance(saved, dict) else {}
 
 

@@ -123,7 +123,20 @@ def build_parser() -> ArgumentParser:
     )
     g.add_argument("--dense-weight", type=float, default=1.0, help="weight of the dense (token) loss")
     g.add_argument("--cls-weight", type=float, default=1.0, help="weight of the class loss")
-    g.add_argument("--ground-truth", action="store_true", help="class target from the ground-truth label")
+    g.add_argument(
+        "--ground-truth",
+        action="store_true",
+        help="blend the class target with the smoothed ground-truth label (weight 0.1 where the label map's top "
+        "class is wrong, 0.5 where right; as TokenLabeling; with dense targets only)",
+    )
+    g.add_argument(
+        "--token-label-roi",
+        choices=["xy", "upstream"],
+        default="xy",
+        help="xy: targets from the crop's own region of the label map; upstream: TokenLabeling's roi_align call, "
+        "which reads the crop box as (y, x) and so the transposed region for crops off the diagonal (exact "
+        "reproduction of upstream runs)",
+    )
 
     g = p.add_argument_group("run")
     g.add_argument("-b", "--batch-size", type=int, default=32, help="batch size per process")
@@ -180,6 +193,7 @@ def check_args(args: argparse.Namespace) -> None:
             ("--token-label-data", args.token_label_data),
             ("--token-label-size", args.token_label_size is not None),
             ("--ground-truth", args.ground_truth),
+            ("--token-label-roi upstream", args.token_label_roi != "xy"),
         ):
             if given:
                 raise UserError(f"{flag} needs --token-label")
@@ -233,7 +247,9 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
 
     if args.token_label:
         loss = TokenLabelCrossEntropy(args.cls_weight, args.dense_weight)
-        hooks = StepHooks(prepare=TokenLabelTargets(num_classes, label_size, args.smoothing, args.ground_truth))
+        hooks = StepHooks(
+            prepare=TokenLabelTargets(num_classes, label_size, args.smoothing, args.ground_truth, args.token_label_roi)
+        )
     else:
         loss = BaseLoss(classification_loss(mixup_active(args), args.smoothing, bce=False))
         hooks = StepHooks(mixup=mixup_from_args(args, num_classes))
