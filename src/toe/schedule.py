@@ -98,13 +98,14 @@ class ToESchedule:
         seeds = math.floor(num_patches * r0)
         increments = [rates[0] - r0] + [rates[s] - rates[s - 1] for s in range(1, len(rates))]
         substeps, kept = [], []
-        total, cumulative_rate = seeds, r0
+        total = seeds
         for s, increment in enumerate(increments):
             if s == len(increments) - 1:
-                added = math.floor(num_patches * rates[s]) - math.floor(num_patches * cumulative_rate)
+                # the reference's float arithmetic: R0 + sum(increments before s), the increments summed first
+                before = r0 + sum(increments[:s])
+                added = math.floor(num_patches * rates[s]) - math.floor(num_patches * before)
             else:
                 added = math.floor(num_patches * increment)
-            cumulative_rate += increment
             added = max(0, min(added, num_patches - total))
             stage_substeps = _split(added, k)
             substeps.append(stage_substeps)

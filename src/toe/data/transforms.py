@@ -2,14 +2,19 @@
 
 Train: timm ``create_transform`` (random resized crop, flip, RandAugment, colour jitter, random erasing);
 for inputs <= 32 px the crop is a RandomCrop with 4 px padding (DeiT's CIFAR-size rule). ``three_augment``
-is DeiT III's 3-Augment (one of grayscale / solarize / blur, then colour jitter). Eval: resize to
+is DeiT III's 3-Augment as DeiT writes it: timm's random resized crop (bicubic), flip, one of grayscale /
+solarize / PIL Gaussian blur of radius uniform in (0.1, 2.0), then colour jitter. Eval: resize to
 input / crop_ratio (bicubic), centre crop; for inputs <= 32 px, as DeiT, no resize and no crop (images
 of another size, where upstream stops, are resized and cropped as for larger inputs).
 """
 
 from __future__ import annotations
 
+import random
+
+from PIL import Image, ImageFilter
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision import transforms as T
 
 
@@ -73,6 +78,20 @@ class _UnlessSize:
         return f"{type(self).__name__}(size={self.size}, transform={self.transform})"
 
 
+class PILGaussianBlur:
+    """DeiT III's blur: PIL's Gaussian blur with a radius drawn uniformly from (``radius_min``, ``radius_max``)
+    (``random``'s RNG), not truncated to a fixed kernel."""
+
+    def __init__(self, radius_min: float = 0.1, radius_max: float = 2.0) -> None:
+        self.radius_min, self.radius_max = radius_min, radius_max
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image.filter(ImageFilter.GaussianBlur(radius=random.uniform(self.radius_min, self.radius_max)))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(radius_min={self.radius_min}, radius_max={self.radius_max})"
+
+
 def _three_augment(input_size: int, color_jitter: float, simple_random_crop: bool, mean, std) -> T.Compose:
     if simple_random_crop:
         crop = [
@@ -80,10 +99,10 @@ def _three_augment(input_size: int, color_jitter: float, simple_random_crop: boo
             T.RandomCrop(input_size, padding=4, padding_mode="reflect"),
         ]
     else:
-        crop = [T.RandomResizedCrop(input_size, interpolation=T.InterpolationMode.BICUBIC)]
+        crop = [RandomResizedCropAndInterpolation(input_size, scale=(0.08, 1.0), interpolation="bicubic")]
     steps = crop + [
         T.RandomHorizontalFlip(),
-        T.RandomChoice([T.Grayscale(num_output_channels=3), T.RandomSolarize(128, p=1.0), T.GaussianBlur(5)]),
+        T.RandomChoice([T.Grayscale(num_output_channels=3), T.RandomSolarize(128, p=1.0), PILGaussianBlur()]),
     ]
     if color_jitter:
         steps.append(T.ColorJitter(color_jitter, color_jitter, color_jitter))
