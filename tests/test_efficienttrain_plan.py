@@ -81,7 +81,9 @@ def test_stage_sizes_derive_from_the_final_size_as_160_192_224_from_224():
     assert stage_input_sizes(224, 32) == (160, 160, 160, 192, 224)  # CNNs: multiples of their stride
     assert stage_input_sizes(384, 16) == (272, 272, 272, 336, 384)
     assert stage_input_sizes(32, 4) == (24, 24, 24, 28, 32)
-    assert end_epochs(10) == (2, 4, 6, 8, 10) and end_epochs(7) == (1, 3, 4, 6, 7)
+    assert end_epochs(10) == (2, 4, 6, 8, 10)
+    # ET_training.py's int(epochs / 5 * i), not rounding (which gives 41 and 82 for 102 epochs)
+    assert end_epochs(7) == (1, 2, 4, 5, 7) and end_epochs(102) == (20, 40, 61, 81, 102)
 
 
 def test_a_toe_stage_starting_later_leaves_the_first_epochs_full_token():

@@ -104,7 +104,8 @@ def build_parser(prog: str = "ToE/EfficientTrain/main.py", stage: bool = True) -
         choices=LOW_FREQ,
         default="fourier",
         help="how images below the load size are made: fourier = crop the spectrum on the device "
-        "(EfficientTrain), downsample = load them small in the CPU pipeline (EfficientTrain++)",
+        "(EfficientTrain; unlike upstream, an odd size s gives s pixels, not s - 1, and bf16 batches work), "
+        "downsample = load them small in the CPU pipeline (EfficientTrain++)",
     )
 
     g = p.add_argument_group("data and run")

@@ -60,10 +60,11 @@ def stage_input_sizes(final_size: int, multiple: int) -> tuple[int, ...]:
 
 
 def end_epochs(epochs: int) -> tuple[int, ...]:
-    """Epoch at which each stage ends (exclusive): each fifth of the run (60, 120, ..., 300 for 300)."""
+    """Epoch at which each stage ends (exclusive): each fifth of the run (60, 120, ..., 300 for 300), truncated
+    as ET_training.py computes it, ``int(epochs / 5 * i)`` (20, 40, 61, 81, 102 for 102)."""
     if epochs < NUM_STAGES:
         raise UserError(f"--epochs must be at least {NUM_STAGES} (one per EfficientTrain stage), got {epochs}")
-    return tuple(round(epochs * (i + 1) / NUM_STAGES) for i in range(NUM_STAGES))
+    return tuple(int(epochs / NUM_STAGES * (i + 1)) for i in range(NUM_STAGES))
 
 
 def plan_stages(

@@ -3,10 +3,10 @@
 EfficientTrain builds each stage's ViT at the stage's input size, so its absolute position embedding
 [1, prefix + g*g, C] changes grid between stages (10x10 -> 12x12 -> 14x14 for DeiT at 160/192/224 px).
 Before a stage loads the previous stage's checkpoint, the embedding of the model and of its EMA is
-resampled to the new grid with timm's ``resample_abs_pos_embed`` (bicubic, prefix tokens kept as they are),
-and so is every optimizer state tensor of that parameter: AdamW's first moment ``exp_avg`` bicubic like the
-weights, second moments (``exp_avg_sq``, ``max_exp_avg_sq``) bilinear, whose non-negative weights keep
-them non-negative. Models without an absolute position embedding (CNNs) need nothing.
+resampled to the new grid as EfficientTrain does (``update_ckpt``: bilinear, ``align_corners=False``, no
+antialiasing, prefix tokens kept as they are; timm's ``resample_abs_pos_embed``), and so is every optimizer
+state tensor of that parameter (AdamW's ``exp_avg`` and ``exp_avg_sq``; bilinear weights are non-negative,
+so the second moments stay non-negative). Models without an absolute position embedding (CNNs) need nothing.
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ def resample_checkpoint(state: dict, model: nn.Module, optimizer: torch.optim.Op
     prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
     grid = list(model.patch_embed.grid_size)
 
-    def resample(tensor: torch.Tensor, interpolation: str = "bicubic") -> torch.Tensor:
-        return resample_abs_pos_embed(tensor, new_size=grid, num_prefix_tokens=prefix, interpolation=interpolation)
+    def resample(tensor: torch.Tensor) -> torch.Tensor:
+        return resample_abs_pos_embed(
+            tensor, new_size=grid, num_prefix_tokens=prefix, interpolation="bilinear", antialias=False
+        )
 
     state["model"]["pos_embed"] = resample(saved)
     if "pos_embed" in (state.get("model_ema") or {}):
@@ -51,7 +53,7 @@ def resample_checkpoint(state: dict, model: nn.Module, optimizer: torch.optim.Op
     entry = (state.get("optimizer") or {}).get("state", {}).get(index)
     for name, value in (entry or {}).items():
         if isinstance(value, torch.Tensor) and value.shape == saved.shape:
-            entry[name] = resample(value, "bilinear" if name.endswith("_sq") else "bicubic")
+            entry[name] = resample(value)
             moments.append(name)
     old = "x".join(str(round((saved.shape[1] - prefix) ** 0.5)) for _ in range(2))
     new = "x".join(map(str, grid))
