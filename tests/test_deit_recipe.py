@@ -99,6 +99,46 @@ def test_eval_flag_reports_the_checkpoint_accuracy(toe_run, tiny_data, capsys):
     assert f"Accuracy of the network on the 40 test images: {logged:.2f}%" in out
 
 
+def test_upstream_deit_checkpoints_evaluate_resume_finetune_visualize_and_report(toe_run, tiny_data, tmp_path, capsys):
+    """A checkpoint as DeiT / the ToE reference repo write it (their keys, ``args`` an argparse.Namespace),
+    under the name the reference repo gives its best EMA checkpoint, made here from our run's checkpoint."""
+    import argparse
+    import shutil
+
+    from toe.cli import main as toe_main
+
+    state = torch.load(toe_run / "checkpoint.pth", weights_only=True)
+    upstream_run = tmp_path / "upstream_run"
+    upstream_run.mkdir()
+    upstream = upstream_run / "ema_best_checkpoint.pth"
+    keys = ("model", "optimizer", "lr_scheduler", "epoch", "model_ema", "scaler")
+    torch.save({**{k: state[k] for k in keys}, "args": argparse.Namespace(**state["args"])}, upstream)
+    logged = read_log(toe_run)[-1]
+
+    status, out, err = run_cli(
+        deit.main, [*TINY_DEIT, "--data-path", tiny_data, "--eval", "--resume", upstream], capsys
+    )
+    assert status == 0, err
+    assert f"Accuracy of the network on the 40 test images: {logged['test_acc1']:.2f}%" in out
+    flags = ["--epochs", "4", "--toe", "--expansion-step", "0", "1", "2"]
+    status, out, err = deit_run(capsys, tiny_data, tmp_path / "resumed", *flags, "--resume", upstream)
+    assert status == 0, err
+    assert "continuing at epoch 3" in out and [r["epoch"] for r in read_log(tmp_path / "resumed")] == [3]
+    status, out, err = deit_run(capsys, tiny_data, tmp_path / "tuned", "--epochs", "1", "--finetune", upstream)
+    assert status == 0, err
+    assert "0 left at init" in out
+
+    picture = tmp_path / "selection.png"
+    argv = ["visualize", "--checkpoint", upstream, "--data-path", tiny_data, "--num-images", "1", "--out", picture]
+    status, out, err = run_cli(toe_main, argv, capsys)
+    assert status == 0, err
+    assert picture.is_file()
+    shutil.copy(toe_run / "log.txt", upstream_run / "log.txt")
+    status, out, err = run_cli(toe_main, ["report", upstream_run], capsys)
+    assert status == 0, err
+    assert "ema_best_checkpoint.pth" in out.splitlines()[-1]
+
+
 def test_resume_gives_the_same_weights_and_schedule_as_an_uninterrupted_run(tiny_data, tmp_path, capsys, monkeypatch):
     flags = ["--epochs", "3", "--toe", "--expansion-step", "0", "1", "2", "--seed", "7"]
     full = tmp_path / "full"
@@ -277,3 +317,29 @@ def test_eval_transform_of_small_inputs_only_normalises_as_deit():
     assert build_eval_transform(32)(larger).shape == (3, 32, 32)  # other sizes: resized and cropped
     resized = build_eval_transform(48)(Image.fromarray(torch.randint(0, 256, (48, 48, 3), dtype=torch.uint8).numpy()))
     assert resized.shape == (3, 48, 48)
+
+
+def test_three_augment_is_deits_crop_and_pil_blur():
+    """DeiT's --ThreeAugment: timm's random resized crop, and a PIL blur whose radius is uniform in (0.1, 2.0)."""
+    import random
+
+    import numpy as np
+    from PIL import Image, ImageFilter
+    from timm.data.transforms import RandomResizedCropAndInterpolation
+    from torchvision import transforms as T
+
+    from toe.data.transforms import build_train_transform
+
+    transform = build_train_transform(32, three_augment=True)
+    assert isinstance(transform.transforms[0], RandomResizedCropAndInterpolation)
+    assert transform.transforms[0].interpolation == T.InterpolationMode.BICUBIC
+    assert transform.transforms[0].scale == (0.08, 1.0)
+    choice = next(t for t in transform.transforms if isinstance(t, T.RandomChoice))
+    blur = choice.transforms[2]
+    image = Image.fromarray(np.kron(np.eye(4, dtype=np.uint8) * 255, np.ones((8, 8), dtype=np.uint8)))  # sharp edges
+    for trial in range(5):
+        random.seed(trial)
+        blurred = blur(image)
+        random.seed(trial)
+        radius = random.uniform(0.1, 2.0)
+        assert np.array_equal(np.asarray(blurred), np.asarray(image.filter(ImageFilter.GaussianBlur(radius))))

@@ -88,9 +88,11 @@ def test_generate_label_writes_the_annotators_top5_per_location_and_resumes(tiny
     path, _ = images.samples[17]
     model = tiny_vit(num_classes=10, depth=2).eval()
     model.load_state_dict(torch.load(annotator, weights_only=True)["model"])
-    prepare = T.Compose(
+    assert model.pretrained_cfg["crop_pct"] == 0.9
+    prepare = T.Compose(  # as TokenLabeling: resize to 32 / crop_pct (timm's DeiT: 0.9), then the centre crop
         [
-            T.Resize((32, 32), interpolation=T.InterpolationMode.BICUBIC),
+            T.Resize(35, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(32),
             T.ToTensor(),
             T.Normalize(model.pretrained_cfg["mean"], model.pretrained_cfg["std"]),
         ]
@@ -242,6 +244,75 @@ def test_eval_reports_the_checkpoint_accuracy_full_token(lvvit_run, tiny_data, l
     last = read_log(lvvit_run)[-1]
     assert f"lvvit_s on the 40 validation images: top-1 {last['test_acc1']:.2f}%" in out
     assert f"EMA on the 40 validation images: top-1 {last['test_ema_acc1']:.2f}%" in out
+
+
+# TokenLabeling's PatchEmbed4_2 names for the stem layers (conv-BN x 3, then the projection)
+UPSTREAM_STEM = {"stem.0": "conv1", "stem.1": "bn1", "stem.3": "conv2", "stem.4": "bn2", "stem.6": "conv3"}
+UPSTREAM_STEM |= {"stem.7": "bn3", "embed": "proj"}
+
+
+def upstream_layout(state: dict) -> dict:
+    out = {}
+    for key, value in state.items():
+        for ours, theirs in UPSTREAM_STEM.items():
+            key = key.replace(f"patch_embed.{ours}.", f"patch_embed.{theirs}.")
+        out[key] = value
+    return out
+
+
+def test_tokenlabeling_checkpoints_load_for_every_flag_that_takes_one(lvvit_run, tiny_data, tmp_path, capsys):
+    """TokenLabeling's files: its timm saver's checkpoint (state_dict / state_dict_ema, args a Namespace) and
+    bare released weights, both with its stem key names, made here from our run's weights."""
+    import argparse
+
+    state = torch.load(lvvit_run / "checkpoint.pth", weights_only=True)
+    saver = tmp_path / "model_best.pth.tar"
+    args = argparse.Namespace(model="lvvit_s", img_size=32, token_label=True, epochs=1)
+    torch.save(
+        {
+            "epoch": state["epoch"],
+            "arch": "lvvit_s",
+            "state_dict": upstream_layout(state["model"]),
+            "optimizer": state["optimizer"],
+            "args": args,
+            "state_dict_ema": upstream_layout(state["model_ema"]),
+            "metric": 50.0,
+            "version": 2,
+        },
+        saver,
+    )
+    bare = tmp_path / "lvvit_s-26M-224-83.3.pth.tar"
+    torch.save(upstream_layout(state["model"]), bare)
+    assert "patch_embed.conv1.weight" in torch.load(bare, weights_only=True)
+    last = read_log(lvvit_run)[-1]
+
+    argv = [tiny_data, *TINY_LVVIT, "--model-ema", "--eval", "--resume", saver]
+    status, out, err = run_cli(lvvit.main, argv, capsys)
+    assert status == 0, err
+    assert (
+        f"top-1 {last['test_acc1']:.2f}%" in out
+        and f"EMA on the 40 validation images: top-1 {last['test_ema_acc1']:.2f}%" in out
+    )
+    status, out, err = run_cli(lvvit.main, [tiny_data, *TINY_LVVIT, "--eval", "--resume", bare], capsys)
+    assert status == 0, err
+    assert f"top-1 {last['test_acc1']:.2f}%" in out
+
+    argv = [tiny_data, "--output", tmp_path / "tuned", *TINY_LVVIT, "--epochs", "1", "--cooldown-epochs", "0"]
+    status, out, err = run_cli(lvvit.main, [*argv, "--finetune", bare], capsys)
+    assert status == 0, err
+    assert "fine-tuning from" in out and "0 left at init, 0 ignored" in out
+
+    kwargs = ["--model-kwargs", "patch_size=4", "embed_dim=32", "depth=3", "num_heads=2", "stem_chans=16"]
+    argv = [tiny_data, tmp_path / "labels", "--checkpoint", bare, "--model", "lvvit_s", "--img-size", 32, *kwargs]
+    status, out, err = run_cli(generate_label.main, [*argv, "-j", 0, "--no-progress"], capsys)
+    assert status == 0, err
+    assert "wrote 80 label files [2, 5, 8, 8]" in out
+
+    picture = tmp_path / "selection.png"
+    argv = ["visualize", "--checkpoint", bare, "--model", "lvvit_s", "--input-size", 32, *kwargs]
+    status, out, err = run_cli(toe_main, [*argv, "--data-path", tiny_data, "--num-images", 1, "--out", picture], capsys)
+    assert status == 0, err
+    assert picture.is_file()
 
 
 def test_baseline_without_token_labels_with_apex_amp_flag(tiny_data, tmp_path, capsys):

@@ -163,7 +163,7 @@ BAD = [
     (["--checkpoint", "{files}/no_ema.pth", "--ema", "--image", "{files}/ok.png"], "holds no EMA weights"),
     (["--checkpoint", "{files}/other_model.pth", "--image", "{files}/ok.png"], "do not fit deit_tiny_patch16_224"),
     (["--checkpoint", "{run}", "--image", "{files}/ok.png", "--stage", "3"], "--stage 3 does not exist", "1-2"),
-    (["--checkpoint", "{run}", "--model", "deit_small_patch16_224"], "--model describes a freshly initialised"),
+    (["--checkpoint", "{run}", "--model", "deit_small_patch16_224"], "records its own model flags", "--model"),
     (["--ema", *TINY_FRESH], "--ema needs --checkpoint"),
     ([*TINY_FRESH, "--image", "{files}/missing.png"], "--image", "no such file"),
     ([*TINY_FRESH, "--image", "{files}/notes.png"], "--image", "not a readable image"),

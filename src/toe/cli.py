@@ -100,7 +100,12 @@ def _add_visualize_parser(commands) -> None:
         "on the model's block-0 output; write one PNG. ToE flags left out take the checkpoint's values "
         "(else the paper's DeiT settings).",
     )
-    visualize.add_argument("--checkpoint", default=None, help="a checkpoint written by a recipe (default: fresh model)")
+    visualize.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a checkpoint of a recipe run, ours or upstream's (default: a fresh model); weights-only files "
+        "(e.g. TokenLabeling's released weights) with --model",
+    )
     visualize.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     visualize.add_argument("--image", action="extend", nargs="+", default=[], metavar="FILE", help="image file(s)")
     visualize.add_argument("--data-path", default=None, help="take images from this dataset folder (val/ first)")
@@ -111,7 +116,7 @@ def _add_visualize_parser(commands) -> None:
     visualize.add_argument(
         "--out", default=None, help="PNG to write (default: toe_selection.png beside the checkpoint)"
     )
-    model = visualize.add_argument_group("freshly initialised model (without --checkpoint)")
+    model = visualize.add_argument_group("the model (a fresh one, or the one of a weights-only --checkpoint)")
     model.add_argument("--model", default=None, help="timm model name (default deit_small_patch16_224)")
     model.add_argument("--input-size", type=int, default=None, help="image size (default: the model's)")
     model.add_argument("--patch-size", type=int, default=None, help="patch size (default: the model's)")

@@ -201,6 +201,7 @@ def format_report(output_dir: str | Path) -> str:
             "checkpoint.pth",
             "best_checkpoint.pth",
             "best_ema_checkpoint.pth",
+            "ema_best_checkpoint.pth",  # the ToE reference repo's name
             "log.txt",
             "training_curves.png",
             "toe_selection.png",

@@ -59,9 +59,8 @@ def toe_namespace(args: dict, overrides: argparse.Namespace | None = None) -> ar
     values["distance"] = values["distance"] or "cosine"
     values["seeding"] = values["seeding"] or "reference"
     values["token_reduction"] = values["token_reduction"] or "toe"
-    return argparse.Namespace(
-        **values, sparse_eval=False, toe_recipe=args.get("toe_recipe") or "deit", toe_always_on=True
-    )
+    recipe = args.get("toe_recipe") or ("lvvit" if str(args.get("model", "")).startswith("lvvit") else "deit")
+    return argparse.Namespace(**values, sparse_eval=False, toe_recipe=recipe, toe_always_on=True)
 
 
 def read_run_args(output_dir: str | Path) -> dict | None:
@@ -81,13 +80,25 @@ def read_run_args(output_dir: str | Path) -> dict | None:
     return None
 
 
-def model_from_checkpoint(path: str | Path, ema: bool = False, flag: str = "--checkpoint") -> tuple[nn.Module, dict]:
-    """The model a recipe checkpoint holds (its ``model`` or ``model_ema`` weights), built from the flags
-    the checkpoint recorded, on the CPU; returns ``(model, args)``."""
+def model_from_checkpoint(
+    path: str | Path, ema: bool = False, flag: str = "--checkpoint", model_args: dict | None = None
+) -> tuple[nn.Module, dict]:
+    """The model a checkpoint holds (its ``model`` or ``model_ema`` weights) on the CPU, built from the flags
+    it recorded (``args``: ours, or an upstream run's), else from ``model_args`` (the model flags given on the
+    command line, for weights-only files such as TokenLabeling's released weights); returns ``(model, args)``."""
     state = load_checkpoint(path, flag)
-    args = state.get("args")
-    if not isinstance(args, dict) or not args.get("model"):
-        raise UserError(f"{flag} {path} records no model flags (args): it was not written by a recipe of this project")
+    recorded = state.get("args")
+    if isinstance(recorded, dict) and recorded.get("model"):
+        if model_args:
+            raise UserError(
+                f"{flag} {path} records its own model flags; leave out --model, --input-size, --patch-size "
+                "and --model-kwargs"
+            )
+        args = recorded
+    elif model_args and model_args.get("model"):
+        args = model_args
+    else:
+        raise UserError(f"{flag} {path} records no model flags (args): name its model with --model")
     key = "model_ema" if ema else "model"
     if not isinstance(state.get(key), dict):
         raise UserError(f"{flag} {path} holds no EMA weights (trained with --no-model-ema); leave out --ema")

@@ -271,36 +271,26 @@ def to_model_input(images: list[np.ndarray]) -> torch.Tensor:
 
 
 def load_model(args: argparse.Namespace) -> tuple[nn.Module, dict, str]:
-    """The model to look at, the flags it was built from and a description: from --checkpoint, else a
-    freshly initialised --model."""
-    if args.checkpoint:
-        given = [flag for flag, value in _model_flags(args) if value]
-        if given:
-            raise UserError(f"{given[0]} describes a freshly initialised model; leave it out with --checkpoint")
-        model, recorded = model_from_checkpoint(args.checkpoint, args.ema)
-        return model, recorded, f"{args.checkpoint}{' (EMA weights)' if args.ema else ''}"
-    if args.ema:
-        raise UserError("--ema needs --checkpoint")
-    recorded = {
-        "model": args.model or DEFAULT_MODEL,
+    """The model to look at, the flags it was built from and a description: from --checkpoint (built from the
+    flags it records, or from --model ... for a weights-only file), else a freshly initialised --model."""
+    given = {
+        "model": args.model,
         "input_size": args.input_size,
         "patch_size": args.patch_size,
         "model_kwargs": args.model_kwargs or [],
     }
+    if args.checkpoint:
+        named = given if any(given.values()) else None
+        model, recorded = model_from_checkpoint(args.checkpoint, args.ema, model_args=named)
+        return model, recorded, f"{args.checkpoint}{' (EMA weights)' if args.ema else ''}"
+    if args.ema:
+        raise UserError("--ema needs --checkpoint")
+    recorded = {**given, "model": args.model or DEFAULT_MODEL}
     torch.manual_seed(args.seed)
     model = build_model(recorded)
     if args.input_size:
         check_input_size(model, args.input_size)
     return model, recorded, f"a freshly initialised {recorded['model']} (seed {args.seed})"
-
-
-def _model_flags(args: argparse.Namespace) -> list[tuple[str, object]]:
-    return [
-        ("--model", args.model),
-        ("--input-size", args.input_size),
-        ("--patch-size", args.patch_size),
-        ("--model-kwargs", args.model_kwargs),
-    ]
 
 
 def visualize_main(args: argparse.Namespace) -> Path:

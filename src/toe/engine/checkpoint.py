@@ -5,10 +5,16 @@ disk and renamed over the target, so a reader never sees half a file. With ``kee
 it replaces is first renamed to ``<name>-prev.pth``, so a checkpoint damaged later (a bad copy, a
 full disk elsewhere) still leaves the one before it. It holds only plain data (state_dicts, numbers,
 strings), so it loads with ``weights_only=True``.
+
+Files of the upstream projects load too: DeiT, the ToE reference repo and EfficientTrain save their flags as
+an ``argparse.Namespace`` (the one type besides plain data that ``weights_only`` loading is allowed here);
+TokenLabeling's timm saver names the weights ``state_dict``/``state_dict_ema``, its released weights are a
+bare state_dict, and its LV-ViT stem keys are renamed to ours (:func:`toe.models.lvvit.rename_upstream_keys`).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import zipfile
 from pathlib import Path
@@ -16,7 +22,13 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..models.lvvit import rename_upstream_keys
 from .failpoints import failpoint
+
+# the types upstream checkpoints hold besides plain data: their flags (DeiT, ToE reference, EfficientTrain, timm)
+UPSTREAM_SAFE_GLOBALS = [argparse.Namespace]
+# timm's CheckpointSaver (TokenLabeling) -> our names
+TIMM_SAVER_KEYS = {"state_dict": "model", "state_dict_ema": "model_ema", "amp_scaler": "scaler"}
 
 FORMAT = "toe-checkpoint-1"
 
@@ -74,30 +86,59 @@ def load_latest(folder: Path, name: str = "checkpoint.pth") -> tuple[dict, Path,
     return None
 
 
+def torch_load(path: str | Path, **kwargs):
+    """``torch.load(path, weights_only=True)`` on the CPU that also accepts upstream checkpoints' flags."""
+    with torch.serialization.safe_globals(UPSTREAM_SAFE_GLOBALS):
+        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+
+
 def load_checkpoint(path: str | Path, flag: str = "--resume") -> dict:
-    """Load a checkpoint of this project; a missing, torn or foreign file is a :class:`UserError`."""
+    """Load a checkpoint of this project or of an upstream project (see the module docstring) as our layout:
+    ``model`` (and, when saved, ``model_ema``, ``optimizer``, ``epoch`` ...), ``args`` as a dict; a bare
+    state_dict becomes ``{"model": ...}``. A missing, torn or foreign file is a :class:`UserError`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{flag} {path}: no such file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load(path)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         raise UserError(
             f"{flag} {path} is not a readable checkpoint (truncated or not a torch file: {error})"
         ) from None
     except Exception as error:  # pickle.UnpicklingError and friends: objects we never write
         raise UserError(f"{flag} {path} is not a checkpoint of this project ({type(error).__name__})") from None
-    if not isinstance(state, dict) or "model" not in state:
+    state = as_our_layout(state)
+    if state is None:
         raise UserError(f"{flag} {path} is not a checkpoint of this project (no 'model' entry)")
     return state
 
 
+def as_our_layout(state: object) -> dict | None:
+    """A loaded checkpoint in our layout (upstream names mapped, LV-ViT stem keys renamed, ``args`` a dict),
+    or None when it holds no model weights."""
+    if _is_state_dict(state):
+        state = {"model": state}
+    if not isinstance(state, dict):
+        return None
+    state = {TIMM_SAVER_KEYS.get(key, key): value for key, value in state.items()}
+    if not isinstance(state.get("model"), dict):
+        return None
+    for key in ("model", "model_ema"):
+        if isinstance(state.get(key), dict):
+            state[key] = rename_upstream_keys({k.removeprefix("module."): v for k, v in state[key].items()})
+    if isinstance(state.get("args"), argparse.Namespace):
+        state["args"] = vars(state["args"])
+    return state
+
+
 def load_weights(path: str | Path, flag: str) -> dict:
-    """A model state_dict from a local file or an https URL: a bare state_dict or a checkpoint's 'model'."""
+    """A model state_dict from a local file or an https URL: a bare state_dict or a checkpoint's weights
+    (``model``/``state_dict``, else the EMA's), in our layout (see :func:`as_our_layout`)."""
     source = str(path)
     if source.startswith(("https://", "http://")):
         try:
-            state = torch.hub.load_state_dict_from_url(source, map_location="cpu", check_hash=False)
+            with torch.serialization.safe_globals(UPSTREAM_SAFE_GLOBALS):
+                state = torch.hub.load_state_dict_from_url(source, map_location="cpu", check_hash=False)
         except Exception as error:
             raise UserError(f"{flag} {source}: download failed ({error})") from None
     else:
@@ -105,16 +146,19 @@ def load_weights(path: str | Path, flag: str) -> dict:
         if not file.is_file():
             raise UserError(f"{flag} {file}: no such file")
         try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            state = torch_load(file)
         except Exception as error:
             raise UserError(f"{flag} {file} is not a readable weights file ({type(error).__name__})") from None
-    for key in ("model", "state_dict", "model_ema"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if isinstance(state, dict) and "model" not in state and "state_dict" not in state and "model_ema" in state:
+        state = {"model": state["model_ema"]}  # an EMA-only file
+    state = as_our_layout(state)
+    if state is None or not _is_state_dict(state["model"]):
         raise UserError(f"{flag} {source} does not hold model weights")
-    return state
+    return state["model"]
+
+
+def _is_state_dict(value: object) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
 
 
 def _fsync_folder(folder: Path) -> None:
