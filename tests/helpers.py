@@ -91,3 +91,18 @@ def demo_generator():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# TokenLabeling's PatchEmbed4_2 names for LV-ViT's stem layers (conv-BN x 3, then the projection)
+UPSTREAM_STEM = {"stem.0": "conv1", "stem.1": "bn1", "stem.3": "conv2", "stem.4": "bn2", "stem.6": "conv3"}
+UPSTREAM_STEM |= {"stem.7": "bn3", "embed": "proj"}
+
+
+def upstream_lvvit_layout(state: dict) -> dict:
+    """An LV-ViT state_dict of ours with the keys an official TokenLabeling checkpoint uses."""
+    out = {}
+    for key, value in state.items():
+        for ours, theirs in UPSTREAM_STEM.items():
+            key = key.replace(f"patch_embed.{ours}.", f"patch_embed.{theirs}.")
+        out[key] = value
+    return out

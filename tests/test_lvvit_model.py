@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from helpers import TINY_VIT, run_cli, tiny_vit
+from helpers import TINY_VIT, run_cli, tiny_vit, upstream_lvvit_layout
 
 from toe import TokenSelect, apply_toe
 from toe.models import LVViT, scatter_tokens, swap_box
@@ -224,26 +224,10 @@ def test_mixtoken_draws_tokenlabelings_box():
         assert lam == 1 - (y1 - y0) * (x1 - x0) / 196
 
 
-# TokenLabeling's PatchEmbed4_2 names for the stem layers (conv-BN x 3, then the projection)
-UPSTREAM_STEM = {"stem.0": "conv1", "stem.1": "bn1", "stem.3": "conv2", "stem.4": "bn2", "stem.6": "conv3"}
-UPSTREAM_STEM |= {"stem.7": "bn3", "embed": "proj"}
-
-
-def upstream_layout(state: dict) -> dict:
-    """Our state_dict with the keys an official TokenLabeling checkpoint uses."""
-    out = {}
-    for key, value in state.items():
-        for ours, theirs in UPSTREAM_STEM.items():
-            if key.startswith(f"patch_embed.{ours}."):
-                key = key.replace(f"patch_embed.{ours}.", f"patch_embed.{theirs}.")
-        out[key] = value
-    return out
-
-
 @pytest.mark.parametrize("wrapped", [False, True])
 def test_tokenlabeling_weights_load_through_timm(tmp_path, wrapped):
     source = tiny().eval()
-    state = upstream_layout(source.state_dict())
+    state = upstream_lvvit_layout(source.state_dict())
     assert {"patch_embed.conv1.weight", "patch_embed.bn3.running_var", "patch_embed.proj.weight"} <= set(state)
     file = tmp_path / "lvvit_s_upstream.pth"
     torch.save({"state_dict": state, "epoch": 299, "arch": "lvvit_s"} if wrapped else state, file)

@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 import yaml
-from helpers import ROOT, assert_one_line_error, run_cli, tiny_model_kwargs, tiny_vit
+from helpers import ROOT, assert_one_line_error, run_cli, tiny_model_kwargs, tiny_vit, upstream_lvvit_layout
 from torchvision import transforms as T
 
 from toe import TokenSelect, apply_toe
@@ -246,20 +246,6 @@ def test_eval_reports_the_checkpoint_accuracy_full_token(lvvit_run, tiny_data, l
     assert f"EMA on the 40 validation images: top-1 {last['test_ema_acc1']:.2f}%" in out
 
 
-# TokenLabeling's PatchEmbed4_2 names for the stem layers (conv-BN x 3, then the projection)
-UPSTREAM_STEM = {"stem.0": "conv1", "stem.1": "bn1", "stem.3": "conv2", "stem.4": "bn2", "stem.6": "conv3"}
-UPSTREAM_STEM |= {"stem.7": "bn3", "embed": "proj"}
-
-
-def upstream_layout(state: dict) -> dict:
-    out = {}
-    for key, value in state.items():
-        for ours, theirs in UPSTREAM_STEM.items():
-            key = key.replace(f"patch_embed.{ours}.", f"patch_embed.{theirs}.")
-        out[key] = value
-    return out
-
-
 def test_tokenlabeling_checkpoints_load_for_every_flag_that_takes_one(lvvit_run, tiny_data, tmp_path, capsys):
     """TokenLabeling's files: its timm saver's checkpoint (state_dict / state_dict_ema, args a Namespace) and
     bare released weights, both with its stem key names, made here from our run's weights."""
@@ -272,17 +258,17 @@ def test_tokenlabeling_checkpoints_load_for_every_flag_that_takes_one(lvvit_run,
         {
             "epoch": state["epoch"],
             "arch": "lvvit_s",
-            "state_dict": upstream_layout(state["model"]),
+            "state_dict": upstream_lvvit_layout(state["model"]),
             "optimizer": state["optimizer"],
             "args": args,
-            "state_dict_ema": upstream_layout(state["model_ema"]),
+            "state_dict_ema": upstream_lvvit_layout(state["model_ema"]),
             "metric": 50.0,
             "version": 2,
         },
         saver,
     )
     bare = tmp_path / "lvvit_s-26M-224-83.3.pth.tar"
-    torch.save(upstream_layout(state["model"]), bare)
+    torch.save(upstream_lvvit_layout(state["model"]), bare)
     assert "patch_embed.conv1.weight" in torch.load(bare, weights_only=True)
     last = read_log(lvvit_run)[-1]
 
