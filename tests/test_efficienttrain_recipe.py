@@ -196,7 +196,7 @@ def test_a_mid_epoch_checkpoint_resumes_with_the_right_learning_rate(
 def test_main_py_evaluates_a_checkpoint_at_its_size_and_at_a_smaller_one(full_run, tiny_data, capsys):
     output, _ = full_run
     common = [*TINY_MODEL, *TINY_RUN, "--data_path", tiny_data, "--eval", "true", "--resume", output / "checkpoint.pth"]
-    status, out, err = run_cli(efficienttrain.main, [*common, "--input_size", "32"], capsys)
+    status, out, err = run_cli(efficienttrain.main, [*common, "--input_size", "32", "--load_size", "32"], capsys)
     assert status == 0, err
     assert f"40 test images at 32 px: {read_log(output)[-1]['test_acc1']:.2f}%" in out
     # at 16 px: images loaded at 32 and Fourier-cropped, the position embedding resampled to 4x4
@@ -354,3 +354,12 @@ def test_launcher_from_a_fresh_process_and_the_flags_in_help(tmp_path):
     for flag in ("--final_bs", "--num_gpus", "--input_sizes", "--effective_bs", "--no-toe", "--keep-rate", "--lr"):
         assert flag in driver_help
     assert "--end_epoch" not in driver_help and "--batch_size" not in driver_help  # set per stage
+
+
+def test_main_py_loads_at_224_and_crops_as_upstreams_base_input_size():
+    """Upstream main.py --input_size 160 loads images at --base_input_size (224) and Fourier-crops them."""
+    parse = efficienttrain.build_parser().parse_args
+    assert efficienttrain.load_size_of(parse(["--input_size", "160"])) == 224
+    assert efficienttrain.load_size_of(parse(["--input_size", "160", "--base_input_size", "192"])) == 192
+    assert efficienttrain.load_size_of(parse(["--input_size", "32", "--load_size", "32"])) == 32
+    assert efficienttrain.load_size_of(parse(["--input_size", "384"])) == 384  # never below the model's size

@@ -85,3 +85,13 @@ def test_demo_script_makes_the_demo_data_then_runs_five_small_stages(tmp_path):
         (8, 10, 64, 2),
     ]
     assert schedule_from_args(args).expansion_step == (0, 3, 7)
+
+
+def test_driver_takes_upstreams_drop_path_per_model():
+    """ET_training.py's table: 0.1 for the DeiTs (also without the run scripts' flag), a given value wins."""
+    parse = et_training.parse_args
+    assert parse(["--model", "deit_small_patch16_224"]).drop_path == 0.1
+    assert parse(["--model", "deit_tiny_patch16_224", "--no-toe"]).drop_path == 0.1
+    assert parse(["--model", "convnext_small"]).drop_path == 0.4
+    assert parse(["--model", "deit_tiny_patch16_224", "--drop_path", "0.05"]).drop_path == 0.05
+    assert parse(["--model", "vit_tiny_patch16_224"]).drop_path == 0.0  # not in upstream's table

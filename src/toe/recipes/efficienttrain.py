@@ -6,7 +6,8 @@
 ``ToE/EfficientTrain/ET_training.py`` (``toe.recipes.et_training``) runs the five stages of the curriculum
 through :func:`train_stage`. A stage trains a model built at ``--input_size`` from the epoch after the last
 checkpoint up to ``--end_epoch`` of a per-iteration cosine schedule over all ``--epochs``; images are loaded
-at ``--load_size`` and their spectrum is cropped to ``--input_size`` on the device (``--low_freq fourier``),
+at ``--load_size`` (upstream's ``--base_input_size``, default 224) and their spectrum is cropped to
+``--input_size`` on the device (``--low_freq fourier``),
 or they are loaded at ``--input_size`` directly (``--low_freq downsample``, EfficientTrain++). A checkpoint
 of another input size is adapted first: position embedding and optimizer moments are resampled.
 """
@@ -23,7 +24,7 @@ from timm.scheduler import CosineLRScheduler
 from ..data import build_dataset, build_eval_transform, build_train_transform
 from ..data.datasets import check_same_classes, image_folder
 from ..data.fourier import FourierCrop
-from ..engine import LRSchedule, RunLogger, StepHooks, evaluate_run, find_checkpoint, init_distributed
+from ..engine import LRSchedule, RunLogger, StepHooks, evaluate_checkpoint, find_checkpoint, init_distributed
 from ..engine.distributed import DistInfo, cleanup
 from ..engine.losses import BaseLoss, classification_loss
 from ..errors import UserError
@@ -45,6 +46,7 @@ from .resample import resample_checkpoint
 
 DATA_SETS = ("IMNET", "CIFAR", "image_folder")
 LOW_FREQ = ("fourier", "downsample")
+BASE_INPUT_SIZE = 224  # upstream main.py's --base_input_size: images are loaded at it, smaller sizes Fourier-cropped
 
 
 def str2bool(value: str) -> bool:
@@ -68,7 +70,10 @@ def build_parser(prog: str = "ToE/EfficientTrain/main.py", stage: bool = True) -
     p.add_argument("--epochs", default=300, type=int, help="length of the whole run (the LR schedule)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="convnext_tiny", type=str, help="timm model name")
-    g.add_argument("--drop_path", type=float, default=0.0, help="drop path rate")
+    drop_path_help = "drop path rate" + (
+        "" if stage else " (for the models of upstream's table its value: 0.1 for deit_tiny/small_patch16_224, ...)"
+    )
+    g.add_argument("--drop_path", type=float, default=0.0, help=drop_path_help)
     g.add_argument("--model_ema", type=str2bool, default=False, help="keep an EMA of the weights (true/false)")
     g.add_argument("--model_ema_decay", type=float, default=0.9999)
     g.add_argument("--model_ema_force_cpu", type=str2bool, default=False)
@@ -131,7 +136,15 @@ def build_parser(prog: str = "ToE/EfficientTrain/main.py", stage: bool = True) -
     if stage:
         g = p.add_argument_group("this stage")
         g.add_argument("--input_size", default=224, type=int, help="input size the model is built for")
-        g.add_argument("--load_size", default=None, type=int, help="size images are loaded at (default --input_size)")
+        g.add_argument(
+            "--load_size",
+            "--base_input_size",
+            dest="load_size",
+            default=None,
+            type=int,
+            help=f"size images are loaded at, Fourier-cropped to a smaller --input_size (upstream's --base_input_size; "
+            f"default {BASE_INPUT_SIZE} as upstream, or --input_size when larger)",
+        )
         g.add_argument("--batch_size", default=64, type=int, help="batch size per process")
         g.add_argument("--update_freq", default=1, type=int, help="gradient accumulation steps per update")
         g.add_argument("--end_epoch", default=None, type=int, help="stop before this epoch (default --epochs)")
@@ -236,7 +249,7 @@ def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
     if args.eval and found is None:
         raise UserError("--eval true needs a checkpoint: --resume FILE or --output_dir holding checkpoint.pth")
 
-    load_size = args.input_size if args.low_freq == "downsample" else (args.load_size or args.input_size)
+    load_size = args.input_size if args.low_freq == "downsample" else load_size_of(args)
     crop = FourierCrop(args.input_size) if load_size > args.input_size else None
     train_set, val_set, num_classes = _datasets(args, load_size)
 
@@ -271,7 +284,7 @@ def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
         log.print(message)
 
     if args.eval:
-        metrics = evaluate_run(run)
+        metrics = evaluate_checkpoint(run)
         log.print(
             f"Accuracy of the network on the {len(val_set)} test images at {args.input_size} px: "
             f"{metrics['test_acc1']:.2f}% (top-5 {metrics['test_acc5']:.2f}%)"
@@ -288,6 +301,12 @@ def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
         f"{run.parts.precision.name}, peak lr {args.lr:.2e}"
     )
     return train_and_log(run, log, header, toe_epochs=args.epochs)
+
+
+def load_size_of(args: argparse.Namespace) -> int:
+    """The size images are loaded at before the Fourier crop: --load_size, else 224 (upstream's
+    --base_input_size) or --input_size when that is larger."""
+    return args.load_size or max(BASE_INPUT_SIZE, args.input_size)
 
 
 def _datasets(args: argparse.Namespace, load_size: int):

@@ -35,6 +35,16 @@ from .efficienttrain_plan import NUM_STAGES, Stage, format_plan, plan_stages, st
 # models the ToE paper trained with EfficientTrain: ToE with its settings, AMP and clipping appended
 TOE_MODELS = ("deit_tiny_patch16_224", "deit_small_patch16_224")
 TOE_MODEL_DEFAULTS = {"use_amp": True, "clip_grad": 5.0}
+# upstream ET_training.py's drop path rate per model (those of the original papers), for the timm models of its
+# table; other models keep main.py's default (0)
+DROP_PATH = {
+    "resnet50": 0.0,
+    "convnext_tiny": 0.1,
+    "convnext_small": 0.4,
+    "convnext_base": 0.5,
+    "deit_tiny_patch16_224": 0.1,
+    "deit_small_patch16_224": 0.1,
+}
 
 
 def build_parser() -> ArgumentParser:
@@ -66,11 +76,15 @@ def build_parser() -> ArgumentParser:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Flags with the ToE models' defaults (ToE, --use_amp true, --clip_grad 5.0) unless given otherwise."""
+    """Flags with the model's defaults unless given otherwise: upstream's drop path rate (:data:`DROP_PATH`) and
+    for the ToE models ToE, --use_amp true and --clip_grad 5.0."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.model in TOE_MODELS:
-        parser.set_defaults(**TOE_MODEL_DEFAULTS)
+    defaults = dict(TOE_MODEL_DEFAULTS) if args.model in TOE_MODELS else {}
+    if args.model in DROP_PATH:
+        defaults["drop_path"] = DROP_PATH[args.model]
+    if defaults:
+        parser.set_defaults(**defaults)
         args = parser.parse_args(argv)
     if args.no_toe:
         if toe_enabled(args):
