@@ -102,6 +102,13 @@ CASES = {
     "zero epochs": case(["--epochs", "0"], "--epochs must be at least 1"),
     "bad eval crop ratio": case(["--eval-crop-ratio", "0"], "--eval-crop-ratio"),
     "negative checkpoint interval": case(["--save-every-steps", "-1"], "--save-every-steps"),
+    "evaluation without weights": case(["--eval"], "--eval needs weights", "--resume FILE", "--finetune FILE"),
+    "DeiT III co-training": case(["--cosub"], "--cosub", "not supported", "train without it"),
+    "distillation in eval mode": case(
+        ["--no-train-mode", "--distillation-type", "hard", "--teacher-path", "{root}/teacher.pth"],
+        "--no-train-mode cannot distil",
+    ),
+    "apex precision with bf16": case(["--apex-amp", "--amp-dtype", "bf16"], "--apex-amp means fp16"),
 }
 
 

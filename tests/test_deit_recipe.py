@@ -242,6 +242,10 @@ def test_finetune_drops_the_head_and_resamples_the_position_embedding(toe_run, t
     assert torch.equal(state["pos_embed"][:, 0], source["pos_embed"][:, 0])  # cls position kept
     assert torch.equal(state["blocks.1.mlp.fc1.weight"], source["blocks.1.mlp.fc1.weight"])
     assert state["head.weight"].shape == (5, 32)
+    # bicubic without antialiasing, as DeiT's main.py (timm's default antialiases)
+    grid = source["pos_embed"][:, 1:].reshape(1, 8, 8, 32).permute(0, 3, 1, 2)
+    upstream = torch.nn.functional.interpolate(grid, size=(12, 12), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(state["pos_embed"][:, 1:], upstream.permute(0, 2, 3, 1).reshape(1, 144, 32))
 
     status, out, err = deit_run(
         capsys,
@@ -343,3 +347,72 @@ def test_three_augment_is_deits_crop_and_pil_blur():
         random.seed(trial)
         radius = random.uniform(0.1, 2.0)
         assert np.array_equal(np.asarray(blurred), np.asarray(image.filter(ImageFilter.GaussianBlur(radius))))
+
+
+def val_tensors(tiny_data):
+    """The tiny validation set as DeiT's eval transform gives it: images [40, 3, 32, 32], labels [40]."""
+    from toe.data import build_dataset, build_eval_transform
+
+    val, _ = build_dataset("IMNET", tiny_data, False, build_eval_transform(32))
+    return torch.stack([val[i][0] for i in range(len(val))]), torch.tensor([val[i][1] for i in range(len(val))])
+
+
+def test_sparse_eval_of_a_checkpoint_runs_at_the_toe_stage_of_its_epoch(toe_run, tiny_data, capsys):
+    """checkpoint-prev.pth holds epoch 1 (stage 2: 48 of 64 patches); --eval --sparse-eval evaluates the model and
+    its EMA there, not at the stage of epoch 0 (32 patches)."""
+    from torch.nn.functional import cross_entropy
+
+    from toe import TokenSelect, apply_toe
+
+    checkpoint = toe_run / "checkpoint-prev.pth"
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["epoch"] == 1
+    flags = ["--toe", "--expansion-step", "0", "1", "2", "--sparse-eval"]
+    metrics = deit.main([*TINY_DEIT, "--data-path", str(tiny_data), "--eval", "--resume", str(checkpoint), *flags])
+    images, labels = val_tensors(tiny_data)
+    for key, logged in (("model", metrics["test_loss"]), ("model_ema", metrics["test_ema_loss"])):
+        model = apply_toe(tiny_vit(num_classes=10), TokenSelect([0, 1, 2], [0.5, 0.75, 1.0], sparse_eval=True))
+        model.load_state_dict(state[key])
+        losses = {}
+        for epoch in (0, 1):
+            model.token_select.update_current_stage(epoch)
+            with torch.no_grad():
+                losses[epoch] = cross_entropy(model.eval()(images), labels).item()
+            assert model.token_select.last_index.shape == (40, 1 + (32, 48)[epoch])
+        assert logged == pytest.approx(losses[1], rel=1e-6) and losses[1] != pytest.approx(losses[0], rel=1e-5)
+
+
+def test_eval_auto_resume_without_a_checkpoint_is_refused(tiny_data, tmp_path, capsys):
+    argv = [*TINY_DEIT, "--data-path", tiny_data, "--eval", "--auto-resume", "--output_dir", tmp_path / "empty"]
+    status, _, err = run_cli(deit.main, argv, capsys)
+    assert_one_line_error(status, err, "--eval needs weights to evaluate", "--auto-resume")
+
+
+def test_upstream_flags_are_accepted(tiny_data, tmp_path, capsys):
+    """--no-train-mode trains the model in eval mode with ToE still reducing the tokens (stage 1: 32 of 64
+    patches); --distributed, --resplit and --inat-category are accepted (--cosub is refused: test_bad_input)."""
+    upstream = ["--no-train-mode", "--distributed", "--resplit", "--inat-category", "genus"]
+    status, out, err = deit_run(capsys, tiny_data, tmp_path / "eval_mode", "--epochs", "1", "--toe", *upstream)
+    assert status == 0, err
+    assert read_log(tmp_path / "eval_mode")[0]["toe_tokens"] == 1 + 32
+
+
+def test_attn_only_trains_attention_position_embedding_and_the_class_head_only():
+    model = tiny_vit("deit_tiny_distilled_patch16_224", num_classes=10)
+    deit._train_attention_only(model)
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    attention = {name for name, _ in model.named_parameters() if ".attn." in name}
+    assert attention and trained == attention | {"pos_embed", "head.weight", "head.bias"}  # head_dist frozen
+
+
+def test_bce_loss_binarises_the_mixed_targets_as_deit():
+    from torch.nn.functional import binary_cross_entropy_with_logits
+
+    from toe.engine.losses import classification_loss
+
+    logits = torch.randn(2, 4)
+    mixed = torch.tensor([[0.7, 0.3, 0.0, 0.0], [0.0, 0.0, 0.9, 0.1]])
+    bce = classification_loss(mixup_active=True, smoothing=0.0, bce=True)
+    assert torch.equal(bce(logits, mixed), binary_cross_entropy_with_logits(logits, mixed.gt(0.0).float()))
+    hard = torch.tensor([1, 3])
+    assert torch.equal(bce(logits, hard), binary_cross_entropy_with_logits(logits, torch.eye(4)[hard]))

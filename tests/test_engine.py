@@ -8,11 +8,13 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_vit
 from timm.scheduler import StepLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from toe import TokenSelect, apply_toe
 from toe.data import build_train_loader
 from toe.engine import (
     DistInfo,
@@ -32,6 +34,8 @@ from toe.engine import (
 from toe.engine.loop import accumulation_divisor, batches_to_train
 from toe.engine.losses import BaseLoss
 from toe.errors import UserError
+from toe.recipes import deit, lvvit
+from toe.recipes.common import precision_from_args
 
 CPU = Precision(torch.device("cpu"), None)
 TIMING = {"train_compute_time", "train_data_time", "epoch_time", "train_images_per_sec"}
@@ -294,3 +298,34 @@ def test_a_mid_epoch_checkpoint_resumes_bit_for_bit(tmp_path, monkeypatch):
         return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
 
     assert log(tmp_path / "full") == log(stopped_dir)
+
+
+@pytest.mark.filterwarnings("ignore:.*GradScaler")  # building a CUDA scaler without a GPU only warns
+def test_mixed_precision_is_fp16_on_cuda_unless_bf16_is_asked_for_and_fp32_on_the_cpu():
+    """As upstream (native AMP, or apex O1 for --apex-amp): fp16 autocast with a gradient scaler on CUDA."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert Precision.from_flag(cuda, "auto").dtype == torch.float16
+    assert Precision.from_flag(cuda, "bf16").name == "bf16" and Precision.from_flag(cuda, "fp32").name == "fp32"
+    assert Precision.from_flag(cuda, "auto", enabled=False).name == "fp32"
+    assert Precision.from_flag(cpu, "auto").name == "fp32"
+    for flags in ([], ["--apex-amp"], ["--amp-dtype", "fp16"]):
+        args = deit.build_parser().parse_args(flags)
+        assert precision_from_args(args, cuda, amp=True).name == "fp16"
+        assert precision_from_args(args, cpu, amp=True).name == ("fp16" if "fp16" in flags else "fp32")
+    assert precision_from_args(deit.build_parser().parse_args(["--amp-dtype", "bf16"]), cuda, amp=True).name == "bf16"
+    with pytest.raises(UserError, match="--apex-amp means fp16"):
+        precision_from_args(lvvit.parse_args(["data", "--apex-amp", "--amp-dtype", "bf16"]), cuda, amp=True)
+
+
+def test_training_in_eval_mode_keeps_toe_reducing_the_tokens():
+    """train_mode=False (DeiT's --no-train-mode): the model runs in eval mode, ToE still on; evaluation after it
+    is full-token again."""
+    model = apply_toe(tiny_vit(num_classes=3, seed=0), TokenSelect([0, 1], [0.5, 1.0]))
+    seen = []
+    model.blocks[1].register_forward_pre_hook(lambda module, args: seen.append((module.training, args[0].shape[1])))
+    batches = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 2]))]
+    one_epoch(model, batches, 1, train_mode=False)
+    one_epoch(model, batches, 1)
+    with torch.no_grad():
+        model.eval()(batches[0][0])
+    assert seen == [(False, 1 + 32), (True, 1 + 32), (False, 1 + 64)]

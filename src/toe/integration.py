@@ -87,6 +87,16 @@ def remove_toe(model: nn.Module) -> nn.Module:
     return model
 
 
+def train_toe(model: nn.Module) -> nn.Module:
+    """Put every ToE selector in ``model`` (or in a DDP / torch.compile wrapper of it) in training mode, whatever
+    the mode of the rest of the model: ToE then reduces the tokens of its stage in a training epoch also when
+    the model itself trains in eval mode (DeiT's ``--no-train-mode``). ``model.eval()`` turns it off again."""
+    for module in model.modules():
+        if isinstance(module, TokenSelect):
+            module.train()
+    return model
+
+
 def has_toe(model: nn.Module) -> bool:
     """Whether ``apply_toe`` was applied to ``model``."""
     return bool(_toe_hooks(model))

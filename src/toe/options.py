@@ -121,7 +121,12 @@ def add_toe_arguments(parser: argparse.ArgumentParser, recipe: str = "deit", alw
         default="reference",
         help="seed raster: the published one (reference) or evenly spread (uniform)",
     )
-    group.add_argument("--sparse-eval", action="store_true", help="also reduce tokens when evaluating")
+    group.add_argument(
+        "--sparse-eval",
+        action="store_true",
+        help="also reduce tokens when evaluating, the model and its EMA alike (upstream DeiT evaluates the EMA "
+        "full-token)",
+    )
     group.add_argument(
         "--token-reduction",
         choices=REDUCTIONS,

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import UserError
+from ..integration import train_toe
 from .distributed import DistInfo
 from .failpoints import failpoint
 from .logger import progress
@@ -84,6 +85,7 @@ def train_one_epoch(
     num_updates: int = 0,
     accum_steps: int = 1,
     drop_last_group: bool = False,
+    train_mode: bool = True,
     clip_grad: float | None = None,
     clip_mode: str = "norm",
     model_ema=None,
@@ -102,10 +104,12 @@ def train_one_epoch(
     (the loader then yields only the rest). ``on_update``: called with the running stats after every
     optimizer update but the epoch's last (mid-epoch checkpoints). ``synchronize_step``: also wait for
     the device at the end of every step (exact per-step compute times; one more host sync per step).
+    ``train_mode=False``: the model trains in eval mode (no dropout or drop path, BatchNorm statistics frozen;
+    DeiT's ``--no-train-mode``), ToE still reduces the tokens.
     """
     hooks = hooks or StepHooks()
     device = dist.device
-    model.train()
+    train_toe(model.train(train_mode))
     optimizer.zero_grad(set_to_none=True)
     parameters = [p for p in model.parameters() if p.requires_grad]
     stats = dataclasses.replace(resume_from) if resume_from is not None else EpochStats()

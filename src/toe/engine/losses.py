@@ -25,12 +25,13 @@ class BaseLoss(nn.Module):
 
 
 class BinaryCrossEntropy(nn.Module):
-    """DeiT III's BCE on (soft or hard) targets."""
+    """DeiT III's BCE: logits [B, K] against class indices [B] or (mixed) soft targets [B, K], binarised as
+    DeiT does (every class with a target above 0 is a positive, ``targets.gt(0.0)``)."""
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if targets.dim() == 1:
-            targets = F.one_hot(targets, outputs.shape[-1]).to(outputs.dtype)
-        return F.binary_cross_entropy_with_logits(outputs, targets)
+            targets = F.one_hot(targets, outputs.shape[-1])
+        return F.binary_cross_entropy_with_logits(outputs, targets.gt(0.0).to(outputs.dtype))
 
 
 def classification_loss(mixup_active: bool, smoothing: float, bce: bool) -> nn.Module:

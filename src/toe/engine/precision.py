@@ -1,7 +1,9 @@
-"""Mixed precision: native autocast (bf16 or fp16 with a gradient scaler), backward and the optimizer step.
+"""Mixed precision: native autocast (fp16 with a gradient scaler, or bf16), backward and the optimizer step.
 
-``--amp-dtype auto`` picks bf16 on GPUs that support it, else fp16, and full fp32 on the CPU. The flags
-``--apex-amp`` and ``--native-amp`` of the upstream recipes map to native AMP (apex is not used).
+``--amp-dtype auto`` is fp16 autocast with a gradient scaler on CUDA, as the upstream recipes train (native
+AMP, or apex O1 for ``--apex-amp``), and full fp32 on the CPU; bf16 is asked for explicitly
+(``--amp-dtype bf16``). The flags ``--apex-amp`` and ``--native-amp`` of the upstream recipes map to native
+AMP (apex is not used).
 """
 
 from __future__ import annotations
@@ -25,13 +27,10 @@ class Precision:
 
     @classmethod
     def from_flag(cls, device: torch.device, amp_dtype: str, enabled: bool = True) -> Precision:
-        """``amp_dtype`` one of AMP_DTYPES; ``enabled=False`` means fp32 whatever the dtype."""
-        if not enabled or amp_dtype == "fp32":
+        """``amp_dtype`` one of AMP_DTYPES (``auto``: fp16 on CUDA, fp32 elsewhere); ``enabled=False`` means
+        fp32 whatever the dtype. Only builds objects: the device need not be present."""
+        if not enabled or amp_dtype == "fp32" or (amp_dtype == "auto" and device.type != "cuda"):
             return cls(device, None)
-        if amp_dtype == "auto":
-            if device.type != "cuda":
-                return cls(device, None)
-            return cls(device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
         return cls(device, torch.bfloat16 if amp_dtype == "bf16" else torch.float16)
 
     @property

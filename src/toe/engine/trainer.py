@@ -51,6 +51,7 @@ class RunSettings:
     args: dict = field(default_factory=dict)  # plain flag values, saved in every checkpoint
     accum_steps: int = 1  # batches per optimizer update
     drop_last_group: bool = False  # leave out a short last accumulation group (EfficientTrain), see loop.py
+    train_mode: bool = True  # False: the model trains in eval mode, ToE still on (DeiT's --no-train-mode)
     clip_grad: float | None = None
     clip_mode: str = "norm"
     dist_eval: bool = False  # each process evaluates a shard, the numbers are summed
@@ -260,6 +261,7 @@ def fit(run: TrainingRun, log: RunLogger) -> dict | None:
             num_updates=state.num_updates,
             accum_steps=settings.accum_steps,
             drop_last_group=settings.drop_last_group,
+            train_mode=settings.train_mode,
             clip_grad=settings.clip_grad,
             clip_mode=settings.clip_mode,
             model_ema=parts.model_ema,
@@ -317,6 +319,16 @@ def evaluate_run(run: TrainingRun) -> dict[str, float]:
         ema = evaluation(parts.model_ema.module, loader, parts.precision, parts.dist, description="eval ema", **options)
         metrics.update({f"test_ema_{k}": v for k, v in ema.items()})
     return metrics
+
+
+def evaluate_checkpoint(run: TrainingRun) -> dict[str, float]:
+    """Evaluate the weights ``run`` was restored from (a recipe's ``--eval``), ToE at the stage they were trained
+    in (which matters with ``--sparse-eval``): that of the checkpoint's last finished epoch, or of its unfinished
+    one for a mid-epoch checkpoint; for weights that are no checkpoint of a run, that of the epoch before
+    ``start_epoch`` (epoch 0 at least)."""
+    state = run.state
+    set_toe_stage(run, state.start_epoch if state.partial else max(state.start_epoch - 1, 0))
+    return evaluate_run(run)
 
 
 def _epoch_record(run: TrainingRun, epoch: int, stage: int | None, stats: EpochStats) -> tuple[dict, list[str]]:

@@ -64,11 +64,16 @@ def add_engine_arguments(parser: argparse.ArgumentParser, upstream_switches: boo
         "--amp-dtype",
         choices=AMP_DTYPES,
         default="auto",
-        help="autocast dtype when mixed precision is on: auto = bf16 on GPUs that support it, else fp16; fp32 on CPU",
+        help="autocast dtype when mixed precision is on: auto = fp16 with a gradient scaler on CUDA (as upstream), "
+        "fp32 on the CPU; bf16 only when asked for",
     )
     if upstream_switches:
         group.add_argument("--no-amp", action="store_true", help="train in full fp32")
-        group.add_argument("--apex-amp", action="store_true", help="accepted for compatibility: native AMP is used")
+        group.add_argument(
+            "--apex-amp",
+            action="store_true",
+            help="apex O1's precision: fp16 autocast with a gradient scaler on CUDA (native AMP, apex is not used)",
+        )
         group.add_argument(
             "--auto-resume",
             action="store_true",
@@ -100,6 +105,17 @@ def add_engine_arguments(parser: argparse.ArgumentParser, upstream_switches: boo
         metavar="KEY=VALUE",
         help="extra keyword arguments for timm.create_model, e.g. embed_dim=96 depth=6",
     )
+
+
+def precision_from_args(args: argparse.Namespace, device: torch.device, amp: bool) -> Precision:
+    """The run's precision: ``--amp-dtype`` when ``amp`` is on (fp16 with a scaler on CUDA by default, fp32 on
+    the CPU), full fp32 otherwise. ``--apex-amp`` means fp16 (apex O1), so it refuses another ``--amp-dtype``."""
+    if getattr(args, "apex_amp", False) and args.amp_dtype not in ("auto", "fp16"):
+        raise UserError(
+            f"--apex-amp means fp16 autocast (apex O1's precision); for --amp-dtype {args.amp_dtype} leave out "
+            "--apex-amp"
+        )
+    return Precision.from_flag(device, args.amp_dtype, enabled=amp)
 
 
 def mixup_active(args: argparse.Namespace) -> bool:
@@ -160,6 +176,7 @@ def build_run(
     epochs: int | None = None,
     accum_steps: int = 1,
     drop_last_group: bool = False,
+    train_mode: bool = True,
     repeated_aug: bool = False,
     hooks: StepHooks | None = None,
     eval_prepare: Callable | None = None,
@@ -179,6 +196,7 @@ def build_run(
         epochs: train epochs [start, epochs); None: the LR schedule's length.
         accum_steps, drop_last_group: batches per optimizer update, and whether a short last group of an
             epoch is left out (EfficientTrain) or makes a smaller update (timm).
+        train_mode: False trains the model in eval mode, ToE still on (DeiT's --no-train-mode).
         repeated_aug: DeiT's repeated augmentation when distributed.
         hooks: batch preparation before the model call (device-side transforms, mixup, target building).
         eval_prepare: the same before evaluation. evaluation: the metrics (default: top-1/top-5).
@@ -226,6 +244,7 @@ def build_run(
         args=plain_args(args),
         accum_steps=accum_steps,
         drop_last_group=drop_last_group,
+        train_mode=train_mode,
         clip_grad=getattr(args, "clip_grad", None),
         clip_mode=getattr(args, "clip_mode", "norm"),
         dist_eval=dist_eval,
@@ -239,7 +258,7 @@ def build_run(
         module=model,
         criterion=loss,
         optimizer=optimizer,
-        precision=Precision.from_flag(device, args.amp_dtype, enabled=amp),
+        precision=precision_from_args(args, device, amp),
         train_loader=train_loader,
         val_loader=val_loader,
         dist=dist,
@@ -275,6 +294,16 @@ def resume_run(
     return resume_message(run, found) + (f"; {note}" if note else "")
 
 
+def check_eval_weights(found: FoundCheckpoint | None, finetune: str) -> None:
+    """``--eval`` evaluates given weights (the checkpoint ``found`` or the ``--finetune`` ones), never a randomly
+    initialised model."""
+    if found is None and not finetune:
+        raise UserError(
+            "--eval needs weights to evaluate: --resume FILE, --finetune FILE, or --auto-resume with a checkpoint "
+            "in the run folder"
+        )
+
+
 def train_and_log(run: TrainingRun, log: RunLogger, header: str, toe_epochs: int | None = None) -> dict | None:
     """Print ``header`` and the ToE schedule (over ``toe_epochs``, default the run's), train, print the
     training time; returns the last epoch's log record."""
@@ -289,7 +318,8 @@ def train_and_log(run: TrainingRun, log: RunLogger, header: str, toe_epochs: int
 
 def load_finetune_weights(model: nn.Module, source: str, flag: str = "--finetune") -> str:
     """Load pretrained weights for fine-tuning: heads of another class count are dropped and the
-    position embedding is resampled (timm) to the model's grid. Returns a one-line report."""
+    position embedding is resampled to the model's grid, bicubic without antialiasing as the upstream recipes
+    (``F.interpolate(mode="bicubic")``; the class and distillation positions kept). Returns a one-line report."""
     from timm.layers import resample_abs_pos_embed
 
     state = load_weights(source, flag)
@@ -304,7 +334,11 @@ def load_finetune_weights(model: nn.Module, source: str, flag: str = "--finetune
     if "pos_embed" in state and "pos_embed" in own and state["pos_embed"].shape != own["pos_embed"].shape:
         prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
         state["pos_embed"] = resample_abs_pos_embed(
-            state["pos_embed"], new_size=list(model.patch_embed.grid_size), num_prefix_tokens=prefix
+            state["pos_embed"],
+            new_size=list(model.patch_embed.grid_size),
+            num_prefix_tokens=prefix,
+            interpolation="bicubic",
+            antialias=False,
         )
     unknown = [k for k in state if k not in own]
     mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]

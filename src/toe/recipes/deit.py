@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data import DATA_SETS, build_dataset, build_eval_transform, build_train_transform, check_same_classes
-from ..engine import RunLogger, StepHooks, evaluate_run, find_checkpoint, init_distributed, load_weights
+from ..engine import RunLogger, StepHooks, evaluate_checkpoint, find_checkpoint, init_distributed, load_weights
 from ..engine.distributed import cleanup
 from ..engine.losses import DISTILLATION_TYPES, BaseLoss, DistillationLoss, classification_loss
 from ..errors import UserError
@@ -26,6 +26,7 @@ from .common import (
     add_engine_arguments,
     attach_toe,
     build_run,
+    check_eval_weights,
     epoch_schedule,
     load_finetune_weights,
     mixup_active,
@@ -46,12 +47,23 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--batch-size", default=64, type=int, help="batch size per process")
     p.add_argument("--epochs", default=300, type=int)
-    p.add_argument("--bce-loss", action="store_true", help="binary cross-entropy (DeiT III)")
+    p.add_argument(
+        "--bce-loss",
+        action="store_true",
+        help="binary cross-entropy on the (mixed) targets binarised as DeiT III (every class above 0 is a positive; "
+        "DeiT III uses it with --smoothing 0, as smoothed targets are all positive)",
+    )
     p.add_argument("--unscale-lr", action="store_true", help="do not scale --lr by total batch / 512")
     p.add_argument("--accum-iter", default=1, type=int, help="gradient accumulation steps per update")
 
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="deit_base_patch16_224", type=str, help="timm model name")
+    g.add_argument(
+        "--model",
+        default="deit_base_patch16_224",
+        type=str,
+        help="timm model name; ToE also works with distilled deit_* and vit_* models (upstream's ToE patches "
+        "deit_* only and fails with distillation)",
+    )
     g.add_argument("--input-size", default=224, type=int, help="image size")
     g.add_argument("--patch-size", default=None, type=int, help="patch size (default: the model's, 16 for deit_*)")
     g.add_argument("--drop", type=float, default=0.0, help="dropout rate")
@@ -101,6 +113,11 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--reprob", type=float, default=0.25, help="random erase probability")
     g.add_argument("--remode", type=str, default="pixel")
     g.add_argument("--recount", type=int, default=1)
+    g.add_argument(
+        "--resplit",
+        action="store_true",
+        help="accepted for upstream's command lines; no effect there or here (no augmentation splits)",
+    )
     g.add_argument("--mixup", type=float, default=0.8)
     g.add_argument("--cutmix", type=float, default=1.0)
     g.add_argument("--cutmix-minmax", type=float, nargs="+", default=None)
@@ -114,10 +131,15 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--distillation-type", default="none", choices=DISTILLATION_TYPES)
     g.add_argument("--distillation-alpha", default=0.5, type=float)
     g.add_argument("--distillation-tau", default=1.0, type=float)
+    g.add_argument("--cosub", action="store_true", help="not supported (DeiT III co-training); train without it")
 
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--finetune", default="", help="weights to fine-tune from (file or https URL)")
-    g.add_argument("--attn-only", action="store_true", help="train only attention, position embedding and head")
+    g.add_argument(
+        "--attn-only",
+        action="store_true",
+        help="train only the attention layers, the position embedding and the class head (head_dist stays frozen)",
+    )
 
     g = p.add_argument_group("data and run")
     g.add_argument("--data-path", default="data/imagenet", type=str, help="dataset root")
@@ -125,19 +147,48 @@ def build_parser() -> ArgumentParser:
         "--data-set",
         default="IMNET",
         choices=DATA_SETS,
-        help="IMNET = any ImageNet-layout folder (train/, val/; class count inferred)",
+        help="IMNET = any ImageNet-layout folder (train/, val/; the class count is that of the class folders, "
+        "where upstream fixes 1000)",
+    )
+    g.add_argument(
+        "--inat-category",
+        default="name",
+        choices=["kingdom", "phylum", "class", "order", "supercategory", "family", "genus", "name"],
+        help="accepted for upstream's command lines; only iNaturalist uses it, which is read in ImageNet layout "
+        "(--data-set IMNET)",
     )
     g.add_argument("--download", action="store_true", help="download CIFAR into --data-path")
     g.add_argument("--output_dir", default="", help="where to save checkpoints and logs (nothing saved if empty)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--seed", default=0, type=int)
-    g.add_argument("--resume", default="", help="checkpoint to resume from")
+    g.add_argument(
+        "--resume",
+        default="",
+        help="checkpoint to resume from (the LR schedule continues where it was saved; upstream skips one value)",
+    )
     g.add_argument("--start_epoch", default=0, type=int, help="first epoch when not resuming")
-    g.add_argument("--eval", action="store_true", help="evaluation only")
+    g.add_argument(
+        "--eval",
+        action="store_true",
+        help="evaluate the --resume (or --auto-resume) checkpoint or the --finetune weights and stop; with "
+        "--sparse-eval at the ToE stage of the checkpoint's epoch",
+    )
     g.add_argument("--eval-crop-ratio", default=0.875, type=float)
     g.add_argument("--dist-eval", action="store_true", help="distributed evaluation")
     g.add_argument("--num_workers", default=10, type=int)
     g.add_argument("--pin-mem", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument(
+        "--train-mode",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train the model in training mode (dropout, drop path); --no-train-mode trains it in eval mode, as "
+        "DeiT fine-tuning does, with ToE still reducing the tokens",
+    )
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="accepted for upstream's command lines: torchrun's environment decides whether the run is distributed",
+    )
     g.add_argument("--world_size", default=1, type=int, help="set by torchrun (WORLD_SIZE)")
     g.add_argument("--dist_url", default="env://", help="distributed rendezvous")
 
@@ -160,6 +211,16 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--batch-size {args.batch_size} must be even with --mixup/--cutmix (or set both to 0)")
     if args.distillation_type != "none" and not args.teacher_path:
         raise UserError(f"--distillation-type {args.distillation_type} needs --teacher-path")
+    if args.distillation_type != "none" and not args.train_mode:
+        raise UserError(
+            "--no-train-mode cannot distil: a distilled model in eval mode returns one averaged output, not its "
+            "class and distillation outputs"
+        )
+    if args.cosub:
+        raise UserError(
+            "--cosub (DeiT III's co-training of two sub-models) is not supported: train without it (--bce-loss, "
+            "--ThreeAugment and the other DeiT III flags work)"
+        )
     if args.src and not args.ThreeAugment:
         raise UserError("--src only applies with --ThreeAugment")
     if not 0 < args.eval_crop_ratio <= 1:
@@ -205,6 +266,7 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
         accum_steps=args.accum_iter,
         repeated_aug=args.repeated_aug,
         hooks=StepHooks(mixup=mixup_from_args(args, num_classes)),
+        train_mode=args.train_mode,
     )
     found = find_checkpoint(args.resume, args.auto_resume, output_dir, clean=dist.is_main)
     if message := resume_run(run, found):
@@ -212,7 +274,8 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
 
     val_images = len(datasets[1])
     if args.eval:
-        metrics = evaluate_run(run)
+        check_eval_weights(found, args.finetune)
+        metrics = evaluate_checkpoint(run)
         say(
             f"Accuracy of the network on the {val_images} test images: {metrics['test_acc1']:.2f}% "
             f"(top-5 {metrics['test_acc5']:.2f}%, loss {metrics['test_loss']:.4f})"
@@ -287,9 +350,10 @@ def _loss(args: argparse.Namespace, num_classes: int, device: torch.device) -> t
 
 
 def _train_attention_only(model: torch.nn.Module) -> None:
-    """DeiT's --attn-only: train the attention layers, the position embedding and the head(s)."""
+    """DeiT's --attn-only: train the attention layers, the position embedding and the class head; everything
+    else (the distillation head too) stays frozen."""
     for name, parameter in model.named_parameters():
-        parameter.requires_grad = ".attn." in name or name.startswith(("head", "pos_embed"))
+        parameter.requires_grad = ".attn." in name or name == "pos_embed" or name.startswith("head.")
 
 
 def _build_teacher(args, num_classes: int, device: torch.device) -> torch.nn.Module:

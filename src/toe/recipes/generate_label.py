@@ -66,7 +66,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("-b", "--batch-size", type=int, default=64)
     p.add_argument("-j", "--workers", type=int, default=4, help="data loading processes")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where supported, else fp16)")
+    p.add_argument("--amp", action="store_true", help="fp16 autocast on CUDA (as upstream; the CPU stays fp32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

@@ -22,7 +22,7 @@ from timm.data import create_transform
 from ..data import build_dataset, build_eval_transform, check_same_classes
 from ..data.label_transforms import build_token_label_transform
 from ..data.token_label import TokenLabelDataset, TokenLabelTargets
-from ..engine import RunLogger, StepHooks, evaluate_run, find_checkpoint, init_distributed
+from ..engine import RunLogger, StepHooks, evaluate_checkpoint, find_checkpoint, init_distributed
 from ..engine.distributed import cleanup
 from ..engine.losses import BaseLoss, TokenLabelCrossEntropy, classification_loss
 from ..errors import UserError
@@ -33,6 +33,7 @@ from .common import (
     add_engine_arguments,
     attach_toe,
     build_run,
+    check_eval_weights,
     epoch_schedule,
     load_finetune_weights,
     mixup_active,
@@ -147,7 +148,12 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--eval-metric", default="top1", choices=["top1"], help="metric of the best checkpoints")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--resume", default="", help="checkpoint to resume from")
-    g.add_argument("--eval", action="store_true", help="evaluate the --resume checkpoint and stop")
+    g.add_argument(
+        "--eval",
+        action="store_true",
+        help="evaluate the --resume (or --auto-resume) checkpoint or the --finetune weights and stop; with "
+        "--sparse-eval at the ToE stage of the checkpoint's epoch",
+    )
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--amp", action="store_true", help="mixed precision (native AMP)")
     g.add_argument("--native-amp", action="store_true", help="same as --amp")
@@ -272,7 +278,8 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
         say(message)
 
     if args.eval:
-        metrics = evaluate_run(run)
+        check_eval_weights(found, args.finetune)
+        metrics = evaluate_checkpoint(run)
         say(
             f"{args.model} on the {len(val_set)} validation images: top-1 {metrics['test_acc1']:.2f}%, "
             f"top-5 {metrics['test_acc5']:.2f}%, loss {metrics['test_loss']:.4f}"
