@@ -148,8 +148,9 @@ def test_every_variant_runs_after_block_0_of_a_timm_vit(reduction):
 @pytest.mark.parametrize("reduction", list(REDUCTIONS))
 def test_lvvit_scatters_every_variant_back_for_its_dense_head(reduction):
     model = tiny_vit("lvvit_s", seed=0, num_classes=10)
+    model.return_dense = model.mix_token = True  # token labeling's training outputs, as the recipe asks for them
     apply_toe(model, selector(reduction, rates=(0.4, 0.7, 1.0), r0=0.2)).train()
-    tokens = model.forward_features(torch.randn(2, 3, 32, 32))
+    tokens = model.forward_tokens(torch.randn(2, 3, 32, 32))
     index = model.token_select.last_index
     assert index.shape == (2, 1 + 24) and tokens.shape == (2, 65, 32)
     for b in range(2):
