@@ -16,6 +16,7 @@ from typing import NoReturn
 
 import torch
 
+from .engine.run_lock import release_run_folders
 from .errors import UserError  # also re-exported: ``from toe.options import UserError`` keeps working
 from .schedule import DISTANCES, REDUCTIONS, SEEDINGS, ToESchedule
 from .token_select import TokenSelect
@@ -30,7 +31,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
-    """Run a command's ``main``; a :class:`UserError` becomes one line on stderr and exit status 2."""
+    """Run a command's ``main``; a :class:`UserError` becomes one line on stderr and exit status 2. The run
+    folders the command locked are released at its end (in-process callers run several commands)."""
     try:
         main(argv)
     except UserError as error:
@@ -45,6 +47,8 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+    finally:
+        release_run_folders()
 
 
 @dataclass(frozen=True)

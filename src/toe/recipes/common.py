@@ -47,6 +47,7 @@ from ..engine import (
 )
 from ..engine.loop import batches_to_train
 from ..engine.precision import AMP_DTYPES
+from ..engine.run_lock import lock_run_folder
 from ..errors import UserError
 from ..integration import apply_toe
 from ..token_select import TokenSelect
@@ -362,20 +363,31 @@ def wrap_model(model: nn.Module, dist: DistInfo, compile_model: bool) -> nn.Modu
 
 
 def prepare_output_dir(output_dir: str | None, resuming: bool, dist: DistInfo, flag: str) -> Path | None:
-    """Create the run folder; refuse to write into a folder that holds another run unless resuming."""
+    """Create the run folder and lock it for this process (main process; see :mod:`toe.engine.run_lock`);
+    refuse a folder that another process uses, or that holds another run unless resuming."""
     if not output_dir:
         return None
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder")
+    if dist.is_main:
+        make_folder(path, flag)
+        lock_run_folder(path, flag)
     if not resuming and any((path / name).exists() for name in ("checkpoint.pth", "log.txt")):
         raise UserError(
             f"{flag} {path} already holds a run (checkpoint.pth / log.txt); pass --auto-resume to continue it "
             "or choose an empty folder"
         )
-    if dist.is_main:
-        path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def make_folder(path: Path, flag: str) -> None:
+    """``mkdir -p path``; a folder that cannot be made (read-only or full file system, a file on the
+    way, no permission) is a :class:`UserError` naming ``flag``."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{flag} {path} cannot be created ({error.strerror or error})") from None
 
 
 def plain_args(args: argparse.Namespace) -> dict:
