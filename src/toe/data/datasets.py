@@ -6,14 +6,16 @@ that differ, CIFAR not downloaded) raises :class:`~toe.options.UserError` naming
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import UserError
+from .image_files import ClassFolders
 
 DATA_SETS = ("IMNET", "CIFAR10", "CIFAR100", "INAT", "INAT19")
 
@@ -40,18 +42,25 @@ def build_dataset(
     raise UserError(f"--data-set must be one of {', '.join(DATA_SETS)}, got {data_set}")
 
 
-def image_folder(folder: Path, transform: Callable | None) -> tuple[tv_datasets.ImageFolder, int]:
-    """An ImageFolder with checks that name the offending path."""
+def image_folder(folder: Path, transform: Callable | None, announce: bool = True) -> tuple[ClassFolders, int]:
+    """An ImageFolder (see :class:`~toe.data.image_files.ClassFolders`) with checks that name the offending
+    path; ``announce`` prints its class and image counts (main process)."""
     if not folder.is_dir():
         raise UserError(f"data folder {folder} does not exist (expected train/ and val/ with one folder per class)")
-    classes = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
+    try:
+        dataset = ClassFolders(folder, transform=transform)
+    except OSError as error:
+        raise UserError(f"data folder {folder} cannot be read ({error.strerror or error})") from None
+    classes = dataset.classes
     if not classes:
         raise UserError(f"data folder {folder} has no class folders (expected {folder}/<class>/<image>)")
-    for name in classes:
-        if not any(p.suffix.lower() in IMG_EXTENSIONS for p in (folder / name).rglob("*") if p.is_file()):
-            raise UserError(f"class folder {folder / name} holds no images")
-    dataset = tv_datasets.ImageFolder(str(folder), transform=transform)
-    return dataset, len(dataset.classes)
+    counts = Counter(label for _, label in dataset.samples)
+    empty = [name for index, name in enumerate(classes) if not counts[index]]
+    if empty:
+        raise UserError(f"class folder {folder / empty[0]} holds no images")
+    if announce and int(os.environ.get("RANK", "0")) == 0:
+        print(f"data: {folder}: {len(classes)} classes, {len(dataset.samples)} images")
+    return dataset, len(classes)
 
 
 def check_same_classes(train: Dataset, val: Dataset, train_path: str, val_path: str) -> None:

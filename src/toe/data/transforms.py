@@ -1,9 +1,10 @@
 """Image transforms of the DeiT recipe, built from timm and torchvision.
 
 Train: timm ``create_transform`` (random resized crop, flip, RandAugment, colour jitter, random erasing);
-for inputs <= 32 px the crop is a RandomCrop with 4 px padding (DeiT's CIFAR-size rule). ``three_augment``
-is DeiT III's 3-Augment as DeiT writes it: timm's random resized crop (bicubic), flip, one of grayscale /
-solarize / PIL Gaussian blur of radius uniform in (0.1, 2.0), then colour jitter. Eval: resize to
+for inputs <= 32 px the crop is a RandomCrop with 4 px padding (DeiT's CIFAR-size rule; images still smaller
+than the crop are padded up to it, where upstream stops). ``three_augment`` is DeiT III's 3-Augment as DeiT
+writes it: timm's random resized crop (bicubic), flip, one of grayscale / solarize / PIL Gaussian blur of
+radius uniform in (0.1, 2.0), then colour jitter. Eval: resize to
 input / crop_ratio (bicubic), centre crop; for inputs <= 32 px, as DeiT, no resize and no crop (images
 of another size, where upstream stops, are resized and cropped as for larger inputs).
 """
@@ -46,8 +47,8 @@ def build_train_transform(
         mean=mean,
         std=std,
     )
-    if input_size <= 32:
-        transform.transforms[0] = T.RandomCrop(input_size, padding=4)
+    if input_size <= 32:  # images smaller than the crop are padded up to it (upstream stops on them)
+        transform.transforms[0] = T.RandomCrop(input_size, padding=4, pad_if_needed=True)
     return transform
 
 

@@ -365,7 +365,7 @@ def _input_size(model: torch.nn.Module, img_size: int | None) -> int:
 def _class_count(folder: Path) -> int:
     if not folder.is_dir():
         raise UserError(f"data folder {folder} does not exist (expected train/ and val/ with one folder per class)")
-    return sum(1 for entry in folder.iterdir() if entry.is_dir())
+    return sum(1 for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith("."))
 
 
 def _without_worker_traceback(error: UserError) -> UserError:
