@@ -10,6 +10,7 @@ path relative to the train folder with the suffix ``.pt`` (``train/n01440764/x.J
 from __future__ import annotations
 
 import os
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from torchvision.ops import roi_align
 
 from ..errors import UserError
 from .datasets import image_folder
+from .guard import DataError
+from .label_record import RECORD_NAME, check_same_data, data_identity, read_record
 from .label_transforms import TokenLabelTransform
 
 TOPK = 5
@@ -35,13 +38,15 @@ def check_label_map(label_map: object, source: str | Path, num_classes: int) -> 
     """``label_map`` if it is a [2, 5, h, w] tensor of scores and class indices below ``num_classes``."""
     if not isinstance(label_map, torch.Tensor) or label_map.dim() != 4 or tuple(label_map.shape[:2]) != (2, TOPK):
         shape = list(label_map.shape) if isinstance(label_map, torch.Tensor) else type(label_map).__name__
-        raise UserError(
+        raise DataError(
             f"token label file {source} holds {shape}, expected a [2, {TOPK}, H, W] tensor "
             "(top-5 scores and class indices per location)"
         )
+    if not torch.isfinite(label_map.float()).all():
+        raise DataError(f"token label file {source} holds NaN or infinite values; make it again (generate_label.py)")
     indices = label_map[1].float()
     if not torch.equal(indices, indices.round()) or indices.min() < 0 or indices.max() >= num_classes:
-        raise UserError(
+        raise DataError(
             f"token label file {source} has class indices outside 0..{num_classes - 1} (made for another class list?)"
         )
     return label_map
@@ -52,9 +57,9 @@ def read_label_file(path: Path, num_classes: int) -> torch.Tensor:
     try:
         label_map = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"token label file {path} is missing (make it with ToE/lvvit/generate_label.py)") from None
+        raise DataError(f"token label file {path} is missing (make it with ToE/lvvit/generate_label.py)") from None
     except Exception as error:
-        raise UserError(f"token label file {path} is not readable ({type(error).__name__})") from None
+        raise DataError(f"token label file {path} is not readable ({type(error).__name__})") from None
     return check_label_map(label_map, path, num_classes)
 
 
@@ -63,7 +68,8 @@ class TokenLabelDataset(Dataset):
 
     Item ``i`` is ``(image [3, S, S], {"label": class index, "label_map": [2, 5, h, w], "box": [4]})``, where
     ``box`` is the part of the label map the image shows (x0, y0, x1, y1 in [0, 1]). Every label file must
-    exist and the first one must be well formed, else :class:`UserError` names the problem.
+    exist, the label folder's record (if any) must name these images, and every map must have the first
+    one's grid ``label_grid`` (h, w), else :class:`UserError` names the problem.
     """
 
     def __init__(self, folder: str | Path, label_root: str | Path, transform: TokenLabelTransform) -> None:
@@ -77,7 +83,8 @@ class TokenLabelDataset(Dataset):
         self.label_files = [label_file(label_root, folder, path) for path, _ in self.samples]
         self.transform = transform
         _check_files_exist(self.label_files, label_root)
-        read_label_file(self.label_files[0], self.num_classes)
+        _check_record(label_root, folder, images.classes, self.samples)
+        self.label_grid = tuple(read_label_file(self.label_files[0], self.num_classes).shape[-2:])
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -85,8 +92,27 @@ class TokenLabelDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         path, label = self.samples[index]
         label_map = read_label_file(self.label_files[index], self.num_classes)
+        if tuple(label_map.shape[-2:]) != self.label_grid:
+            h, w = self.label_grid
+            raise DataError(
+                f"token label file {self.label_files[index]} holds a {label_map.shape[-2]}x{label_map.shape[-1]} "
+                f"map, the others {h}x{w} (e.g. {self.label_files[0]}); make it again with the same annotator"
+            )
         image, label_map, box = self.transform(self.loader(path), label_map)
         return image, {"label": label, "label_map": label_map, "box": box}
+
+
+def _check_record(label_root: Path, folder: Path, classes: list[str], samples: list) -> None:
+    """The labels must have been made for these images (when the label folder records which)."""
+    record = read_record(label_root)
+    if record is None:
+        print(
+            f"warning: --token-label-data {label_root} has no {RECORD_NAME} (made by another tool or an older "
+            "version): cannot check that its labels were made for these images",
+            file=sys.stderr,
+        )
+        return
+    check_same_data(record["data"], data_identity(folder, classes, samples), f"--token-label-data {label_root}")
 
 
 def _check_files_exist(files: list[Path], label_root: Path) -> None:

@@ -9,12 +9,16 @@ TokenLabeling's README, gives the central square), with its global pooling remov
 every location of the last feature map (CNNs) or to every patch token (ViTs; LV-ViT's dense auxiliary head,
 as upstream), giving per-location logits [K, h, w]. The top-5 logits and their class indices are saved as a
 [2, 5, h, w] float16 tensor at LABELS/<class>/<image>.pt. Images that already have a label file are
-skipped, so an interrupted run continues where it stopped; files are written atomically.
+skipped, so an interrupted run continues where it stopped; files are written atomically. LABELS records
+its annotator and images (``token_labels.json``, see :mod:`toe.data.label_record`): continuing with
+another annotator or other images is refused, and one process at a time writes it (a folder lock).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,13 +31,17 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..data.datasets import image_folder
-from ..data.token_label import TOPK, label_file
+from ..data.guard import READ_ERRORS, CorruptImageError
+from ..data.label_record import check_same_data, data_identity, read_record, write_record
+from ..data.token_label import LABEL_SUFFIX, TOPK, label_file
 from ..engine import Precision, load_weights
 from ..engine.checkpoint import as_our_layout, torch_load
+from ..engine.run_lock import lock_run_folder
 from ..errors import UserError
 from ..models import LVViT
 from ..models.factory import create_model, parse_model_kwargs
 from ..options import ArgumentParser, run_main
+from .common import make_folder
 
 MAX_CLASSES = 2048  # class indices are stored as float16, exact up to 2048
 
@@ -83,10 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device} was asked for but this machine has no CUDA device; use --device cpu")
     folder, output = Path(args.data_dir) / args.split, Path(args.output)
+    check_label_folder(output, Path(args.data_dir))
     images, num_classes = image_folder(folder, None)
     if num_classes > MAX_CLASSES:
         raise UserError(f"{folder} has {num_classes} classes; label files store class indices below {MAX_CLASSES}")
-    model, size = build_annotator(args, num_classes)
+    make_folder(output, "LABELS")
+    lock_run_folder(output, "LABELS")
+    model, size, annotator = build_annotator(args, num_classes)
+    data = data_identity(folder, images.classes, images.samples)
+    keep_one_annotator(output, {"annotator": annotator, "weights_source": args.checkpoint or None, "data": data})
     todo = [(path, label_file(output, folder, path)) for path, _ in images.samples]
     todo = [(path, target) for path, target in todo if not target.is_file()]
     device = torch.device(args.device)
@@ -124,8 +137,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     return len(todo)
 
 
-def build_annotator(args: argparse.Namespace, num_classes: int) -> tuple[nn.Module, int]:
-    """The annotator (weights loaded) and its input size.
+def check_label_folder(output: Path, data_dir: Path) -> None:
+    """LABELS must be a folder (or not exist yet) outside the data set it labels."""
+    if output.exists() and not output.is_dir():
+        raise UserError(f"LABELS {output} is a file, not a folder")
+    if output.resolve().is_relative_to(data_dir.resolve()):
+        raise UserError(
+            f"LABELS {output} lies inside the data folder {data_dir}: its files would mix with the images "
+            "(a class folder of label files); choose a folder outside it"
+        )
+
+
+def keep_one_annotator(output: Path, record: dict) -> None:
+    """Refuse to add labels of another annotator, or for other images, to a folder that has some; record
+    who makes them (see :mod:`toe.data.label_record`)."""
+    recorded = read_record(output)
+    if recorded is not None:
+        if recorded.get("annotator") != record["annotator"]:
+            raise UserError(
+                f"LABELS {output} holds labels of another annotator ({_describe(recorded)}; now {_describe(record)}); "
+                "label into a new folder, or use the recorded annotator"
+            )
+        check_same_data(recorded["data"], record["data"], f"LABELS {output}")
+    elif any(output.rglob(f"*{LABEL_SUFFIX}")):
+        print(f"note: {output} holds label files without a record of their annotator; recording this one")
+    write_record(output, record)
+
+
+def _describe(record: dict) -> str:
+    annotator = record.get("annotator")
+    if not isinstance(annotator, dict):
+        return "annotator not recorded"
+    kwargs = " ".join(f"{k}={v}" for k, v in (annotator.get("model_kwargs") or {}).items())
+    source = f" ({record['weights_source']})" if record.get("weights_source") else ""
+    return (
+        f"{annotator.get('model')}{f' ({kwargs})' if kwargs else ''} at {annotator.get('img_size')} px, "
+        f"weights {annotator.get('weights')}{source}"
+    )
+
+
+def weights_identity(args: argparse.Namespace) -> str:
+    """The annotator's weights: timm's pretrained ones, a URL, or a file named by its size and a hash of
+    its first and last MiB (a moved file stays the same annotator, a retrained one does not)."""
+    if args.pretrained:
+        return "timm pretrained"
+    if args.checkpoint.startswith(("https://", "http://")):
+        return args.checkpoint
+    path = Path(args.checkpoint)
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        digest.update(handle.read(1 << 20))
+        handle.seek(max(0, size - (1 << 20)))
+        digest.update(handle.read(1 << 20))
+    return f"a file of {size} bytes, sha256 of its ends {digest.hexdigest()[:16]}"
+
+
+def build_annotator(args: argparse.Namespace, num_classes: int) -> tuple[nn.Module, int, dict]:
+    """The annotator (weights loaded), its input size and its identity (model, size, kwargs, weights).
 
     With a checkpoint of this project, the model name, input size, patch size and --model-kwargs saved in
     it are used unless given on the command line.
@@ -163,8 +232,9 @@ def build_annotator(args: argparse.Namespace, num_classes: int) -> tuple[nn.Modu
             raise UserError(
                 f"--checkpoint {args.checkpoint} does not fit --model {name} with {num_classes} classes ({detail})"
             ) from None
-    size = size or resolve_data_config({}, model=model)["input_size"][-1]
-    return model, int(size)
+    size = int(size or resolve_data_config({}, model=model)["input_size"][-1])
+    identity = {"model": name, "img_size": size, "model_kwargs": kwargs, "weights": weights_identity(args)}
+    return model, size, json.loads(json.dumps(identity, default=str))
 
 
 def dense_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -214,7 +284,13 @@ class _Images(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.loader(self.paths[index])), index
+        try:
+            image = self.loader(self.paths[index])
+        except READ_ERRORS as error:
+            raise CorruptImageError(
+                f"cannot read image {self.paths[index]} ({type(error).__name__}: {error}); replace or delete it"
+            ) from None
+        return self.transform(image), index
 
 
 def _create(build, size: int | None, kwargs: dict) -> nn.Module:

@@ -1,0 +1,69 @@
+"""The record of a token-label folder: who made its labels, and for which images.
+
+``generate_label`` writes ``LABELS/token_labels.json`` before the first label file::
+
+    {"annotator": {"model": ..., "img_size": ..., "model_kwargs": {...}, "weights": ...},
+     "data": {"folder": ..., "classes": K, "images": N, "fingerprint": ...}}
+
+A later ``generate_label`` into the same folder must use the same annotator and images (else the
+folder would mix two annotators' labels), and LV-ViT training checks that the labels were made for
+its training images (same names in another data folder are not enough: the fingerprint reads the
+first bytes of some images, see :func:`~toe.data.image_files.data_fingerprint`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import UserError
+from .image_files import data_fingerprint
+
+RECORD_NAME = "token_labels.json"
+
+
+def data_identity(folder: Path, classes: list[str], samples: list[tuple[str, int]]) -> dict:
+    """What a label folder records about the images it labels."""
+    return {
+        "folder": str(Path(folder).resolve()),
+        "classes": len(classes),
+        "images": len(samples),
+        "fingerprint": data_fingerprint(classes, samples, folder),
+    }
+
+
+def read_record(label_root: Path) -> dict | None:
+    """The folder's record, or None when it has none (labels of an older version or of upstream)."""
+    path = Path(label_root) / RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path} is not readable ({type(error).__name__}: {error})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("data"), dict):
+        raise UserError(f"{path} is not a token-label record of this project")
+    return record
+
+
+def write_record(label_root: Path, record: dict) -> None:
+    """Write the record atomically."""
+    temp = Path(label_root) / f".{RECORD_NAME}.tmp"
+    temp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(temp, Path(label_root) / RECORD_NAME)
+
+
+def describe_data(data: dict) -> str:
+    return f"{data.get('images')} images of {data.get('classes')} classes in {data.get('folder')}"
+
+
+def check_same_data(recorded: dict, current: dict, where: str) -> None:
+    """A :class:`UserError` when ``recorded`` images (a record's ``data``) are not ``current``'s."""
+    keys = ("classes", "images", "fingerprint")
+    if any(recorded.get(key) != current[key] for key in keys):
+        raise UserError(
+            f"{where} was made for other images ({describe_data(recorded)}, fingerprint "
+            f"{recorded.get('fingerprint')}), not for the {describe_data(current)} (fingerprint "
+            f"{current['fingerprint']}); make labels for these images (ToE/lvvit/generate_label.py)"
+        )
