@@ -22,6 +22,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
@@ -32,9 +33,11 @@ _UNSUPPORTED = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
 _held: dict[Path, int] = {}  # resolved folder -> descriptor of its lock file, in this process
 
 
-def lock_run_folder(folder: str | Path, flag: str) -> None:
+def lock_run_folder(folder: str | Path, flag: str, check: Callable[[], None] | None = None) -> None:
     """Lock ``folder`` (it must exist) for this process; :class:`UserError` naming the holder when another
-    process has it. ``flag`` names the folder's command-line flag in the message."""
+    process has it. ``flag`` names the folder's command-line flag in the message. ``check`` runs once the
+    lock is held and before this process records itself as the holder: if it raises, the lock is
+    released and the lock file is left as it was."""
     folder = Path(folder)
     key = folder.resolve()
     if key in _held:
@@ -61,6 +64,12 @@ def lock_run_folder(folder: str | Path, flag: str) -> None:
             )
             return
         raise UserError(f"{flag} {folder}: cannot lock {LOCK_NAME} ({error.strerror})") from None
+    if check is not None:
+        try:
+            check()
+        except BaseException:
+            os.close(descriptor)
+            raise
     holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
         os.ftruncate(descriptor, 0)

@@ -50,6 +50,7 @@ from ..engine.precision import AMP_DTYPES
 from ..engine.run_lock import lock_run_folder
 from ..errors import UserError
 from ..integration import apply_toe
+from ..models.factory import parse_model_kwargs
 from ..token_select import TokenSelect
 from .summary import describe_toe
 
@@ -148,6 +149,17 @@ def attach_toe(model: nn.Module, token_select: TokenSelect | None, model_name: s
         except (TypeError, ValueError) as error:
             raise UserError(f"--model {model_name} cannot train with ToE: {error}") from None
     return model
+
+
+def check_model_kwargs(pairs: list[str], set_by: dict[str, tuple[str, object]]) -> None:
+    """Refuse ``--model-kwargs`` that contradict a recipe flag: ``set_by`` maps a keyword the recipe passes
+    to ``timm.create_model`` to (the flag, the value it passes; None: the flag was not given)."""
+    for key, value in parse_model_kwargs(pairs).items():
+        flag, flag_value = set_by.get(key, (None, None))
+        if flag is not None and flag_value is not None and value != flag_value:
+            raise UserError(
+                f"--model-kwargs {key}={value} contradicts {flag} {flag_value}: leave {key} out, {flag} sets it"
+            )
 
 
 def epoch_schedule(args: argparse.Namespace, epoch_offset: int) -> Callable[[torch.optim.Optimizer, int], LRSchedule]:
@@ -370,14 +382,19 @@ def prepare_output_dir(output_dir: str | None, resuming: bool, dist: DistInfo, f
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder")
+
+    def refuse_another_run() -> None:
+        if not resuming and any((path / name).exists() for name in ("checkpoint.pth", "log.txt")):
+            raise UserError(
+                f"{flag} {path} already holds a run (checkpoint.pth / log.txt); pass --auto-resume to continue it "
+                "or choose an empty folder"
+            )
+
     if dist.is_main:
         make_folder(path, flag)
-        lock_run_folder(path, flag)
-    if not resuming and any((path / name).exists() for name in ("checkpoint.pth", "log.txt")):
-        raise UserError(
-            f"{flag} {path} already holds a run (checkpoint.pth / log.txt); pass --auto-resume to continue it "
-            "or choose an empty folder"
-        )
+        lock_run_folder(path, flag, check=refuse_another_run)
+    else:
+        refuse_another_run()
     return path
 
 

@@ -20,6 +20,8 @@ from ..engine import RunLogger, StepHooks, evaluate_checkpoint, find_checkpoint,
 from ..engine.distributed import cleanup
 from ..engine.losses import DISTILLATION_TYPES, BaseLoss, DistillationLoss, classification_loss
 from ..errors import UserError
+from ..flag_types import below_one, non_negative, probability
+from ..flag_types import device as device_name
 from ..models.factory import check_input_size, create_model, parse_model_kwargs
 from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main, token_select_from_args
 from .common import (
@@ -27,6 +29,7 @@ from .common import (
     attach_toe,
     build_run,
     check_eval_weights,
+    check_model_kwargs,
     epoch_schedule,
     load_finetune_weights,
     mixup_active,
@@ -66,31 +69,31 @@ def build_parser() -> ArgumentParser:
     )
     g.add_argument("--input-size", default=224, type=int, help="image size")
     g.add_argument("--patch-size", default=None, type=int, help="patch size (default: the model's, 16 for deit_*)")
-    g.add_argument("--drop", type=float, default=0.0, help="dropout rate")
-    g.add_argument("--drop-path", type=float, default=0.1, help="drop path rate")
+    g.add_argument("--drop", type=below_one, default=0.0, help="dropout rate")
+    g.add_argument("--drop-path", type=below_one, default=0.1, help="drop path rate")
     g.add_argument(
         "--model-ema", action=argparse.BooleanOptionalAction, default=True, help="keep an EMA of the weights"
     )
-    g.add_argument("--model-ema-decay", type=float, default=0.99996)
+    g.add_argument("--model-ema-decay", type=probability, default=0.99996)
     g.add_argument("--model-ema-force-cpu", action="store_true")
 
     g = p.add_argument_group("optimizer")
     g.add_argument("--opt", default="adamw", type=str)
-    g.add_argument("--opt-eps", default=1e-8, type=float)
-    g.add_argument("--opt-betas", default=None, type=float, nargs="+")
-    g.add_argument("--clip-grad", type=float, default=None, help="gradient clipping norm (off)")
+    g.add_argument("--opt-eps", default=1e-8, type=non_negative)
+    g.add_argument("--opt-betas", default=None, type=below_one, nargs=2, metavar=("BETA1", "BETA2"))
+    g.add_argument("--clip-grad", type=non_negative, default=None, help="gradient clipping norm (off)")
     g.add_argument("--clip-mode", type=str, default="norm", choices=["norm", "value", "agc"])
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--momentum", type=probability, default=0.9)
+    g.add_argument("--weight-decay", type=non_negative, default=0.05)
 
     g = p.add_argument_group("learning-rate schedule")
     g.add_argument("--sched", default="cosine", type=str)
-    g.add_argument("--lr", type=float, default=5e-4, help="learning rate at total batch 512 (scaled linearly)")
+    g.add_argument("--lr", type=non_negative, default=5e-4, help="learning rate at total batch 512 (scaled linearly)")
     g.add_argument("--lr-noise", type=float, nargs="+", default=None)
     g.add_argument("--lr-noise-pct", type=float, default=0.67)
     g.add_argument("--lr-noise-std", type=float, default=1.0)
-    g.add_argument("--warmup-lr", type=float, default=1e-6)
-    g.add_argument("--min-lr", type=float, default=1e-5)
+    g.add_argument("--warmup-lr", type=non_negative, default=1e-6)
+    g.add_argument("--min-lr", type=non_negative, default=1e-5)
     g.add_argument("--decay-epochs", type=float, default=30)
     g.add_argument("--warmup-epochs", type=int, default=5)
     g.add_argument("--cooldown-epochs", type=int, default=10)
@@ -98,9 +101,9 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--decay-rate", "--dr", type=float, default=0.1)
 
     g = p.add_argument_group("augmentation")
-    g.add_argument("--color-jitter", type=float, default=0.3)
+    g.add_argument("--color-jitter", type=non_negative, default=0.3)
     g.add_argument("--aa", type=str, default="rand-m9-mstd0.5-inc1", help="RandAugment policy ('none' to disable)")
-    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    g.add_argument("--smoothing", type=below_one, default=0.1, help="label smoothing")
     g.add_argument("--train-interpolation", type=str, default="bicubic")
     g.add_argument(
         "--repeated-aug",
@@ -110,7 +113,7 @@ def build_parser() -> ArgumentParser:
     )
     g.add_argument("--ThreeAugment", action="store_true", help="DeiT III 3-Augment instead of RandAugment")
     g.add_argument("--src", action="store_true", help="simple random crop (with --ThreeAugment)")
-    g.add_argument("--reprob", type=float, default=0.25, help="random erase probability")
+    g.add_argument("--reprob", type=probability, default=0.25, help="random erase probability")
     g.add_argument("--remode", type=str, default="pixel")
     g.add_argument("--recount", type=int, default=1)
     g.add_argument(
@@ -118,11 +121,11 @@ def build_parser() -> ArgumentParser:
         action="store_true",
         help="accepted for upstream's command lines; no effect there or here (no augmentation splits)",
     )
-    g.add_argument("--mixup", type=float, default=0.8)
-    g.add_argument("--cutmix", type=float, default=1.0)
+    g.add_argument("--mixup", type=non_negative, default=0.8)
+    g.add_argument("--cutmix", type=non_negative, default=1.0)
     g.add_argument("--cutmix-minmax", type=float, nargs="+", default=None)
-    g.add_argument("--mixup-prob", type=float, default=1.0)
-    g.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    g.add_argument("--mixup-prob", type=probability, default=1.0)
+    g.add_argument("--mixup-switch-prob", type=probability, default=0.5)
     g.add_argument("--mixup-mode", type=str, default="batch", choices=["batch", "pair", "elem"])
 
     g = p.add_argument_group("distillation")
@@ -159,7 +162,7 @@ def build_parser() -> ArgumentParser:
     )
     g.add_argument("--download", action="store_true", help="download CIFAR into --data-path")
     g.add_argument("--output_dir", default="", help="where to save checkpoints and logs (nothing saved if empty)")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--seed", default=0, type=int)
     g.add_argument(
         "--resume",
@@ -227,6 +230,17 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--eval-crop-ratio must lie in (0, 1], got {args.eval_crop_ratio}")
     if args.data_set == "IMNET" and not Path(args.data_path).is_dir():
         raise UserError(f"--data-path {args.data_path} does not exist")
+    if not args.resume and not args.eval and args.start_epoch >= args.epochs:
+        raise UserError(f"--start_epoch {args.start_epoch} leaves nothing to train: --epochs is {args.epochs}")
+    check_model_kwargs(
+        args.model_kwargs,
+        {
+            "img_size": ("--input-size", args.input_size),
+            "patch_size": ("--patch-size", args.patch_size),
+            "drop_rate": ("--drop", args.drop),
+            "drop_path_rate": ("--drop-path", args.drop_path),
+        },
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:

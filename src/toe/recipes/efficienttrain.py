@@ -28,6 +28,8 @@ from ..engine import LRSchedule, RunLogger, StepHooks, evaluate_checkpoint, find
 from ..engine.distributed import DistInfo, cleanup
 from ..engine.losses import BaseLoss, classification_loss
 from ..errors import UserError
+from ..flag_types import below_one, non_negative, probability
+from ..flag_types import device as device_name
 from ..models.factory import create_model, parse_model_kwargs
 from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main, token_select_from_args
 from .common import (
@@ -73,36 +75,36 @@ def build_parser(prog: str = "ToE/EfficientTrain/main.py", stage: bool = True) -
     drop_path_help = "drop path rate" + (
         "" if stage else " (for the models of upstream's table its value: 0.1 for deit_tiny/small_patch16_224, ...)"
     )
-    g.add_argument("--drop_path", type=float, default=0.0, help=drop_path_help)
+    g.add_argument("--drop_path", type=below_one, default=0.0, help=drop_path_help)
     g.add_argument("--model_ema", type=str2bool, default=False, help="keep an EMA of the weights (true/false)")
-    g.add_argument("--model_ema_decay", type=float, default=0.9999)
+    g.add_argument("--model_ema_decay", type=probability, default=0.9999)
     g.add_argument("--model_ema_force_cpu", type=str2bool, default=False)
 
     g = p.add_argument_group("optimizer and schedule (per-iteration cosine with linear warm-up from 0)")
     g.add_argument("--opt", default="adamw", type=str)
-    g.add_argument("--opt_eps", default=1e-8, type=float)
-    g.add_argument("--opt_betas", default=None, type=float, nargs="+")
-    g.add_argument("--clip_grad", type=float, default=None, help="gradient clipping norm (off)")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight_decay", type=float, default=0.05)
-    g.add_argument("--lr", type=float, default=4e-3, help="peak learning rate (not scaled by the batch)")
-    g.add_argument("--min_lr", type=float, default=1e-6)
+    g.add_argument("--opt_eps", default=1e-8, type=non_negative)
+    g.add_argument("--opt_betas", default=None, type=below_one, nargs=2, metavar=("BETA1", "BETA2"))
+    g.add_argument("--clip_grad", type=non_negative, default=None, help="gradient clipping norm (off)")
+    g.add_argument("--momentum", type=probability, default=0.9)
+    g.add_argument("--weight_decay", type=non_negative, default=0.05)
+    g.add_argument("--lr", type=non_negative, default=4e-3, help="peak learning rate (not scaled by the batch)")
+    g.add_argument("--min_lr", type=non_negative, default=1e-6)
     g.add_argument("--warmup_epochs", type=int, default=20)
     g.add_argument("--use_amp", type=str2bool, default=False, help="mixed precision (true/false)")
 
     g = p.add_argument_group("augmentation")
-    g.add_argument("--color_jitter", type=float, default=0.4)
-    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    g.add_argument("--color_jitter", type=non_negative, default=0.4)
+    g.add_argument("--smoothing", type=below_one, default=0.1, help="label smoothing")
     g.add_argument("--train_interpolation", type=str, default="bicubic")
     g.add_argument("--crop_pct", type=float, default=0.875, help="eval: resize to size / crop_pct, centre crop")
-    g.add_argument("--reprob", type=float, default=0.25, help="random erase probability")
+    g.add_argument("--reprob", type=probability, default=0.25, help="random erase probability")
     g.add_argument("--remode", type=str, default="pixel")
     g.add_argument("--recount", type=int, default=1)
-    g.add_argument("--mixup", type=float, default=0.8)
-    g.add_argument("--cutmix", type=float, default=1.0)
+    g.add_argument("--mixup", type=non_negative, default=0.8)
+    g.add_argument("--cutmix", type=non_negative, default=1.0)
     g.add_argument("--cutmix_minmax", type=float, nargs="+", default=None)
-    g.add_argument("--mixup_prob", type=float, default=1.0)
-    g.add_argument("--mixup_switch_prob", type=float, default=0.5)
+    g.add_argument("--mixup_prob", type=probability, default=1.0)
+    g.add_argument("--mixup_switch_prob", type=probability, default=0.5)
     g.add_argument("--mixup_mode", type=str, default="batch", choices=["batch", "pair", "elem"])
     g.add_argument(
         "--low_freq",
@@ -124,7 +126,7 @@ def build_parser(prog: str = "ToE/EfficientTrain/main.py", stage: bool = True) -
         "--data_path and --eval_data_path as class folders",
     )
     g.add_argument("--output_dir", default="", help="where to save checkpoints and logs")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--seed", default=0, type=int)
     g.add_argument("--auto_resume", type=str2bool, default=True, help="continue from <output_dir>/checkpoint.pth")
     g.add_argument("--dist_eval", type=str2bool, default=True, help="distributed evaluation")
@@ -187,6 +189,11 @@ def check_stage_args(args: argparse.Namespace) -> None:
         raise UserError(f"--load_size {args.load_size} must not be below --input_size {args.input_size}")
     if args.end_epoch is not None and not 1 <= args.end_epoch <= args.epochs:
         raise UserError(f"--end_epoch must lie in [1, --epochs {args.epochs}], got {args.end_epoch}")
+    if not args.resume and not args.eval and args.start_epoch >= (args.end_epoch or args.epochs):
+        raise UserError(
+            f"--start_epoch {args.start_epoch} leaves nothing to train: this stage ends before epoch "
+            f"{args.end_epoch or args.epochs}"
+        )
     if mixup_active(args) and args.batch_size % 2:
         raise UserError(f"--batch_size {args.batch_size} must be even with --mixup/--cutmix (or set both to 0)")
 

@@ -38,6 +38,7 @@ from ..engine import Precision, load_weights
 from ..engine.checkpoint import as_our_layout, torch_load
 from ..engine.run_lock import lock_run_folder
 from ..errors import UserError
+from ..flag_types import device as device_name
 from ..models import LVViT
 from ..models.factory import create_model, parse_model_kwargs
 from ..options import ArgumentParser, run_main
@@ -73,7 +74,7 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("-b", "--batch-size", type=int, default=64)
     p.add_argument("-j", "--workers", type=int, default=4, help="data loading processes")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", action="store_true", help="fp16 autocast on CUDA (as upstream; the CPU stays fp32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

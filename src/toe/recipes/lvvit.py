@@ -26,6 +26,8 @@ from ..engine import RunLogger, StepHooks, evaluate_checkpoint, find_checkpoint,
 from ..engine.distributed import cleanup
 from ..engine.losses import BaseLoss, TokenLabelCrossEntropy, classification_loss
 from ..errors import UserError
+from ..flag_types import below_one, non_negative, probability
+from ..flag_types import device as device_name
 from ..models import LVViT
 from ..models.factory import create_model, parse_model_kwargs
 from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main, token_select_from_args
@@ -34,6 +36,7 @@ from .common import (
     attach_toe,
     build_run,
     check_eval_weights,
+    check_model_kwargs,
     epoch_schedule,
     load_finetune_weights,
     mixup_active,
@@ -60,33 +63,33 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
     g.add_argument("--crop-pct", type=float, default=None, help="validation centre-crop ratio (default: the model's)")
     g.add_argument("--num-classes", type=int, default=None, help="number of classes (default: from the data)")
-    g.add_argument("--drop", type=float, default=0.0, help="dropout rate")
-    g.add_argument("--drop-path", type=float, default=None, help="drop path rate (default: the model's)")
+    g.add_argument("--drop", type=below_one, default=0.0, help="dropout rate")
+    g.add_argument("--drop-path", type=below_one, default=None, help="drop path rate (default: the model's)")
     g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights")
-    g.add_argument("--model-ema-decay", type=float, default=0.99992)
+    g.add_argument("--model-ema-decay", type=probability, default=0.99992)
     g.add_argument("--model-ema-force-cpu", action="store_true")
     g.add_argument("--finetune", default="", help="weights to fine-tune from (file or https URL)")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
 
     g = p.add_argument_group("optimizer")
     g.add_argument("--opt", default="adamw")
-    g.add_argument("--opt-eps", type=float, default=None)
-    g.add_argument("--opt-betas", type=float, nargs="+", default=None)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=0.05)
-    g.add_argument("--clip-grad", type=float, default=None, help="gradient clipping (off)")
+    g.add_argument("--opt-eps", type=non_negative, default=None)
+    g.add_argument("--opt-betas", type=below_one, nargs=2, default=None, metavar=("BETA1", "BETA2"))
+    g.add_argument("--momentum", type=probability, default=0.9)
+    g.add_argument("--weight-decay", type=non_negative, default=0.05)
+    g.add_argument("--clip-grad", type=non_negative, default=None, help="gradient clipping (off)")
     g.add_argument("--clip-mode", default="norm", choices=["norm", "value", "agc"])
 
     g = p.add_argument_group("learning-rate schedule")
     g.add_argument("--sched", default="cosine")
-    g.add_argument("--lr", type=float, default=1.6e-3, help="learning rate (not scaled by the batch size)")
+    g.add_argument("--lr", type=non_negative, default=1.6e-3, help="learning rate (not scaled by the batch size)")
     g.add_argument("--lr-noise", type=float, nargs="+", default=None)
     g.add_argument("--lr-noise-pct", type=float, default=0.67)
     g.add_argument("--lr-noise-std", type=float, default=1.0)
     g.add_argument("--lr-cycle-mul", type=float, default=1.0)
     g.add_argument("--lr-cycle-limit", type=int, default=1)
-    g.add_argument("--warmup-lr", type=float, default=1e-6)
-    g.add_argument("--min-lr", type=float, default=1e-5)
+    g.add_argument("--warmup-lr", type=non_negative, default=1e-6)
+    g.add_argument("--min-lr", type=non_negative, default=1e-5)
     g.add_argument("--epochs", type=int, default=300, help="epochs before the cool-down")
     g.add_argument("--start-epoch", type=int, default=0, help="first epoch when not resuming")
     g.add_argument("--decay-epochs", type=float, default=30)
@@ -98,19 +101,19 @@ def build_parser() -> ArgumentParser:
     g = p.add_argument_group("augmentation")
     g.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0], help="random resized crop area range")
     g.add_argument("--ratio", type=float, nargs=2, default=[3 / 4, 4 / 3], help="random resized crop aspect range")
-    g.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability")
-    g.add_argument("--color-jitter", type=float, default=0.4, help="colour jitter (only without --aa)")
+    g.add_argument("--hflip", type=probability, default=0.5, help="horizontal flip probability")
+    g.add_argument("--color-jitter", type=non_negative, default=0.4, help="colour jitter (only without --aa)")
     g.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="RandAugment policy ('none' to disable)")
-    g.add_argument("--reprob", type=float, default=0.25, help="random erase probability")
+    g.add_argument("--reprob", type=probability, default=0.25, help="random erase probability")
     g.add_argument("--remode", default="pixel")
     g.add_argument("--recount", type=int, default=1)
-    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (not with --token-label)")
-    g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (not with --token-label)")
+    g.add_argument("--mixup", type=non_negative, default=0.0, help="mixup alpha (not with --token-label)")
+    g.add_argument("--cutmix", type=non_negative, default=0.0, help="cutmix alpha (not with --token-label)")
     g.add_argument("--cutmix-minmax", type=float, nargs="+", default=None)
-    g.add_argument("--mixup-prob", type=float, default=1.0)
-    g.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    g.add_argument("--mixup-prob", type=probability, default=1.0)
+    g.add_argument("--mixup-switch-prob", type=probability, default=0.5)
     g.add_argument("--mixup-mode", default="batch", choices=["batch", "pair", "elem"])
-    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    g.add_argument("--smoothing", type=below_one, default=0.1, help="label smoothing")
     g.add_argument("--train-interpolation", default="random", help="bilinear, bicubic or random")
 
     g = p.add_argument_group("token labeling")
@@ -154,7 +157,7 @@ def build_parser() -> ArgumentParser:
         help="evaluate the --resume (or --auto-resume) checkpoint or the --finetune weights and stop; with "
         "--sparse-eval at the ToE stage of the checkpoint's epoch",
     )
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--amp", action="store_true", help="mixed precision (native AMP)")
     g.add_argument("--native-amp", action="store_true", help="same as --amp")
     g.add_argument(
@@ -207,6 +210,20 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--batch-size {args.batch_size} must be even with --mixup/--cutmix (or set both to 0)")
     if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
         raise UserError(f"--crop-pct must lie in (0, 1], got {args.crop_pct}")
+    if not args.resume and not args.eval and args.start_epoch >= args.epochs + args.cooldown_epochs:
+        raise UserError(
+            f"--start-epoch {args.start_epoch} leaves nothing to train: --epochs {args.epochs} + --cooldown-epochs "
+            f"{args.cooldown_epochs}"
+        )
+    check_model_kwargs(
+        args.model_kwargs,
+        {
+            "img_size": ("--img-size", args.img_size),
+            "drop_rate": ("--drop", args.drop),
+            "drop_path_rate": ("--drop-path", args.drop_path),
+            "num_classes": ("--num-classes", args.num_classes),
+        },
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:

@@ -60,14 +60,45 @@ def save_args_yaml(output_dir: Path | None, args: argparse.Namespace, dist: Dist
 
 
 def _convert(action: argparse.Action, value, file: Path, key: str):
-    """Apply the flag's type to strings (YAML reads 1e-3 as a string) and check its choices."""
-    try:
-        if action.type is not None and isinstance(value, str):
-            value = action.type(value)
-        elif action.type is not None and isinstance(value, list):
-            value = [action.type(v) if isinstance(v, str) else v for v in value]
-    except (TypeError, ValueError):
-        raise UserError(f"--config {file}: {key}: {value!r} is not a valid value") from None
+    """Check and convert ``value`` as the command line would for ``action``: switches take true/false, flags
+    of one value a scalar, flags of several values a list of the right length; every value goes through the
+    flag's type (so YAML's string '1e-3' becomes a float and out-of-range values are refused) and choices."""
+    where = f"--config {file}: {key}"
+    if action.nargs == 0:  # store_true, store_false, --x/--no-x
+        if not isinstance(value, bool):
+            raise UserError(f"{where} must be true or false, got {value!r}")
+        return value
+    if value is None and action.default is None:
+        return None  # the flag's own "not given"
+    if action.nargs in (None, "?"):
+        return _scalar(action, value, where)
+    if not isinstance(value, list):
+        raise UserError(f"{where} takes a list of values (like the flag), got {value!r}")
+    if isinstance(action.nargs, int) and len(value) != action.nargs:
+        raise UserError(f"{where} needs {action.nargs} values, got {len(value)}")
+    if action.nargs == "+" and not value:
+        raise UserError(f"{where} needs at least one value")
+    return [_scalar(action, item, where) for item in value]
+
+
+def _scalar(action: argparse.Action, value, where: str):
+    """One value of ``action``'s type: YAML numbers and strings only (not true/false, lists or mappings)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UserError(f"{where} must be a single {_type_name(action)}, got {value!r}")
+    if action.type is not None:
+        try:
+            value = action.type(str(value))
+        except argparse.ArgumentTypeError as error:
+            raise UserError(f"{where}: {error}") from None
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: {value!r} is not a valid value") from None
+    else:
+        value = str(value)
     if action.choices is not None and value not in action.choices:
-        raise UserError(f"--config {file}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+        raise UserError(f"{where} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
     return value
+
+
+def _type_name(action: argparse.Action) -> str:
+    names = {int: "whole number", float: "number", None: "string"}
+    return names.get(action.type, "number" if getattr(action.type, "__name__", "") == "number" else "value")
