@@ -57,12 +57,17 @@ def test_bench_measures_every_stage_next_to_the_analytic_ratio(tmp_path, capsys)
         (["--keep-rate", "0.75", "0.5", "1.0"], ["--keep-rate"]),
         (["--plot", "{tmp}/no/speedup.png"], ["--plot", "does not exist"]),
         (["--json", "{tmp}/no/bench.json"], ["--json", "does not exist"]),
+        (["--json", "{tmp}"], ["--json {tmp} is a folder"]),
+        (["--model", "resnet18"], ["--model resnet18 cannot be built"]),
+        (["--input-size", "4"], ["1 patch token gives 0 seeds"]),
+        (["--input-size", "30"], ["--input-size 30 is not divisible by the patch size 4"]),
+        (["--device", "foo"], ["argument --device: 'foo' is not a device"]),
     ],
 )
 def test_bench_bad_input_is_one_line(extra, fragments, tmp_path, capsys):
     argv = ["bench", *TINY, *[a.format(tmp=tmp_path) for a in extra]]
     status, _, err = run_cli(toe_main, argv, capsys)
-    assert_one_line_error(status, err, *fragments)
+    assert_one_line_error(status, err, *[f.format(tmp=tmp_path) for f in fragments])
 
 
 def test_bench_compiles_one_graph_per_model_and_stage(monkeypatch, capsys):

@@ -96,16 +96,16 @@ def test_report_compares_stages_at_the_same_input_size(full_run, capsys):
     log = read_log(output)
     rows = [line.split() for line in report.splitlines() if line.strip()[:1].isdigit()]
     # (input size, ToE stage) groups; only 24 px has a full-token stage beside a reduced one
-    assert [row[:4] for row in rows] == [
-        ["16", "1", "0-2", "9"],
-        ["16", "2", "3-5", "12"],
-        ["24", "2", "6-6", "28"],
-        ["24", "3", "7-7", "37"],
-        ["32", "3", "8-9", "65"],
+    assert [row[:6] for row in rows] == [
+        ["16", "1", "0-2", "8", "of", "16"],
+        ["16", "2", "3-5", "11", "of", "16"],
+        ["24", "2", "6-6", "27", "of", "36"],
+        ["24", "3", "7-7", "36", "of", "36"],
+        ["32", "3", "8-9", "64", "of", "64"],
     ]
     speedup_24 = log[7]["train_compute_time"] / log[6]["train_compute_time"]
-    assert [row[6] for row in rows] == ["-", "-", f"{speedup_24:.2f}x", "1.00x", "-"]
-    assert [row[7] for row in rows][3:] == ["1.00x", "1.00x"] and all(float(row[7][:-1]) > 1 for row in rows[:3])
+    assert [row[8] for row in rows] == ["-", "-", f"{speedup_24:.2f}x", "1.00x", "-"]
+    assert [row[9] for row in rows][3:] == ["1.00x", "1.00x"] and all(float(row[9][:-1]) > 1 for row in rows[:3])
     assert "- measured (no full-token stage to compare with yet)" in report
 
 
@@ -301,6 +301,10 @@ def test_bad_input_is_one_clear_line(tiny_data, tmp_path, capsys, full_run):
         ([*sizes, "16", "24", "16", "24", "32"], ["--input_sizes", "non-decreasing"]),
         ([*sizes, "16", "16", "16", "24", "30"], ["--input_sizes must end with the final --input_size 32"]),
         (["--input_size", "30", "--input_sizes", "16", "16", "16", "24", "30"], ["30 is not divisible", "patch"]),
+        ([*sizes, "4", "4", "4", "8", "32"], ["stage 1 at 4 px (--input_sizes): ToE would keep no patch token"]),
+        (["--lr", "nan"], ["argument --lr: must be a finite number >= 0, got nan"]),
+        (["--drop_path", "1.5"], ["argument --drop_path: must lie in [0, 1), got 1.5"]),
+        (["--opt_betas", "0.9"], ["argument --opt_betas: expected 2 arguments"]),
         (["--final_bs", "7"], ["--final_bs 7 must be even"]),
         (["--effective_bs", "24"], ["--effective_bs 24 is not a multiple"]),
         (["--epochs", "3"], ["--epochs must be at least 5"]),
@@ -336,6 +340,8 @@ def test_bad_input_is_one_clear_line(tiny_data, tmp_path, capsys, full_run):
         (["--eval", "true", "--input_size", "32"], ["--eval true needs a checkpoint"]),
         (["--data_set", "image_folder"], ["--eval_data_path"]),
         (["--input_size", "32", "--batch_size", "16", "--update_freq", "8"], ["--update_freq 8", "--batch_size 16"]),
+        (["--input_size", "32", "--start_epoch", "4"], ["--start_epoch 4 leaves nothing to train"]),
+        (["--input_size", "32", "--device", "foo"], ["argument --device: 'foo' is not a device"]),
     ):
         status, _, err = run_cli(efficienttrain.main, [*stage, *extra], capsys)
         assert_one_line_error(status, err, *fragments)

@@ -99,10 +99,10 @@ def test_toe_console_script_prints_the_deit_small_table():
     )
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
-    assert [row[:4] for row in rows] == [
-        ["1", "0-99", "99", "2.45"],
-        ["2", "100-199", "148", "3.50"],
-        ["3", "200-299", "197", "4.60"],
+    assert [row[:6] for row in rows] == [
+        ["1", "0-99", "98", "of", "196", "2.45"],
+        ["2", "100-199", "147", "of", "196", "3.50"],
+        ["3", "200-299", "196", "of", "196", "4.60"],
     ]
     assert "1.31x less compute" in result.stdout
 
@@ -138,6 +138,15 @@ def test_toe_flops_for_a_plain_vit_shape(capsys):
         (["--keep-rate", "0.9", "0.75", "1"], "strictly increasing"),
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--distance", "cosin"], "--distance"),
+        (["--input-size", "0"], "--input-size must be at least 1, got 0"),
+        (["--embed-dim", "64", "--depth", "0"], "--depth must be at least 1, got 0"),
+        (["--embed-dim", "-1"], "--embed-dim must be at least 1, got -1"),
+        (["--embed-dim", "64", "--depth", "1"], "at least 2 transformer blocks"),
+        (["--model", "resnet18"], "--model resnet18 cannot train with ToE: ToE supports timm VisionTransformer"),
+        (["--input-size", "30", "--patch-size", "4"], "--input-size 30 is not divisible by the patch size 4"),
+        (["--input-size", "16"], "1 patch token gives 0 seeds"),
+        (["--initialization-keep-rate", "0.001"], "196 patch tokens gives 0 seeds; raise it to at least 0.005102"),
+        (["--embed-dim", "64", "--model-kwargs", "depth=2"], "--model-kwargs applies to --model"),
     ],
 )
 def test_toe_flops_bad_input_is_one_clear_line(capsys, args, message):
@@ -145,3 +154,19 @@ def test_toe_flops_bad_input_is_one_clear_line(capsys, args, message):
     assert status == 2
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_toe_flops_takes_the_patch_size_and_model_kwargs_of_a_timm_model(capsys):
+    """The demo's model (deit_tiny, 32 px, 4 px patches, depth 6) from its --model flags."""
+    flags = ["--model", "deit_tiny_patch16_224", "--input-size", "32", "--patch-size", "4", "--model-kwargs", "depth=6"]
+    status, out, err = run_toe(capsys, "flops", *flags, "--epochs", "3", "--expansion-step", "0", "1", "2")
+    assert status == 0, err
+    assert out.startswith("deit_tiny_patch16_224: 64 patch tokens + 1 prefix, 6 blocks of width 192")
+    shape = meta_shape("deit_tiny_patch16_224", img_size=32, patch_size=4, depth=6)
+    costs = schedule_costs(shape, ToESchedule([0, 1, 2], [0.5, 0.75, 1.0], 0.25, 2), 3)
+    assert f"{schedule_speedup(shape, costs):.2f}x less compute" in out
+    assert [line.split()[2:5] for line in out.splitlines() if line.strip()[:1].isdigit()] == [
+        ["32", "of", "64"],
+        ["48", "of", "64"],
+        ["64", "of", "64"],
+    ]

@@ -65,6 +65,21 @@ def test_plot_mistakes_are_one_line(tiny_runs, tmp_path, capsys):
     assert_one_line_error(status, err, str(tmp_path / "missing"), "no log.txt")
     status, _, err = run_cli(toe_main, ["plot", tiny_runs["toe"], "--out", tmp_path / "no" / "x.png"], capsys)
     assert_one_line_error(status, err, "--out", "does not exist")
+    status, _, err = run_cli(toe_main, ["plot", tiny_runs["toe"], "--out", tmp_path], capsys)
+    assert_one_line_error(status, err, f"--out {tmp_path} is a folder")
+
+
+def test_a_log_that_is_not_a_log_is_one_line(tiny_runs, tmp_path, capsys):
+    binary, foreign = tmp_path / "binary", tmp_path / "foreign"
+    binary.mkdir()
+    (binary / "log.txt").write_bytes(bytes(range(256)) * 8)
+    foreign.mkdir()
+    (foreign / "log.txt").write_text('{"epoch": 0, "train_loss": 6.9, "test_acc1": 0.1}\n')  # upstream DeiT's log
+    for command in ("report", "plot"):
+        status, _, err = run_cli(toe_main, [command, binary], capsys)
+        assert_one_line_error(status, err, f"{binary} has no log.txt with epoch records")
+    status, _, err = run_cli(toe_main, ["report", foreign], capsys)
+    assert_one_line_error(status, err, f"{foreign}/log.txt lacks train_compute_time")
 
 
 def flops_speedups(capsys) -> tuple[list[str], str]:
@@ -82,11 +97,11 @@ def test_report_has_measured_and_analytic_speedups_and_top1(tiny_runs, capsys):
     log = read_log(tiny_runs["toe"])
     times = [r["train_compute_time"] for r in log]
     rows = table_rows(out)
-    assert [r[:3] for r in rows] == [["1", "0-0", "33"], ["2", "1-1", "65"]]
-    assert [r[3] for r in rows] == [f"{t:.2f}" for t in times]
-    assert [r[5] for r in rows] == [f"{times[1] / times[0]:.2f}x", "1.00x"]
+    assert [r[:5] for r in rows] == [["1", "0-0", "32", "of", "64"], ["2", "1-1", "64", "of", "64"]]
+    assert [r[5] for r in rows] == [f"{t:.2f}" for t in times]
+    assert [r[7] for r in rows] == [f"{times[1] / times[0]:.2f}x", "1.00x"]
     stage_analytic, whole_analytic = flops_speedups(capsys)
-    assert [r[6] for r in rows] == stage_analytic and stage_analytic[1] == "1.00x"
+    assert [r[8] for r in rows] == stage_analytic and stage_analytic[1] == "1.00x"
     assert f"whole run vs full-token training: {2 * times[1] / sum(times):.2f}x measured" in out
     assert f"x 2 epochs), {whole_analytic} analytic" in out
     last = log[-1]
@@ -97,14 +112,15 @@ def test_report_has_measured_and_analytic_speedups_and_top1(tiny_runs, capsys):
 def test_report_of_a_baseline_and_of_a_run_without_args(tiny_runs, tmp_path, capsys):
     status, out, err = run_cli(toe_main, ["report", tiny_runs["baseline"]], capsys)
     assert status == 0, err
-    assert [r[:3] + r[5:] for r in table_rows(out)] == [["-", "0-0", "65", "-", "1.00x"]]
+    assert [r[:5] + r[7:] for r in table_rows(out)] == [["-", "0-0", "64", "of", "64", "-", "1.00x"]]
     assert "whole run: full-token training (ToE off)" in out
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(tiny_runs["toe"] / "log.txt", bare / "log.txt")
     status, out, err = run_cli(toe_main, ["report", bare], capsys)
     assert status == 0, err
-    assert [r[6] for r in table_rows(out)] == ["-", "-"]
+    assert [r[2] for r in table_rows(out)] == ["33", "65"] and [r[6] for r in table_rows(out)] == ["-", "-"]
+    assert "patch tokens: the model is unknown, so the counts include its prefix (class) tokens" in out
     assert f"analytic: forward multiply-adds unknown (no args.json or args.yaml in {bare})" in out
     first_epoch = (tiny_runs["toe"] / "log.txt").read_text().splitlines()[0]
     (bare / "log.txt").write_text(first_epoch + "\n")  # a run still in its reduced stage

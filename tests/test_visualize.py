@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from helpers import assert_one_line_error, run_cli, tiny_model_kwargs, tiny_vit
 from PIL import Image
 
-from toe import TokenSelect, apply_toe
+from toe import TokenSelect, apply_toe, visualize
 from toe.cli import main as toe_main
 from toe.figures import DPI
 from toe.visualize import (
@@ -142,6 +142,27 @@ def test_visualize_a_fresh_model_writes_beside_the_working_folder(tiny_data, tmp
     assert png_size(tmp_path / "toe_selection.png") == grid_size(4, 3)  # 4 images x the paper's 3 stages
 
 
+def test_visualize_names_the_file_it_wrote_and_a_run_without_toe(tiny_runs, tiny_data, tmp_path, monkeypatch, capsys):
+    figures = []
+    real_save = visualize.save_figure
+    monkeypatch.setattr(
+        visualize, "save_figure", lambda figure, path: figures.append(figure) or real_save(figure, path)
+    )
+    argv = ["visualize", "--checkpoint", tiny_runs["baseline"] / "checkpoint.pth", "--data-path", tiny_data]
+    status, stdout, err = run_cli(toe_main, [*argv, "--num-images", 1, "--out", tmp_path / "picture"], capsys)
+    assert status == 0, err
+    assert f"wrote {tmp_path / 'picture.png'}:" in stdout and (tmp_path / "picture.png").is_file()
+    assert "was trained without ToE; the picture shows what ToE would select with the paper's DeiT settings" in stdout
+    titles = [ax.get_title() for ax in figures[0].axes if ax.get_title()]
+    assert titles[0].startswith("stage 1: 32 of 64 patch tokens") and titles[2].startswith("stage 3: all 64 patch")
+    status, _, err = run_cli(toe_main, [*argv, "--keep-rate", "0.5", "1.0"], capsys)
+    assert_one_line_error(status, err, "got 3 (0 100 200: the paper's deit default, no --expansion-step given) and 2")
+    schedule = ["--expansion-step", "0", "1", "--keep-rate", "0.5", "1.0"]
+    status, stdout, err = run_cli(toe_main, [*argv, "--num-images", 1, *schedule], capsys)
+    assert status == 0, err
+    assert "select with --expansion-step --keep-rate (and the paper's DeiT settings for the rest)" in stdout
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, tiny_runs):
     folder = tmp_path_factory.mktemp("files")
@@ -174,6 +195,7 @@ BAD = [
     ([*TINY_FRESH, "--image", "{files}/ok.png", "--keep-rate", "0.75", "0.5", "1.0"], "--keep-rate"),
     (["--model", "resnet18", "--image", "{files}/ok.png"], "--model resnet18", "VisionTransformer"),
     (["--model", "deit_tiny_patch16_224", "--input-size", "30", "--patch-size", "4"], "--input-size 30"),
+    ([*TINY_FRESH[:2], "--input-size", "4", "--patch-size", "4", "--image", "{files}/ok.png"], "1 patch token"),
 ]
 
 

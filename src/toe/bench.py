@@ -28,9 +28,10 @@ from torch._dynamo.utils import counters  # torch.compile's statistics (graphs c
 
 from .errors import UserError
 from .figures import check_output, save_figure
+from .flag_types import device as device_name
 from .flops import ViTShape, forward_macs, vit_shape
 from .integration import apply_toe
-from .models.factory import create_model, parse_model_kwargs
+from .models.factory import check_input_size, create_model, parse_model_kwargs
 from .options import check_at_least, token_select_from_args
 from .schedule import REDUCTIONS, ToESchedule
 from .token_select import TokenSelect
@@ -60,7 +61,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="extra timm.create_model arguments, e.g. patch_size=4 depth=6",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp-dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (once per stage)")
@@ -83,9 +84,13 @@ def bench_main(args: argparse.Namespace) -> list[Variant]:
     schedule = select.schedule
     torch.manual_seed(0)
     plain = create_model(args.model, 1000, img_size=args.input_size, **parse_model_kwargs(args.model_kwargs))
+    check_input_size(plain, args.input_size)
     plain.to(device)
+    try:
+        with_toe = apply_toe(copy.deepcopy(plain), select)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"--model {args.model} cannot train with ToE: {error}") from None
     shape = vit_shape(plain)
-    with_toe = apply_toe(copy.deepcopy(plain), select)
     variants = plan_variants(shape, schedule)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp_dtype]
     graphs_before = counters["stats"]["unique_graphs"]

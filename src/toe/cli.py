@@ -8,47 +8,71 @@ import argparse
 from collections.abc import Sequence
 
 from .errors import UserError
-from .options import ArgumentParser, add_toe_arguments, check_at_least, run_main, schedule_from_args
+from .options import ArgumentParser, add_toe_arguments, check_at_least, run_main, token_select_from_args
 from .schedule import REDUCTIONS
 
 
 def _build_flops_model(args: argparse.Namespace):
-    """The model to measure, built on the meta device (no memory, no weights, no network)."""
-    import timm
+    """The model to measure, built on the meta device (no memory, no weights, no network), with ToE attached
+    (which checks that ToE can work with it and that the schedule keeps tokens of its patches)."""
     import torch
     from timm.models.vision_transformer import VisionTransformer
 
     from . import models  # noqa: F401  (LV-ViT registered before the timm.is_model check)
+    from .integration import apply_toe
+    from .models.factory import check_input_size, create_model, parse_model_kwargs
 
-    kwargs = {} if args.input_size is None else {"img_size": args.input_size}
+    check_at_least(
+        ("--input-size", args.input_size, 1),
+        ("--embed-dim", args.embed_dim, 1),
+        ("--depth", args.depth, 1),
+        ("--patch-size", args.patch_size, 1),
+        ("--num-classes", args.num_classes, 0),
+    )
+    if args.mlp_ratio <= 0:
+        raise UserError(f"--mlp-ratio must be above 0, got {args.mlp_ratio}")
     with torch.device("meta"):
         if args.embed_dim is not None:
-            return f"ViT width {args.embed_dim} depth {args.depth}", VisionTransformer(
-                img_size=args.input_size or 224,
-                patch_size=args.patch_size,
-                embed_dim=args.embed_dim,
-                depth=args.depth,
-                num_heads=max(1, args.embed_dim // 64),
-                mlp_ratio=args.mlp_ratio,
-                num_classes=args.num_classes,
-            )
-        if not timm.is_model(args.model):
-            raise UserError(f"--model {args.model} is not a timm model name")
-        return args.model, timm.create_model(args.model, num_classes=args.num_classes, **kwargs)
+            if args.model_kwargs:
+                raise UserError("--model-kwargs applies to --model, not to the plain ViT of --embed-dim")
+            name = f"ViT width {args.embed_dim} depth {args.depth}"
+            try:
+                model = VisionTransformer(
+                    img_size=args.input_size or 224,
+                    patch_size=args.patch_size or 16,
+                    embed_dim=args.embed_dim,
+                    depth=args.depth,
+                    num_heads=max(1, args.embed_dim // 64),
+                    mlp_ratio=args.mlp_ratio,
+                    num_classes=args.num_classes,
+                )
+            except (AssertionError, ValueError, RuntimeError) as error:
+                raise UserError(f"--embed-dim {args.embed_dim}: no ViT of this shape ({error})") from None
+        else:
+            kwargs = {"img_size": args.input_size, "patch_size": args.patch_size}
+            kwargs = {k: v for k, v in kwargs.items() if v is not None} | parse_model_kwargs(args.model_kwargs)
+            name, model = args.model, create_model(args.model, args.num_classes, **kwargs)
+    if args.input_size is not None:
+        check_input_size(model, args.input_size)
+    subject = f"--model {args.model}" if args.embed_dim is None else f"the ViT of --embed-dim {args.embed_dim}"
+    try:
+        apply_toe(model, token_select_from_args(args))
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{subject} cannot train with ToE: {error}") from None
+    return name, model
 
 
 def flops_main(args: argparse.Namespace) -> None:
     from .flops import format_costs, schedule_costs, vit_shape
 
     name, model = _build_flops_model(args)
-    schedule = schedule_from_args(args)
     shape = vit_shape(model)
+    schedule = model.token_select.schedule
     print(format_costs(name, shape, schedule_costs(shape, schedule, args.epochs)))
-    if schedule is not None:
-        print(
-            f"token reduction {REDUCTIONS[args.token_reduction]}: every variant keeps the same tokens, "
-            "so the counts above hold for all of them"
-        )
+    print(
+        f"token reduction {REDUCTIONS[args.token_reduction]}: every variant keeps the same tokens, "
+        "so the counts above hold for all of them"
+    )
 
 
 def report_main(args: argparse.Namespace) -> None:
@@ -146,13 +170,19 @@ def build_parser() -> ArgumentParser:
         "flops",
         help="analytic forward cost of each ToE stage and the speedup of a whole schedule",
         description="Print forward GFLOPs per image of each ToE stage and the whole schedule's speedup. "
-        "Give a timm model name, or --embed-dim/--depth/--patch-size for a plain ViT.",
+        "Give a timm model name (with --input-size, --patch-size, --model-kwargs), or --embed-dim/--depth/"
+        "--patch-size for a plain ViT.",
     )
     flops.add_argument("--model", default="deit_small_patch16_224", help="timm model name")
     flops.add_argument("--input-size", type=int, default=None, help="image size (default: the model's)")
+    flops.add_argument(
+        "--patch-size", type=int, default=None, help="patch size (default: the model's; 16 for a plain ViT)"
+    )
+    flops.add_argument(
+        "--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="more timm.create_model args, e.g. depth=6"
+    )
     flops.add_argument("--embed-dim", type=int, default=None, help="plain ViT width (instead of --model)")
     flops.add_argument("--depth", type=int, default=12, help="plain ViT depth (with --embed-dim)")
-    flops.add_argument("--patch-size", type=int, default=16, help="plain ViT patch size (with --embed-dim)")
     flops.add_argument("--mlp-ratio", type=float, default=4.0, help="plain ViT MLP ratio (with --embed-dim)")
     flops.add_argument("--num-classes", type=int, default=1000)
     flops.add_argument("--epochs", type=int, default=300)

@@ -12,16 +12,22 @@ DPI = 100
 
 
 def check_output(path: Path, flag: str = "--out") -> Path:
-    """``path`` if its folder exists (check before the work that makes the picture), else a :class:`UserError`."""
+    """``path`` (with ``.png`` added when it has no suffix, as matplotlib would) if it can be a file in an
+    existing folder (check before the work that makes the picture), else a :class:`UserError`."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name (e.g. {path / 'out.png'})")
+    path = path if path.suffix else path.with_name(f"{path.name}.png")
     if not path.parent.is_dir():
         raise UserError(f"{flag} {path}: folder {path.parent} does not exist")
     return path
 
 
-def save_figure(figure: Figure, path: Path, flag: str = "--out") -> None:
-    """Write ``figure`` to ``path`` (format from the suffix, e.g. .png) at :data:`DPI`; mistakes are one line."""
-    check_output(path, flag)
+def save_figure(figure: Figure, path: Path, flag: str = "--out") -> Path:
+    """Write ``figure`` to ``path`` (format from the suffix, .png without one) at :data:`DPI`; returns the
+    path written. Mistakes are one line."""
+    path = check_output(path, flag)
     try:
         figure.savefig(path, dpi=DPI)
     except (OSError, ValueError) as error:
         raise UserError(f"{flag} {path} cannot be written ({type(error).__name__}: {error})") from None
+    return path

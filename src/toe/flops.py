@@ -127,11 +127,12 @@ def format_costs(name: str, shape: ViTShape, costs: list[StageCost]) -> str:
         f"{shape.depth} blocks of width {shape.embed_dim}",
         "GFLOPs = forward multiply-adds per image, as DeiT reports them; training costs about 3x in every stage",
         "",
-        f"{'stage':>5}  {'epochs':>11}  {'tokens (blocks 1..)':>19}  {'GFLOPs':>7}  {'vs full':>7}",
+        f"{'stage':>5}  {'epochs':>11}  {'patch tokens (blocks 1..)':>25}  {'GFLOPs':>7}  {'vs full':>7}",
     ]
     for row in costs:
         span = f"{row.first_epoch}-{row.end_epoch - 1}"
-        lines.append(f"{row.stage:>5}  {span:>11}  {row.tokens:>19}  {row.macs / 1e9:>7.2f}  {full / row.macs:>6.2f}x")
+        kept = f"{row.tokens - shape.num_prefix_tokens} of {shape.num_patches}"
+        lines.append(f"{row.stage:>5}  {span:>11}  {kept:>25}  {row.macs / 1e9:>7.2f}  {full / row.macs:>6.2f}x")
     lines += [
         "",
         f"full-token: {full / 1e9:.2f} GFLOPs per image; whole schedule over {epochs} epochs: "

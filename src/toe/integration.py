@@ -53,6 +53,8 @@ def apply_toe(model: nn.Module, token_select: TokenSelect | None = None) -> nn.M
         token_select: the selector to use; default: the selector already attached, else the paper's
             DeiT settings. Assigning ``model.token_select = TokenSelect(...)`` later replaces it.
 
+    Raises TypeError for a model ToE does not support, ValueError for one it cannot work with (fewer than
+    2 blocks, patch dropout) or a schedule that keeps no token of its patches (see ``token_counts``).
     Call it before ``torch.compile``: it makes torch.compile guard on module hooks (a process-wide
     setting, ``torch._dynamo.config.skip_nnmodule_hook_guards = False``), so compiled graphs of other
     models are not reused for this one; graphs compiled before the call do not know about the hook.
@@ -61,15 +63,16 @@ def apply_toe(model: nn.Module, token_select: TokenSelect | None = None) -> nn.M
     """
     global _registration
     _check_supported(model)
+    attached = getattr(model, "token_select", None)
+    selector = token_select if token_select is not None else attached
+    if not isinstance(selector, TokenSelect):
+        selector = TokenSelect()
+    selector.token_counts(model.patch_embed.num_patches)  # ValueError for a schedule that keeps no token
     # torch.compile skips guards on module hooks by default, so a graph compiled for another instance of
     # the same model class (e.g. a plain baseline) would be reused for this one without the ToE hook
     torch._dynamo.config.skip_nnmodule_hook_guards = False
     if _registration is None:
         _registration = register_module_module_registration_hook(_follow_selector)
-    attached = getattr(model, "token_select", None)
-    selector = token_select if token_select is not None else attached
-    if not isinstance(selector, TokenSelect):
-        selector = TokenSelect()
     if not _toe_hooks(model):
         model.blocks[0].register_forward_hook(_ToEHook(selector, model.num_prefix_tokens))
     model.token_select = selector  # (re-)points the hook through _follow_selector

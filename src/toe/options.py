@@ -169,10 +169,22 @@ def schedule_from_args(args: argparse.Namespace) -> ToESchedule | None:
     def pick(value, default):
         return default if value is None else value
 
+    steps, rates = pick(args.expansion_step, paper.expansion_step), pick(args.keep_rate, paper.keep_rate)
+    if len(steps) != len(rates):
+
+        def origin(flag: str, given: object, values: Sequence) -> str:
+            shown = " ".join(map(str, values))
+            return shown if given is not None else f"{shown}: the paper's {args.toe_recipe} default, no {flag} given"
+
+        raise UserError(
+            f"--expansion-step and --keep-rate need the same number of values, got {len(steps)} "
+            f"({origin('--expansion-step', args.expansion_step, steps)}) and {len(rates)} "
+            f"({origin('--keep-rate', args.keep_rate, rates)})"
+        )
     try:
         return ToESchedule(
-            pick(args.expansion_step, paper.expansion_step),
-            pick(args.keep_rate, paper.keep_rate),
+            steps,
+            rates,
             pick(args.initialization_keep_rate, paper.initialization_keep_rate),
             pick(args.expansion_multiple_stage, paper.expansion_multiple_stage),
         )

@@ -80,7 +80,8 @@ def curves_figure(runs: list[tuple[str, list[dict]]]) -> Figure:
 def plot_main(args: argparse.Namespace) -> Path:
     """The ``toe plot`` command: write the curves of ``args.output_dirs`` and return the picture's path."""
     runs = load_runs(args.output_dirs)
-    out = Path(args.out) if args.out else Path(args.output_dirs[0]) / "training_curves.png"
-    save_figure(curves_figure(runs), out)
+    out = save_figure(
+        curves_figure(runs), Path(args.out) if args.out else Path(args.output_dirs[0]) / "training_curves.png"
+    )
     print(f"wrote {out}: training curves of {', '.join(label for label, _ in runs)}")
     return out

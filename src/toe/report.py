@@ -17,6 +17,8 @@ from .flops import ViTShape, forward_macs, vit_shape
 from .saved_run import build_model, read_run_args
 from .schedule import REDUCTIONS
 
+REQUIRED_KEYS = ("epoch", "train_compute_time", "train_images_per_sec", "epoch_time")  # in every record
+
 
 @dataclass(frozen=True)
 class StageRow:
@@ -141,6 +143,12 @@ def format_report(output_dir: str | Path) -> str:
     records = read_log(output_dir)
     if not records:
         raise UserError(f"{output_dir} has no log.txt with epoch records (is it a training output folder?)")
+    missing = [key for key in REQUIRED_KEYS if any(key not in record for record in records)]
+    if missing:
+        raise UserError(
+            f"{output_dir}/log.txt lacks {', '.join(missing)} in some epoch records: it was not written by a "
+            "recipe of this project"
+        )
     rows = stage_rows(records)
     speedups = stage_speedups(rows)
     args, why_not = run_args(output_dir)
@@ -153,8 +161,8 @@ def format_report(output_dir: str | Path) -> str:
     lines = [
         f"run {output_dir}: {len(records)} epochs, {token_reduction(records, args)}",
         "",
-        " " * len(size_head) + f"{'':>5}  {'':>9}  {'':>6}  {'':>15}  {'':>9}  {'speedup vs full-token':>21}",
-        f"{size_head}{'stage':>5}  {'epochs':>9}  {'tokens':>6}  {'compute s/epoch':>15}  {'images/s':>9}  "
+        " " * len(size_head) + f"{'':>5}  {'':>9}  {'':>14}  {'':>15}  {'':>9}  {'speedup vs full-token':>21}",
+        f"{size_head}{'stage':>5}  {'epochs':>9}  {'patch tokens':>14}  {'compute s/epoch':>15}  {'images/s':>9}  "
         f"{'measured':>10}  {'analytic':>9}",
     ]
     for row, measured in zip(rows, speedups):
@@ -163,7 +171,7 @@ def format_report(output_dir: str | Path) -> str:
         size = f"{row.input_size if row.input_size is not None else '-':>5}  " if show_size else ""
         lines.append(
             f"{size}{'-' if row.stage is None else row.stage:>5}  {f'{row.first_epoch}-{row.last_epoch}':>9}  "
-            f"{row.tokens if row.tokens is not None else '-':>6}  {row.compute_time:>15.2f}  "
+            f"{_patch_tokens(row.tokens, shape):>14}  {row.compute_time:>15.2f}  "
             f"{row.images_per_sec:>9.1f}  {_times(measured):>10}  {_times(analytic):>9}"
         )
     lines.append("")
@@ -181,6 +189,8 @@ def format_report(output_dir: str | Path) -> str:
         )
     if show_size:
         lines.append("speedups compare stages at the same input size")
+    if not all(shapes.values()):
+        lines.append("patch tokens: the model is unknown, so the counts include its prefix (class) tokens")
     lines.append(
         "measured: train compute time per epoch (data loading excluded); analytic: forward multiply-adds "
         + ("of the model in the run's recorded flags (toe flops)" if all(shapes.values()) else f"unknown ({why_not})")
@@ -212,6 +222,13 @@ def format_report(output_dir: str | Path) -> str:
         outputs.append("tensorboard/ (tensorboard --logdir " + str(output_dir / "tensorboard") + ")")
     lines.append(f"outputs in {output_dir}: " + ", ".join(outputs))
     return "\n".join(lines)
+
+
+def _patch_tokens(tokens: int | None, shape: ViTShape | None) -> str:
+    """'32 of 64' patch tokens fed to blocks 1.. (the log records the sequence length, prefix included)."""
+    if tokens is None:
+        return "-"
+    return f"{tokens - shape.num_prefix_tokens} of {shape.num_patches}" if shape is not None else f"{tokens}"
 
 
 def _times(speedup: float | None) -> str:

@@ -63,6 +63,11 @@ def toe_namespace(args: dict, overrides: argparse.Namespace | None = None) -> ar
     return argparse.Namespace(**values, sparse_eval=False, toe_recipe=recipe, toe_always_on=True)
 
 
+def trained_with_toe(args: dict) -> bool:
+    """Whether the recorded flags ``args`` trained with ToE (a baseline run records none of its flags)."""
+    return bool(args.get("toe_always_on") or args.get("toe") or any(args.get(key) is not None for key in TOE_FLAGS[:4]))
+
+
 def read_run_args(output_dir: str | Path) -> dict | None:
     """The flags a run recorded in its folder (args.json, else args.yaml), or None when there are none."""
     folder = Path(output_dir)

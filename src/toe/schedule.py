@@ -91,11 +91,22 @@ class ToESchedule:
         return [(self.stage(a), a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
     def token_counts(self, num_patches: int) -> TokenCounts:
-        """Seeds, sub-step sizes and kept tokens per stage for ``num_patches`` patch tokens (spec 4)."""
+        """Seeds, sub-step sizes and kept tokens per stage for ``num_patches`` patch tokens (spec 4); a
+        ValueError when the schedule keeps no token of so few patches (no seed)."""
         if num_patches < 1:
             raise ValueError(f"the number of patch tokens must be at least 1, got {num_patches}")
         r0, rates, k = self.initialization_keep_rate, self.keep_rate, self.expansion_multiple_stage
         seeds = math.floor(num_patches * r0)
+        if seeds < 1:
+            fix = (
+                f"raise it to at least {1 / num_patches:.4g}"
+                if 1 / num_patches < rates[0]
+                else "the model has too few patch tokens for ToE (use a larger input or a smaller patch)"
+            )
+            raise ValueError(
+                f"ToE would keep no patch token: --initialization-keep-rate {r0} of {num_patches} patch "
+                f"token{'s' if num_patches > 1 else ''} gives 0 seeds; {fix}"
+            )
         increments = [rates[0] - r0] + [rates[s] - rates[s - 1] for s in range(1, len(rates))]
         substeps, kept = [], []
         total = seeds

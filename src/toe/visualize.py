@@ -38,7 +38,7 @@ from .figures import check_output, save_figure
 from .integration import apply_toe
 from .models.factory import check_input_size
 from .options import check_at_least, token_select_from_args
-from .saved_run import build_model, model_from_checkpoint, toe_namespace
+from .saved_run import TOE_FLAGS, build_model, model_from_checkpoint, toe_namespace, trained_with_toe
 from .token_select import TokenSelect
 
 DEFAULT_MODEL = "deit_small_patch16_224"
@@ -223,13 +223,13 @@ def selection_figure(
 
 def _stage_title(selection: StageSelection, num_patches: int) -> str:
     if selection.full_token:
-        return f"stage {selection.stage}: all {num_patches} patches\n(ToE off)"
+        return f"stage {selection.stage}: all {num_patches} patch tokens\n(ToE off)"
     sizes = selection.step_sizes
     if selection.step_labels == ("random subset",):
         how = "at random"
     else:
         how = f"{sizes[0]} seeds + " + " + ".join(str(m) for m in sizes[1:])
-    return f"stage {selection.stage}: {sum(sizes)} of {num_patches} kept\n{how}"
+    return f"stage {selection.stage}: {sum(sizes)} of {num_patches} patch tokens\n{how}"
 
 
 def load_image(path: Path, size: tuple[int, int], flag: str = "--image") -> tuple[np.ndarray, str | None]:
@@ -299,6 +299,16 @@ def visualize_main(args: argparse.Namespace) -> Path:
     default_folder = Path(args.checkpoint).parent if args.checkpoint else Path(".")
     out = check_output(Path(args.out) if args.out else default_folder / "toe_selection.png")
     model, recorded, source = load_model(args)
+    if args.checkpoint and not trained_with_toe(recorded):
+        given = [f"--{k.replace('_', '-')}" for k in TOE_FLAGS if getattr(args, k, None) is not None]
+        print(
+            f"note: {args.checkpoint} was trained without ToE; the picture shows what ToE would select with "
+            + (
+                " ".join(given) + " (and the paper's DeiT settings for the rest)"
+                if given
+                else "the paper's DeiT settings"
+            )
+        )
     try:
         apply_toe(model, token_select_from_args(toe_namespace(recorded, args)))
     except (TypeError, ValueError) as error:
@@ -327,7 +337,7 @@ def visualize_main(args: argparse.Namespace) -> Path:
     selections = stage_selections(model.token_select, tokens, model.num_prefix_tokens, stages)
     names = [path.name if flag == "--image" else f"{path.parent.name}/{path.name}" for path, flag in paths]
     figure = selection_figure(pictures, names, selections, tuple(model.patch_embed.grid_size))
-    save_figure(figure, out)
+    out = save_figure(figure, out)
     shown = ", ".join(map(str, stages))
     reduction = model.token_select.reduction
     print(

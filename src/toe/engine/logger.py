@@ -60,16 +60,19 @@ class RunLogger:
 
 
 def read_log(output_dir: Path) -> list[dict]:
-    """The epoch records of a run's log.txt (a torn last line is ignored)."""
+    """The epoch records of a run's log.txt: its lines that are JSON objects (a torn last line, or a file
+    that is not a log at all, gives fewer or none)."""
     records = []
     path = Path(output_dir) / "log.txt"
     if not path.is_file():
         return records
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 

@@ -279,7 +279,7 @@ def fit(run: TrainingRun, log: RunLogger) -> dict | None:
         record, improved = _epoch_record(run, epoch, stage, stats)
         _save_epoch(run, epoch, record, improved)
         log.log_epoch(record)
-        log.print(_summary_line(record, parts.evaluation.metric))
+        log.print(_summary_line(record, parts.evaluation.metric, getattr(parts.module, "num_prefix_tokens", 0)))
         state.last_record = record
     return state.last_record
 
@@ -391,10 +391,12 @@ def _restore_log(output_dir: Path, epoch: int, record_json: str | None) -> None:
     temp.replace(output_dir / "log.txt")
 
 
-def _summary_line(record: dict, metric: str = "acc1") -> str:
+def _summary_line(record: dict, metric: str = "acc1", prefix: int = 1) -> str:
+    """The epoch's console line; token counts are patch tokens (``prefix`` tokens are always kept too)."""
     parts = [f"epoch {record['epoch']}", f"loss {record['train_loss']:.4f}", f"lr {record['train_lr']:.2e}"]
     if record.get("toe_stage") is not None:
-        parts.append(f"ToE stage {record['toe_stage']} ({record['toe_tokens']} tokens)")
+        kept, total = record["toe_tokens"] - prefix, record["full_tokens"] - prefix
+        parts.append(f"ToE stage {record['toe_stage']} ({kept} of {total} patch tokens)")
     name = "top-1" if metric == "acc1" else metric
     unit = "%" if metric == "acc1" else ""
     if f"test_{metric}" in record:

@@ -142,6 +142,12 @@ def run_curriculum(args: argparse.Namespace, dist: DistInfo) -> list[dict | None
     bad = [s for s in sizes if patch and s % patch]
     if bad:
         raise UserError(f"stage input size {bad[0]} is not divisible by the patch size {patch} of --model {args.model}")
+    for index, size in enumerate(sizes, start=1):
+        if schedule is not None:
+            try:
+                schedule.token_counts((size // patch) ** 2)
+            except ValueError as error:
+                raise UserError(f"stage {index} at {size} px (--input_sizes): {error}") from None
     stages = plan_stages(args.epochs, sizes, args.final_bs, dist.world_size, args.effective_bs)
     log = RunLogger(None, dist.is_main)
     log.print(

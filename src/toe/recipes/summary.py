@@ -9,7 +9,7 @@ from ..schedule import REDUCTIONS
 
 
 def describe_toe(model: nn.Module, epochs: int) -> str:
-    """E.g. 'ToE: stage 1 (epochs 0-99) 99 of 197 tokens after block 0; ...' or the baseline note."""
+    """E.g. 'ToE: stage 1 (epochs 0-99) 98 of 196 patch tokens after block 0; ...' or the baseline note."""
     if not has_toe(model):
         return "ToE: off (full-token training)"
     select = model.token_select
@@ -19,10 +19,11 @@ def describe_toe(model: nn.Module, epochs: int) -> str:
     counts = schedule.token_counts(num_patches)
     parts = []
     for stage, first, end in schedule.stage_epochs(epochs):
-        tokens = prefix + (counts.kept[stage - 1] if schedule.is_active(stage) else num_patches)
-        parts.append(f"stage {stage} (epochs {first}-{end - 1}) {tokens} of {prefix + num_patches} tokens")
+        kept = counts.kept[stage - 1] if schedule.is_active(stage) else num_patches
+        parts.append(f"stage {stage} (epochs {first}-{end - 1}) {kept} of {num_patches} patch tokens")
     return (
-        f"ToE: {'; '.join(parts)} after block 0, token reduction {REDUCTIONS[select.reduction]} "
+        f"ToE: {'; '.join(parts)} after block 0, plus the {prefix} prefix token{'s' if prefix != 1 else ''}, "
+        f"token reduction {REDUCTIONS[select.reduction]} "
         f"(seeds {counts.seeds}, {select.distance}, {select.seeding} seeding, "
         f"{'sparse' if select.sparse_eval else 'full-token'} evaluation)"
     )
