@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import struct
+import zlib
 from pathlib import Path
 
 import timm
@@ -106,3 +108,15 @@ def upstream_lvvit_layout(state: dict) -> dict:
             key = key.replace(f"patch_embed.{ours}.", f"patch_embed.{theirs}.")
         out[key] = value
     return out
+
+
+def write_png(path: Path, width: int, height: int, bit_depth: int = 8, colour_type: int = 0, rows: bytes = b"") -> None:
+    """A PNG written by hand (PIL cannot write every case, e.g. a 900-megapixel header over no pixels):
+    IHDR, one IDAT holding ``rows`` (each row a filter byte then its samples), IEND."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)

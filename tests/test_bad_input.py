@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import TINY_DEIT, assert_one_line_error, run_cli, tiny_model_kwargs
+from helpers import TINY_DEIT, assert_one_line_error, run_cli, tiny_model_kwargs, write_png
 
 from toe.engine import trainer
 from toe.options import run_main
@@ -36,6 +36,8 @@ def cases_data(tiny_data, tmp_path_factory):
     image = root / "truncated" / "train" / "ring" / "00004.png"
     image.write_bytes(image.read_bytes()[:80])
     (root / "notes.pth").write_text("hello")
+    shutil.copytree(tiny_data, root / "bomb")
+    write_png(root / "bomb" / "train" / "dots" / "00003.png", 30000, 30000)  # 900 megapixels announced
     run = root / "run"
     run_main(deit.main, [*TINY_DEIT, "--data-path", str(tiny_data), "--output_dir", str(run), "--epochs", "1"])
     data = (run / "checkpoint.pth").read_bytes()
@@ -109,6 +111,27 @@ CASES = {
         "--no-train-mode cannot distil",
     ),
     "apex precision with bf16": case(["--apex-amp", "--amp-dtype", "bf16"], "--apex-amp means fp16"),
+    "learning rate not a number": case(["--lr", "nan"], "argument --lr: must be a finite number >= 0, got nan"),
+    "negative learning rate": case(["--lr", "-3.0"], "argument --lr: must be a finite number >= 0, got -3.0"),
+    "drop-path rate above 1": case(["--drop-path", "1.5"], "argument --drop-path: must lie in [0, 1), got 1.5"),
+    "label smoothing above 1": case(["--smoothing", "1.5"], "argument --smoothing: must lie in [0, 1), got 1.5"),
+    "one Adam beta": case(["--opt-betas", "0.9"], "argument --opt-betas: expected 2 arguments"),
+    "unknown device": case(["--device", "foo"], "argument --device: 'foo' is not a device"),
+    "EMA decay above 1": case(["--model-ema-decay", "2.0"], "argument --model-ema-decay: must lie in [0, 1], got 2.0"),
+    "mixup alpha not a number": case(["--mixup", "nan"], "argument --mixup: must be a finite number >= 0, got nan"),
+    "schedule that keeps no patch token": case(
+        ["--toe", "--initialization-keep-rate", "0.01"], "cannot train with ToE", "64 patch tokens gives 0 seeds"
+    ),
+    "model with one patch": case(["--toe", "--patch-size", "32"], "1 patch token gives 0 seeds"),
+    "model kwargs that contradict a flag": case(
+        ["--model-kwargs", *tiny_model_kwargs(), "img_size=64"],
+        "--model-kwargs img_size=64 contradicts --input-size 32",
+    ),
+    "start epoch at or past the end": case(["--start_epoch", "1"], "--start_epoch 1 leaves nothing to train"),
+    "output folder under a file": case(
+        ["--output_dir", "{root}/notes.pth/run"], "cannot be created", "Not a directory"
+    ),
+    "decompression-bomb image": case(["--data-path", "{root}/bomb"], "cannot read image", "DecompressionBombError"),
 }
 
 

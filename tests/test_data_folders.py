@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
-import zlib
 
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_DEIT, assert_one_line_error, run_cli
+from helpers import TINY_DEIT, assert_one_line_error, run_cli, write_png
 from PIL import Image
 
 from toe.data.datasets import image_folder
@@ -21,18 +19,6 @@ from toe.options import UserError
 from toe.recipes import deit
 
 FLAGS = [*TINY_DEIT, "--epochs", "1", "--no-model-ema"]
-
-
-def png(path, width: int, height: int, bit_depth: int, colour_type: int, rows: bytes = b"") -> None:
-    """A PNG file written by hand (PIL cannot write every case): IHDR, one IDAT of ``rows``, IEND."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-    )
 
 
 @pytest.fixture
@@ -109,7 +95,7 @@ def test_an_image_the_transform_rejects_is_named_not_counted_as_corrupt(data):
 def test_sixteen_bit_greyscale_is_scaled_not_saturated(tmp_path):
     ramp = np.linspace(0, 65535, 64).astype(">u2").reshape(8, 8)
     path = tmp_path / "grey16.png"
-    png(path, 8, 8, 16, 0, b"".join(b"\x00" + row.tobytes() for row in ramp))
+    write_png(path, 8, 8, 16, 0, b"".join(b"\x00" + row.tobytes() for row in ramp))
     assert Image.open(path).mode == "I;16"
     pixels = np.asarray(read_rgb(path))
     assert pixels.shape == (8, 8, 3) and (pixels[..., 0] == pixels[..., 2]).all()
@@ -119,7 +105,7 @@ def test_sixteen_bit_greyscale_is_scaled_not_saturated(tmp_path):
 
 def test_a_decompression_bomb_is_named(data, capsys):
     bomb = data / "train" / "dots" / "00003.png"
-    png(bomb, 30000, 30000, 8, 0)  # 900 megapixels announced in a 60-byte file
+    write_png(bomb, 30000, 30000)  # 900 megapixels announced in a 60-byte file
     status, _, err = run_cli(deit.main, [*FLAGS, "--data-path", data], capsys)
     assert_one_line_error(status, err, "cannot read image", str(bomb), "DecompressionBombError")
 

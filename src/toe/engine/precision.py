@@ -9,6 +9,8 @@ AMP (apex is not used).
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Iterable
 
 import torch
@@ -31,6 +33,12 @@ class Precision:
         fp32 whatever the dtype. Only builds objects: the device need not be present."""
         if not enabled or amp_dtype == "fp32" or (amp_dtype == "auto" and device.type != "cuda"):
             return cls(device, None)
+        if amp_dtype == "fp16" and device.type == "cpu" and int(os.environ.get("RANK", "0")) == 0:
+            print(
+                "warning: fp16 autocast on the CPU is emulated and many times slower than fp32; "
+                "use --amp-dtype bf16, or fp32 (no AMP)",
+                file=sys.stderr,
+            )
         return cls(device, torch.bfloat16 if amp_dtype == "bf16" else torch.float16)
 
     @property
