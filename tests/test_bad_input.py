@@ -166,3 +166,62 @@ def test_the_matrix_is_documented():
     doc = (ROOT / "docs" / "failure-modes.md").read_text()
     for name in CASES:
         assert name in doc, f"docs/failure-modes.md does not list '{name}'"
+
+
+# the rows of docs/failure-modes.md tested outside the matrix above, and the test of each
+TESTED_ELSEWHERE = {
+    "EfficientTrain: a stage size that leaves no patch token": (
+        "test_efficienttrain_recipe",
+        "test_bad_input_is_one_clear_line",
+    ),
+    "LV-ViT: labels made for other images": (
+        "test_token_label_checks",
+        "test_labels_of_other_images_with_the_same_names_are_refused",
+    ),
+    "LV-ViT: a label file with NaN": ("test_token_label_checks", "test_a_label_file_with_nan_is_named"),
+    "LV-ViT: a label file of another grid": ("test_token_label_checks", "test_a_label_file_of_another_grid_is_named"),
+    "LV-ViT: labels without a record": (
+        "test_token_label_checks",
+        "test_labels_without_a_record_are_used_with_a_warning",
+    ),
+    "LV-ViT: a config value of the wrong type": ("test_lvvit_recipe", "test_config_file_values_are_checked_like_flags"),
+    "fp16 autocast on the CPU": ("test_precision", "test_fp16_on_the_cpu_warns_and_bf16_does_not"),
+    "generate_label: another annotator": (
+        "test_token_label_checks",
+        "test_continuing_with_another_annotator_is_refused",
+    ),
+    "generate_label: LABELS is a file": ("test_token_label_checks", "test_generate_label_output_mistakes"),
+    "generate_label: LABELS inside the data": ("test_token_label_checks", "test_generate_label_output_mistakes"),
+    "generate_label: a truncated image": ("test_token_label_checks", "test_generate_label_output_mistakes"),
+    "`toe bench --json DIR`": ("test_bench", "test_bench_bad_input_is_one_line"),
+    "`toe flops` shape flags out of range": ("test_flops", "test_toe_flops_bad_input_is_one_clear_line"),
+    "`toe flops --model resnet18`": ("test_flops", "test_toe_flops_bad_input_is_one_clear_line"),
+    "`toe flops` / `toe bench` schedule that keeps no patch token": (
+        "test_flops",
+        "test_toe_flops_bad_input_is_one_clear_line",
+    ),
+    "a binary or foreign `log.txt`": ("test_plot_report", "test_a_log_that_is_not_a_log_is_one_line"),
+    "`--out name` without a suffix": ("test_visualize", "test_visualize_names_the_file_it_wrote_and_a_run_without_toe"),
+    "`toe visualize` of a run without ToE": (
+        "test_visualize",
+        "test_visualize_names_the_file_it_wrote_and_a_run_without_toe",
+    ),
+    "`toe` answers with ncurses' usage line": ("test_flops", "test_python_dash_m_toe_is_the_toe_command"),
+    "One run per folder": ("test_run_folder", "test_second_run_on_the_same_folder_is_turned_away"),
+    "hidden folders": ("test_data_folders", "test_hidden_folders_are_ignored_with_a_warning"),
+    "a symbolic link loop": ("test_data_folders", "test_a_symbolic_link_loop_is_not_followed"),
+    "images smaller than the crop": ("test_data_folders", "test_images_smaller_than_the_crop_are_valid"),
+    "16-bit greyscale PNG or TIFF": ("test_data_folders", "test_sixteen_bit_greyscale_is_scaled_not_saturated"),
+    "an image announcing a huge pixel count": ("test_data_folders", "test_a_decompression_bomb_is_named"),
+}
+
+
+@pytest.mark.parametrize("row", list(TESTED_ELSEWHERE))
+def test_every_documented_case_has_its_test(row):
+    import importlib
+
+    from helpers import ROOT
+
+    assert row in (ROOT / "docs" / "failure-modes.md").read_text(), f"docs/failure-modes.md does not list {row!r}"
+    module, test = TESTED_ELSEWHERE[row]
+    assert callable(getattr(importlib.import_module(module), test, None)), f"{module}::{test} does not exist"

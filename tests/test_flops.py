@@ -170,3 +170,18 @@ def test_toe_flops_takes_the_patch_size_and_model_kwargs_of_a_timm_model(capsys)
         ["48", "of", "64"],
         ["64", "of", "64"],
     ]
+
+
+def test_python_dash_m_toe_is_the_toe_command(capsys):
+    """ncurses ships its own `toe` program, often first on PATH: `python -m toe` always reaches ours."""
+    result = subprocess.run(
+        [sys.executable, "-m", "toe", "flops", "--model", "deit_tiny_patch16_224"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    status, out, _ = run_toe(capsys, "flops", "--model", "deit_tiny_patch16_224")
+    assert status == 0 and result.stdout == out
+    bare = subprocess.run([sys.executable, "-m", "toe"], capture_output=True, text=True, timeout=120)
+    assert bare.returncode == 2 and bare.stderr.startswith("toe: error: the following arguments are required")

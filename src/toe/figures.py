@@ -15,7 +15,7 @@ def check_output(path: Path, flag: str = "--out") -> Path:
     """``path`` (with ``.png`` added when it has no suffix, as matplotlib would) if it can be a file in an
     existing folder (check before the work that makes the picture), else a :class:`UserError`."""
     if path.is_dir():
-        raise UserError(f"{flag} {path} is a folder; give a file name (e.g. {path / 'out.png'})")
+        raise UserError(f"{flag} {path} is a folder; give the name of a file in it")
     path = path if path.suffix else path.with_name(f"{path.name}.png")
     if not path.parent.is_dir():
         raise UserError(f"{flag} {path}: folder {path.parent} does not exist")
