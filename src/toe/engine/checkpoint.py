@@ -110,6 +110,7 @@ def load_checkpoint(path: str | Path, flag: str = "--resume") -> dict:
     state = as_our_layout(state)
     if state is None:
         raise UserError(f"{flag} {path} is not a checkpoint of this project (no 'model' entry)")
+    check_position(state, f"{flag} {path}")
     return state
 
 
@@ -129,6 +130,28 @@ def as_our_layout(state: object) -> dict | None:
     if isinstance(state.get("args"), argparse.Namespace):
         state["args"] = vars(state["args"])
     return state
+def check_position(state: dict, source: str) -> None:
+    """The training position a checkpoint records (``epoch``, ``num_updates``, ``partial``) must be one a run
+    can continue from: whole numbers, epoch >= -1 (-1: written before the first epoch ended), a mid-epoch
+    part of the next epoch. Weights-only files (no ``epoch``) pass."""
+    if "epoch" not in state:
+        return
+    epoch, updates, partial = state["epoch"], state.get("num_updates", 0), state.get("partial")
+    if not _whole(epoch) or epoch < -1:
+        raise UserError(
+            f"{source} records epoch {epoch!r}; a checkpoint records the last finished epoch, a whole number >= -1"
+        )
+    if not _whole(updates) or updates < 0:
+        raise UserError(f"{source} records {updates!r} optimizer updates; expected a whole number >= 0")
+    if partial is not None:
+        ok = isinstance(partial, dict) and isinstance(partial.get("stats"), dict) and partial.get("rng")
+        steps = partial["stats"].get("steps") if ok else None
+        if not ok or partial.get("epoch") != epoch + 1 or not _whole(steps) or steps < 0:
+            raise UserError(f"{source} holds a damaged mid-epoch record (epoch {epoch}, part {partial!r:.80})")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def load_weights(path: str | Path, flag: str) -> dict:
