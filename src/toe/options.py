@@ -16,6 +16,7 @@ from typing import NoReturn
 
 import torch
 
+from .engine.preemption import REQUEUE_STATUS, Preempted
 from .engine.run_lock import release_run_folders
 from .errors import UserError  # also re-exported: ``from toe.options import UserError`` keeps working
 from .schedule import DISTANCES, REDUCTIONS, SEEDINGS, ToESchedule
@@ -31,8 +32,10 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
-    """Run a command's ``main``; a :class:`UserError` becomes one line on stderr and exit status 2. The run
-    folders the command locked are released at its end (in-process callers run several commands)."""
+    """Run a command's ``main``; a :class:`UserError` becomes one line on stderr and exit status 2, a
+    pre-emption (:class:`~toe.engine.preemption.Preempted`, its checkpoint written) the status 143 that asks
+    for a requeue. The run folders the command locked are released at its end (in-process callers run
+    several commands)."""
     try:
         main(argv)
     except UserError as error:
@@ -47,6 +50,9 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+    except Preempted as stop:
+        sys.stderr.write(f"stopped: {stop}\n")
+        sys.exit(REQUEUE_STATUS)
     finally:
         release_run_folders()
 

@@ -9,6 +9,7 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from ..engine.distributed import DistInfo
+from ..engine.preemption import ignore_stop_signals
 from ..errors import UserError
 from .guard import GuardedDataset
 from .sampling import EpochRandomSampler, KeyedSampler, SeededDataset
@@ -50,6 +51,7 @@ def build_train_loader(
         drop_last=True,
         collate_fn=collate_fn,
         persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals,  # the main process decides when to stop (pre-emption)
         generator=torch.Generator().manual_seed(seed),  # keeps the loader off the global RNG stream
     )
 
@@ -78,6 +80,7 @@ def build_eval_loader(
         drop_last=False,
         collate_fn=collate_fn,
         persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals,  # the main process decides when to stop (pre-emption)
     )
 
 

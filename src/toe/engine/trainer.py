@@ -38,6 +38,7 @@ from .logger import RunLogger, read_log
 from .loop import EpochStats, StepHooks, train_one_epoch
 from .lr import LRSchedule
 from .precision import Precision
+from .preemption import Preempted, PreemptionWatch
 from .rng import capture_rng, restore_rng, seed_epoch
 
 
@@ -59,6 +60,7 @@ class RunSettings:
     show_progress: bool = True
     save_every_steps: int = 0  # mid-epoch checkpoint every N optimizer updates (0: only at epoch ends)
     extra_log: dict = field(default_factory=dict)  # constant entries of every log record
+    identity: dict = field(default_factory=dict)  # what the run trains on (processes, images), checked on resume
 
 
 @dataclass
@@ -90,6 +92,7 @@ class TrainState:
     best: dict = field(default_factory=dict)  # best_test_<metric> values so far
     last_record: dict | None = None  # the last finished epoch's log record
     partial: dict | None = None  # the unfinished epoch of a mid-epoch checkpoint being resumed
+    changes: dict | None = None  # flags changed on purpose when resuming, for the next log record
 
 
 @dataclass
@@ -141,6 +144,7 @@ def checkpoint_state(run: TrainingRun, epoch: int, record: dict | None, partial:
         "num_updates": state.num_updates,
         "best": dict(state.best),
         "args": run.settings.args,
+        "identity": run.settings.identity,
         "log_record": json.dumps(record) if record is not None else None,
         "partial": partial,
     }
@@ -191,6 +195,11 @@ def restore(run: TrainingRun, state: dict, source: str) -> None:
     state first, then call this.
     """
     parts = run.parts
+    if "epoch" in state and int(state["epoch"]) + 1 > run.settings.epochs:
+        raise UserError(
+            f"{source} has finished epoch {state['epoch']}, past the {run.settings.epochs} epochs of this run: "
+            "it belongs to a longer run"
+        )
     missing, unexpected = _keys_mismatch(parts.module, state["model"])
     if missing or unexpected:
         example = (missing or unexpected)[0]
@@ -225,12 +234,24 @@ def restore(run: TrainingRun, state: dict, source: str) -> None:
 def resume_message(run: TrainingRun, found: FoundCheckpoint) -> str:
     """The line a recipe prints after restoring ``found``: where training continues."""
     partial = run.state.partial
+    note = f"{found.note}\n" if found.note else ""
+    if run.state.start_epoch >= run.settings.epochs:
+        return note + f"{found.path} holds all {run.settings.epochs} epochs of this run: nothing left to train"
     where = f"epoch {run.state.start_epoch}" + (f", step {partial['stats']['steps']}" if partial else "")
-    return (f"{found.note}\n" if found.note else "") + f"resumed from {found.path}: continuing at {where}"
+    return note + f"resumed from {found.path}: continuing at {where}"
 
 
 def fit(run: TrainingRun, log: RunLogger) -> dict | None:
-    """Train from ``run.state.start_epoch`` to ``run.settings.epochs``; returns the last epoch's log record."""
+    """Train from ``run.state.start_epoch`` to ``run.settings.epochs``; returns the last epoch's log record.
+
+    A SIGTERM or SIGUSR1 (a scheduler's pre-emption) ends training at the next optimizer update with a
+    mid-epoch checkpoint, or after the epoch's checkpoint when it comes at an epoch's end: :class:`Preempted`
+    (see :mod:`toe.engine.preemption`)."""
+    with PreemptionWatch(run.parts.dist) as watch:
+        return _fit(run, log, watch)
+
+
+def _fit(run: TrainingRun, log: RunLogger, watch: PreemptionWatch) -> dict | None:
     settings, parts, state = run.settings, run.parts, run.state
     if parts.lr_schedule is not None:
         done = state.partial["stats"]["steps"] // settings.accum_steps if state.partial else 0
@@ -271,7 +292,7 @@ def fit(run: TrainingRun, log: RunLogger) -> dict | None:
             synchronize_step=settings.synchronize_step,
             show_progress=settings.show_progress,
             resume_from=done,
-            on_update=lambda s, e=epoch: _save_mid_epoch(run, e, s),
+            on_update=lambda s, e=epoch: _after_update(run, e, s, watch, log),
         )
         state.num_updates = stats.updates
         if parts.lr_schedule is not None:
@@ -281,18 +302,41 @@ def fit(run: TrainingRun, log: RunLogger) -> dict | None:
         log.log_epoch(record)
         log.print(_summary_line(record, parts.evaluation.metric, getattr(parts.module, "num_prefix_tokens", 0)))
         state.last_record = record
+        if epoch + 1 < settings.epochs and watch.requested():
+            _stop(run, log, watch, f"after epoch {epoch}", "checkpoint.pth holds it")
     return state.last_record
 
 
-def _save_mid_epoch(run: TrainingRun, epoch: int, stats: EpochStats) -> None:
-    """Every ``save_every_steps`` updates: checkpoint.pth with the unfinished epoch's state."""
+def _after_update(run: TrainingRun, epoch: int, stats: EpochStats, watch: PreemptionWatch, log: RunLogger) -> None:
+    """After every update but an epoch's last: the mid-epoch checkpoint when one is due, and the stop on a
+    scheduler's signal (with a mid-epoch checkpoint, due or not)."""
+    saved = _save_mid_epoch(run, epoch, stats)
+    if watch.requested():
+        if not saved:
+            _save_mid_epoch(run, epoch, stats, force=True)
+        where = f"at epoch {epoch}, step {stats.steps}"
+        _stop(run, log, watch, where, "checkpoint.pth holds the epoch so far" if run.settings.output_dir else "")
+
+
+def _stop(run: TrainingRun, log: RunLogger, watch: PreemptionWatch, where: str, saved: str) -> None:
+    message = f"pre-empted ({watch.signal_name}) {where}; " + (
+        f"{saved}: continue with --auto-resume" if saved else "no --output_dir, nothing was saved"
+    )
+    log.print(message)
+    log.close()
+    raise Preempted(message)
+
+
+def _save_mid_epoch(run: TrainingRun, epoch: int, stats: EpochStats, force: bool = False) -> bool:
+    """Every ``save_every_steps`` updates (or when ``force``): checkpoint.pth with the unfinished epoch's state;
+    returns whether one was due (a collective under torchrun: every process calls it at the same updates)."""
     settings, dist = run.settings, run.parts.dist
     updates_in_epoch = stats.updates - run.state.num_updates
-    if not settings.save_every_steps or updates_in_epoch % settings.save_every_steps:
-        return
+    if not force and (not settings.save_every_steps or updates_in_epoch % settings.save_every_steps):
+        return False
     rng = gather_objects(capture_rng(), dist)  # one entry per process
     if settings.output_dir is None or not dist.is_main:
-        return
+        return True
     now = dataclasses.replace(run, state=dataclasses.replace(run.state, num_updates=stats.updates))
     partial = {"epoch": epoch, "stats": dataclasses.asdict(stats), "rng": rng}
     save_checkpoint(
@@ -300,6 +344,7 @@ def _save_mid_epoch(run: TrainingRun, epoch: int, stats: EpochStats) -> None:
         settings.output_dir / "checkpoint.pth",
         keep_previous=True,
     )
+    return True
 
 
 def evaluate_run(run: TrainingRun) -> dict[str, float]:
@@ -354,6 +399,9 @@ def _epoch_record(run: TrainingRun, epoch: int, stage: int | None, stats: EpochS
     }
     if parts.skipped_images is not None:
         record["train_skipped_images"] = parts.skipped_images()
+    if run.state.changes:  # flags changed on purpose when this run was resumed: said once, in the next record
+        record["resume_changes"] = {key: list(change) for key, change in run.state.changes.items()}
+        run.state.changes = None
     in_sync = replicas_in_sync(parts.module, dist)
     if in_sync is not None:
         record["replicas_in_sync"] = in_sync

@@ -1,0 +1,77 @@
+"""Pre-emption: stop at the next optimizer update with a checkpoint when the scheduler asks.
+
+SLURM and Kubernetes stop a job with SIGTERM and, after a grace period, SIGKILL; SLURM can also send
+SIGUSR1 ahead of its time limit (``#SBATCH --signal=USR1@180``). While training, :class:`PreemptionWatch`
+turns either signal into a request; the epoch loop finishes the step it is in (up to the optimizer
+update), writes a mid-epoch checkpoint atomically, logs it and raises :class:`Preempted`, which the
+command ends with :data:`REQUEUE_STATUS` (128 + SIGTERM, the status of a process that SIGTERM ended,
+which schedulers and the run scripts take as "requeue me"). ``--auto-resume`` then continues bit for
+bit as after a kill.
+
+Under torchrun every process must stop at the same update: the request is OR-ed over the processes
+at every update through a small gloo group (CPU only, so that a GPU step is not synchronised for it).
+DataLoader workers ignore both signals (a scheduler signals every process of the job): their main
+process decides when to stop, and shuts them down.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import torch
+import torch.distributed as torch_dist
+
+from .distributed import DistInfo
+
+REQUEUE_STATUS = 128 + signal.SIGTERM  # 143
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """Training stopped on a scheduler's signal after writing its checkpoint; exit with REQUEUE_STATUS."""
+
+
+class PreemptionWatch:
+    """While entered (in the main thread), SIGTERM and SIGUSR1 set :attr:`signal_name` instead of ending
+    the process; :meth:`requested` tells every process alike whether any of them got one."""
+
+    def __init__(self, dist: DistInfo) -> None:
+        self.dist = dist
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
+        self._group = None
+
+    def __enter__(self) -> PreemptionWatch:
+        if threading.current_thread() is threading.main_thread():
+            for number in SIGNALS:
+                self._previous[number] = signal.signal(number, self._note)
+        if self.dist.enabled:
+            cpu_collectives = torch_dist.get_backend() == "gloo"
+            self._group = None if cpu_collectives else torch_dist.new_group(backend="gloo")
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+    def _note(self, number: int, frame) -> None:
+        self.signal_name = signal.Signals(number).name
+
+    def requested(self) -> bool:
+        """Whether this process, or under torchrun any process, got a signal (a collective: every process
+        calls it at the same update)."""
+        if not self.dist.enabled:
+            return self.signal_name is not None
+        flag = torch.tensor([0 if self.signal_name is None else 1], dtype=torch.int32)
+        torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX, group=self._group)
+        if flag.item() and self.signal_name is None:
+            self.signal_name = "a signal to another process"
+        return bool(flag.item())
+
+
+def ignore_stop_signals(worker_id: int | None = None) -> None:
+    """DataLoader ``worker_init_fn``: workers leave SIGTERM / SIGUSR1 to their main process."""
+    for number in SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
