@@ -316,6 +316,7 @@ def test_bad_input_is_one_clear_line(tiny_data, tmp_path, capsys, full_run):
         (["--use_amp", "maybe"], ["--use_amp", "expected true or false"]),
         (["--model-kwargs", "img_size=64"], ["--model-kwargs img_size"]),
         (["--auto_resume", "false", "--output_dir", full_run[0]], ["already holds a run"]),
+        ([*TEN_EPOCHS[2:], "--epochs", "12", "--output_dir", full_run[0]], ["other settings: --epochs 10 (now 12)"]),
     ]
     for extra, fragments in driver_cases:
         argv = [*TINY_ET, "--epochs", "5", "--data_path", tiny_data, "--output_dir", tmp_path / "bad", *extra]

@@ -20,10 +20,10 @@ LAYERS = [
     ["toe.engine"],
     ["toe.data"],
     ["toe.flops", "toe.figures", "toe.saved_run"],
-    ["toe.options"],
+    ["toe.options", "toe.flag_types"],
     ["toe.recipes"],
     ["toe.report", "toe.plot", "toe.visualize", "toe.bench"],
-    ["toe.cli"],
+    ["toe.cli", "toe.__main__"],
 ]
 
 

@@ -36,6 +36,7 @@ def stopped_run(argv: list, failpoint: str = "train-step:2") -> subprocess.Popen
     return process
 
 
+@pytest.mark.slow
 def test_second_run_on_the_same_folder_is_turned_away(tiny_data, tmp_path, capsys):
     output = tmp_path / "run"
     argv = [*FLAGS, "--data-path", tiny_data, "--output_dir", output]
@@ -57,6 +58,7 @@ def test_second_run_on_the_same_folder_is_turned_away(tiny_data, tmp_path, capsy
     assert status == 0, err
 
 
+@pytest.mark.slow
 def test_a_killed_run_leaves_no_stale_lock(tiny_data, tmp_path, capsys):
     output = tmp_path / "run"
     argv = [*FLAGS, "--data-path", tiny_data, "--output_dir", output]
@@ -79,6 +81,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_lvvit_and_generate_label_lock_their_folders(tiny_data, tmp_path, capsys):
     runs, labels = tmp_path / "lvvit", tmp_path / "labels"
     runs.mkdir()

@@ -128,3 +128,15 @@ def data_fingerprint(classes: list[str], samples: list[tuple[str, int]], root: s
         except OSError as error:
             digest.update(f"unreadable: {error.strerror}".encode())
     return digest.hexdigest()[:16]
+
+
+def dataset_identity(dataset) -> dict:
+    """What a training set is, to compare across processes and resumes: its image and class counts and, for
+    class folders (``samples``, ``classes``, ``root``), :func:`data_fingerprint` (paths taken below the root,
+    so that the same images mounted elsewhere agree)."""
+    classes = list(getattr(dataset, "classes", []))
+    identity = {"images": len(dataset), "classes": len(classes)}
+    samples, root = getattr(dataset, "samples", None), getattr(dataset, "root", None)
+    if samples is not None and root is not None:
+        identity["fingerprint"] = data_fingerprint(classes, samples, root)
+    return identity

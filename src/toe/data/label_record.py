@@ -18,19 +18,15 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
-from .image_files import data_fingerprint
+from .image_files import dataset_identity
 
 RECORD_NAME = "token_labels.json"
 
 
-def data_identity(folder: Path, classes: list[str], samples: list[tuple[str, int]]) -> dict:
-    """What a label folder records about the images it labels."""
-    return {
-        "folder": str(Path(folder).resolve()),
-        "classes": len(classes),
-        "images": len(samples),
-        "fingerprint": data_fingerprint(classes, samples, folder),
-    }
+def data_identity(dataset) -> dict:
+    """What a label folder records about the images it labels (a class-folder dataset: ``root``, ``classes``,
+    ``samples``): the folder, and the counts and fingerprint of :func:`~toe.data.image_files.dataset_identity`."""
+    return {"folder": str(Path(dataset.root).resolve()), **dataset_identity(dataset)}
 
 
 def read_record(label_root: Path) -> dict | None:

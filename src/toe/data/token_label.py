@@ -79,11 +79,11 @@ class TokenLabelDataset(Dataset):
                 f"--token-label-data {label_root} does not exist (make it with ToE/lvvit/generate_label.py)"
             )
         images, self.num_classes = image_folder(folder, None)
-        self.classes, self.samples, self.loader = images.classes, images.samples, images.loader
+        self.classes, self.samples, self.loader, self.root = images.classes, images.samples, images.loader, images.root
         self.label_files = [label_file(label_root, folder, path) for path, _ in self.samples]
         self.transform = transform
         _check_files_exist(self.label_files, label_root)
-        _check_record(label_root, folder, images.classes, self.samples)
+        _check_record(label_root, self)
         self.label_grid = tuple(read_label_file(self.label_files[0], self.num_classes).shape[-2:])
 
     def __len__(self) -> int:
@@ -102,7 +102,7 @@ class TokenLabelDataset(Dataset):
         return image, {"label": label, "label_map": label_map, "box": box}
 
 
-def _check_record(label_root: Path, folder: Path, classes: list[str], samples: list) -> None:
+def _check_record(label_root: Path, dataset: TokenLabelDataset) -> None:
     """The labels must have been made for these images (when the label folder records which)."""
     record = read_record(label_root)
     if record is None:
@@ -112,7 +112,7 @@ def _check_record(label_root: Path, folder: Path, classes: list[str], samples: l
             file=sys.stderr,
         )
         return
-    check_same_data(record["data"], data_identity(folder, classes, samples), f"--token-label-data {label_root}")
+    check_same_data(record["data"], data_identity(dataset), f"--token-label-data {label_root}")
 
 
 def _check_files_exist(files: list[Path], label_root: Path) -> None:

@@ -111,3 +111,19 @@ def gather_objects(obj: object, info: DistInfo) -> list:
     gathered: list = [None] * info.world_size
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def check_same_everywhere(value: dict, info: DistInfo, what: str) -> None:
+    """Every process must hold the same ``value`` (e.g. the identity of its training images, which each node
+    reads from its own disk): a :class:`UserError` naming the first process that differs, on every process."""
+    if not info.enabled:
+        return
+    values = gather_objects(value, info)
+    for rank, other in enumerate(values):
+        if other != values[0]:
+            keys = [key for key in sorted(set(other) | set(values[0])) if other.get(key) != values[0].get(key)]
+            shown = ", ".join(f"{key} {other.get(key)} (process 0: {values[0].get(key)})" for key in keys)
+            raise UserError(
+                f"process {rank} sees other {what} than process 0: {shown}; every process (every node) must "
+                "read the same data"
+            )

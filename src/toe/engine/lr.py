@@ -48,6 +48,13 @@ class LRSchedule:
         self.origin = position - num_updates
         self.scheduler.step_update(position)
 
+    def place_at(self, epoch: int) -> None:
+        """Set a per-epoch schedule's learning rate for ``epoch`` from its own settings, not a saved state
+        (timm's train.py on every resume; here when a resume changes the flags on purpose). A per-update
+        schedule is placed by :meth:`start` anyway."""
+        if not self.per_update and epoch > 0:
+            self.scheduler.step(epoch - 1 + self.epoch_offset)
+
     def on_update(self, num_updates: int) -> None:
         """After the optimizer update number ``num_updates`` (counted from the start of training)."""
         self.scheduler.step_update(self.origin + num_updates)

@@ -14,7 +14,7 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from ..data import build_eval_loader, build_train_loader
+from ..data.image_files import dataset_identity
 from ..data.loader import skipped_images
 from ..engine import (
     DistInfo,
@@ -45,6 +46,7 @@ from ..engine import (
     restore,
     resume_message,
 )
+from ..engine.distributed import check_same_everywhere
 from ..engine.loop import batches_to_train
 from ..engine.precision import AMP_DTYPES
 from ..engine.run_lock import lock_run_folder
@@ -52,6 +54,7 @@ from ..errors import UserError
 from ..integration import apply_toe
 from ..models.factory import parse_model_kwargs
 from ..token_select import TokenSelect
+from .resume_check import check_resume, dashed, differences, display, show
 from .summary import describe_toe
 
 
@@ -80,6 +83,14 @@ def add_engine_arguments(parser: argparse.ArgumentParser, upstream_switches: boo
             "--auto-resume",
             action="store_true",
             help="resume from <output>/checkpoint.pth when it exists (checkpoint-prev.pth if it is damaged)",
+        )
+        group.add_argument(
+            "--change-on-resume",
+            nargs="+",
+            default=[],
+            metavar="FLAG",
+            help="flags (e.g. epochs) that may differ from the resumed checkpoint's, on purpose: the LR schedule "
+            "follows the new values and log.txt records the change (other differences are refused)",
         )
     group.add_argument("--compile", action="store_true", help="torch.compile the model")
     group.add_argument(
@@ -265,7 +276,9 @@ def build_run(
         show_progress=not args.no_progress,
         save_every_steps=args.save_every_steps,
         extra_log={"n_parameters": n_parameters(model), **(extra_log or {})},
+        identity={"world_size": dist.world_size, "data": dataset_identity(train_set)},
     )
+    check_same_everywhere(settings.identity["data"], dist, "training images")
     parts = RunParts(
         model=wrap_model(model, dist, args.compile),
         module=model,
@@ -295,16 +308,63 @@ def _timm_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.O
 
 
 def resume_run(
-    run: TrainingRun, found: FoundCheckpoint | None, adapt: Callable[[dict], str | None] | None = None
+    run: TrainingRun,
+    found: FoundCheckpoint | None,
+    adapt: Callable[[dict], str | None] | None = None,
+    free: Iterable[str] = (),
+    spell: Callable[[str], str] = dashed,
 ) -> str | None:
     """Continue ``run`` from ``found`` (see :func:`toe.engine.find_checkpoint`), after ``adapt`` changed the
-    checkpoint's contents in place (returning a note to print, or None); returns the line to print, or None
-    for a fresh start."""
+    checkpoint's contents in place (returning a note to print, or None); returns the lines to print, or None
+    for a fresh start.
+
+    The flags, the number of processes and the training images must be those the checkpoint recorded
+    (see :mod:`toe.recipes.resume_check`; ``free``: more flags that may differ, ``spell``: how a flag is
+    written), unless ``--change-on-resume`` names them: then the LR schedule follows the new flags (as timm's
+    train.py does on every resume) and the next log record lists the changes."""
     if found is None:
         return None
+    changes = resume_changes(run.settings.args, run.settings.identity, found, free, spell)
     note = adapt(found.state) if adapt is not None else None
+    if changes:
+        found.state["lr_scheduler"] = None  # the schedule follows the new flags from here
     restore(run, found.state, found.source)
-    return resume_message(run, found) + (f"; {note}" if note else "")
+    message = resume_message(run, found) + (f"; {note}" if note else "")
+    if changes:
+        run.state.changes = changes
+        if run.parts.lr_schedule is not None:
+            run.parts.lr_schedule.place_at(run.state.start_epoch)
+        listed = ", ".join(f"{display(key, spell)} {show(old)} -> {show(new)}" for key, (old, new) in changes.items())
+        message += f"\nchanged on resume (--change-on-resume): {listed}; the LR schedule follows the new flags"
+    return message
+
+
+def resume_changes(
+    current: dict,
+    identity: dict,
+    found: FoundCheckpoint,
+    free: Iterable[str] = (),
+    spell: Callable[[str], str] = dashed,
+) -> dict:
+    """The deliberate changes from the checkpoint ``found`` to a run of the flags ``current`` (plain values)
+    on ``identity`` (processes, training images; ``{}``: not known yet); a :class:`UserError` for the others.
+    Evaluation (``--eval``) and checkpoints without recorded flags are not checked."""
+    recorded = found.state.get("args")
+    if current.get("eval") or not isinstance(recorded, dict):
+        return {}
+    changes = differences(recorded, current, free)
+    saved_identity = found.state.get("identity") or {}
+    for key, value in identity.items():
+        if key in saved_identity and saved_identity[key] != value:
+            changes[key] = (saved_identity[key], value)
+    return check_resume(
+        changes,
+        current.get("change_on_resume") or (),
+        found.source,
+        mid_epoch=found.state.get("partial") is not None,
+        spell=spell,
+        can_change="change_on_resume" in current,
+    )
 
 
 def check_eval_weights(found: FoundCheckpoint | None, finetune: str) -> None:

@@ -39,14 +39,19 @@ from .common import (
     mixup_active,
     mixup_from_args,
     n_parameters,
+    plain_args,
     prepare_output_dir,
+    resume_changes,
     resume_run,
     save_args,
     train_and_log,
 )
 from .resample import resample_checkpoint
+from .resume_check import spelling
 
 DATA_SETS = ("IMNET", "CIFAR", "image_folder")
+# flags the curriculum sets per stage (ET_training.py): they differ between the stages of one run
+STAGE_FLAGS = ("input_size", "load_size", "batch_size", "update_freq", "end_epoch", "aa")
 LOW_FREQ = ("fourier", "downsample")
 BASE_INPUT_SIZE = 224  # upstream main.py's --base_input_size: images are loaded at it, smaller sizes Fourier-cropped
 
@@ -248,6 +253,9 @@ def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
     output_dir = prepare_output_dir(args.output_dir, bool(args.resume) or args.auto_resume, dist, "--output_dir")
     end_epoch = args.end_epoch or args.epochs
     found = find_checkpoint(args.resume, args.auto_resume, output_dir, auto_flag="--auto_resume", clean=dist.is_main)
+    spell = spelling(build_parser())
+    if found is not None:  # a plan change is refused before the curriculum moves on (or back)
+        resume_changes(plain_args(args), {}, found, STAGE_FLAGS, spell)
     if found is not None and not args.eval and int(found.state["epoch"]) + 1 >= end_epoch:
         RunLogger(None, dist.is_main).print(
             f"epochs before {end_epoch} already done ({found.path}: epoch {found.state['epoch']})"
@@ -287,7 +295,7 @@ def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
         """A checkpoint of another stage's input size: position embedding and its optimizer moments resampled."""
         return resample_checkpoint(state, model, run.parts.optimizer, found.source)
 
-    if message := resume_run(run, found, adapt):
+    if message := resume_run(run, found, adapt, free=STAGE_FLAGS, spell=spell):
         log.print(message)
 
     if args.eval:

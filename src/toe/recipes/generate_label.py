@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     make_folder(output, "LABELS")
     lock_run_folder(output, "LABELS")
     model, size, annotator = build_annotator(args, num_classes)
-    data = data_identity(folder, images.classes, images.samples)
+    data = data_identity(images)
     keep_one_annotator(output, {"annotator": annotator, "weights_source": args.checkpoint or None, "data": data})
     todo = [(path, label_file(output, folder, path)) for path, _ in images.samples]
     todo = [(path, target) for path, target in todo if not target.is_file()]

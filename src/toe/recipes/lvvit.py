@@ -269,6 +269,12 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
         model.to(memory_format=torch.channels_last)
 
     if args.token_label:
+        grid = getattr(train_set, "label_grid", (label_size, label_size))
+        if label_size > 1 and grid != (label_size, label_size):
+            say(
+                f"note: the label files hold {grid[0]}x{grid[1]} maps; each is resampled to the "
+                f"{label_size}x{label_size} token grid"
+            )
         loss = TokenLabelCrossEntropy(args.cls_weight, args.dense_weight)
         hooks = StepHooks(
             prepare=TokenLabelTargets(num_classes, label_size, args.smoothing, args.ground_truth, args.token_label_roi)
