@@ -77,7 +77,7 @@ CASES = {
     "resume a truncated checkpoint": case(["--resume", "{root}/torn.pth"], "torn.pth", "not a readable"),
     "resume with another model": case(
         ["--resume", "{root}/run/checkpoint.pth", "--model-kwargs", *tiny_model_kwargs(depth=2)],
-        "different model",
+        "was written by a run with other settings: --model-kwargs",
     ),
     "output folder holds another run": case(["--output_dir", "{root}/run"], "already holds a run"),
     "distillation without teacher": case(["--distillation-type", "hard"], "--teacher-path"),
@@ -213,6 +213,41 @@ TESTED_ELSEWHERE = {
     "images smaller than the crop": ("test_data_folders", "test_images_smaller_than_the_crop_are_valid"),
     "16-bit greyscale PNG or TIFF": ("test_data_folders", "test_sixteen_bit_greyscale_is_scaled_not_saturated"),
     "an image announcing a huge pixel count": ("test_data_folders", "test_a_decompression_bomb_is_named"),
+    "pre-empted: SIGTERM": (
+        "test_preemption",
+        "test_a_scheduler_signal_stops_with_a_checkpoint_and_the_run_continues_bit_for_bit",
+    ),
+    "resume with another batch size, other ToE flags, epochs": (
+        "test_resume_checks",
+        "test_a_resume_with_other_flags_is_refused_and_changes_nothing",
+    ),
+    "a finished run rerun with another `--epochs`": ("test_efficienttrain_recipe", "test_bad_input_is_one_clear_line"),
+    "resume with another number of processes": (
+        "test_resume_checks",
+        "test_another_number_of_processes_is_refused_unless_asked",
+    ),
+    "resume on other training images": ("test_resume_checks", "test_other_training_images_are_refused"),
+    "a deliberate change: `--change-on-resume epochs`": (
+        "test_resume_checks",
+        "test_extending_the_epochs_on_purpose_is_logged_and_the_schedule_follows",
+    ),
+    "a checkpoint written in the middle of an epoch, with another batch size": (
+        "test_resume_checks",
+        "test_extending_the_epochs_on_purpose_is_logged_and_the_schedule_follows",
+    ),
+    "a finished run resumed with the same flags": (
+        "test_resume_checks",
+        "test_the_same_flags_resume_and_a_finished_run_has_nothing_left",
+    ),
+    "a checkpoint that records an impossible position": (
+        "test_resume_checks",
+        "test_a_checkpoint_with_an_impossible_position_is_refused",
+    ),
+    "torchrun processes that see other data": (
+        "test_resume_checks",
+        "test_torchrun_processes_that_see_other_images_are_stopped",
+    ),
+    "`slurm.sbatch` asks for": ("test_preemption", "test_the_slurm_script_passes_the_signal_on_and_requeues"),
 }
 
 
