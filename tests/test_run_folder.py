@@ -7,6 +7,7 @@ on the same folder must be turned away naming the holder, and the first must the
 
 from __future__ import annotations
 
+import builtins
 import errno
 import json
 import os
@@ -17,10 +18,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, TINY_DEIT, assert_one_line_error, run_cli
+import torch
+from helpers import ROOT, TINY_DEIT, TINY_ET_MODEL, assert_one_line_error, run_cli
 
 from toe.engine import run_lock
-from toe.recipes import deit, generate_label, lvvit
+from toe.recipes import deit, et_training, generate_label, lvvit
 
 FLAGS = [*TINY_DEIT, "--epochs", "2", "--seed", "3"]
 
@@ -82,11 +84,11 @@ time.sleep(600)
 
 
 @pytest.mark.slow
-def test_lvvit_and_generate_label_lock_their_folders(tiny_data, tmp_path, capsys):
-    runs, labels = tmp_path / "lvvit", tmp_path / "labels"
-    runs.mkdir()
-    labels.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, runs, labels], stdout=subprocess.PIPE, text=True)
+def test_lvvit_efficienttrain_and_generate_label_lock_their_folders(tiny_data, tmp_path, capsys):
+    runs, labels, stages = tmp_path / "lvvit", tmp_path / "labels", tmp_path / "et"
+    for folder in (runs, labels, stages):
+        folder.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, runs, labels, stages], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         lvvit_flags = ["--model", "lvvit_t", "--img-size", "32", "-j", "0", "--device", "cpu", "--epochs", "1"]
@@ -96,6 +98,11 @@ def test_lvvit_and_generate_label_lock_their_folders(tiny_data, tmp_path, capsys
             generate_label.main, [tiny_data, labels, "--model", "resnet10t", "--pretrained", "-j", "0"], capsys
         )
         assert_one_line_error(status, err, f"LABELS {labels} is in use by another run", f"pid {holder.pid}")
+        et_flags = [*TINY_ET_MODEL, "--num_workers", "0", "--device", "cpu", "--epochs", "5", "--warmup_epochs", "1"]
+        et_flags += ["--input_size", "32", "--data_path", tiny_data, "--output_dir", stages]
+        status, _, err = run_cli(et_training.main, et_flags, capsys)
+        assert_one_line_error(status, err, f"--output_dir {stages} is in use by another run", f"pid {holder.pid}")
+        assert not (stages / "log.txt").exists()
     finally:
         holder.kill()
         holder.wait()
@@ -123,3 +130,41 @@ def test_an_output_folder_under_a_file_is_one_line(tiny_data, tmp_path, capsys):
     output = tmp_path / "notes.txt" / "run"
     status, _, err = run_cli(deit.main, [*FLAGS, "--data-path", tiny_data, "--output_dir", output], capsys)
     assert_one_line_error(status, err, f"--output_dir {output} cannot be created", "Not a directory")
+
+
+@pytest.mark.parametrize("failing", ["checkpoint", "log"])
+def test_a_full_disk_while_training_is_one_line_and_the_run_continues_later(
+    failing, tiny_data, tmp_path, capsys, monkeypatch
+):
+    """The disk fills up in epoch 1: writing its checkpoint (or its log.txt line) fails. One line, exit 2; the
+    checkpoint of epoch 0 stays, no temporary file is left, and --auto-resume finishes the run later."""
+    real_save, real_open = torch.save, builtins.open
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def save(obj, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("epoch") == 1:
+            raise full
+        return real_save(obj, *args, **kwargs)
+
+    def open_(file, mode="r", *args, **kwargs):
+        if str(file).endswith("log.txt") and "a" in mode and (tmp_path / "out" / "log.txt").exists():
+            raise full
+        return real_open(file, mode, *args, **kwargs)
+
+    if failing == "checkpoint":
+        monkeypatch.setattr(torch, "save", save)
+    else:
+        monkeypatch.setattr(builtins, "open", open_)
+    output = tmp_path / "out"
+    argv = [*FLAGS, "--data-path", tiny_data, "--output_dir", output]
+    status, _, err = run_cli(deit.main, argv, capsys)
+    monkeypatch.undo()
+    assert_one_line_error(status, err, f"cannot write {output}", "No space left on device", "--auto-resume")
+    saved = torch.load(output / "checkpoint.pth", weights_only=True)["epoch"]
+    assert saved == (0 if failing == "checkpoint" else 1)  # the log line is written after the checkpoint
+    assert [json.loads(line)["epoch"] for line in (output / "log.txt").read_text().splitlines()] == [0]
+    assert not list(output.glob(".*.tmp-*"))
+
+    status, _, err = run_cli(deit.main, [*argv, "--auto-resume"], capsys)
+    assert status == 0, err
+    assert [json.loads(line)["epoch"] for line in (output / "log.txt").read_text().splitlines()] == [0, 1]

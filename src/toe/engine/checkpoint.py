@@ -40,7 +40,8 @@ def previous_path(path: str | Path) -> Path:
 
 
 def save_checkpoint(state: dict, path: str | Path, keep_previous: bool = False) -> None:
-    """Write ``state`` (plus the format tag) to ``path`` atomically; optionally keep the old file."""
+    """Write ``state`` (plus the format tag) to ``path`` atomically; optionally keep the old file. A write
+    that fails (full disk, read-only file system) is a :class:`UserError`; the file it would replace stays."""
     path = Path(path)
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -52,6 +53,11 @@ def save_checkpoint(state: dict, path: str | Path, keep_previous: bool = False) 
         if keep_previous and path.exists():
             os.replace(path, previous_path(path))
         os.replace(temp, path)
+    except OSError as error:
+        raise UserError(
+            f"cannot write {path} ({error.strerror or error}); the checkpoints written before are kept: "
+            "once the folder can be written again, continue with --auto-resume"
+        ) from None
     finally:
         temp.unlink(missing_ok=True)
     _fsync_folder(path.parent)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..errors import UserError
+
 # log.txt keys written as TensorBoard scalars, under these tags
 _SCALARS = {
     "train_loss": "train/loss",
@@ -45,9 +47,16 @@ class RunLogger:
         """Append ``record`` to log.txt and its scalars to TensorBoard (step = epoch)."""
         if self.output_dir is None:
             return
-        with open(self.output_dir / "log.txt", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
+        path = self.output_dir / "log.txt"
+        try:
+            with open(path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+                handle.flush()
+        except OSError as error:  # the epoch's checkpoint, written first, holds the record: a resume restores it
+            raise UserError(
+                f"cannot write {path} ({error.strerror or error}); once it can be written again, continue "
+                "with --auto-resume"
+            ) from None
         if self.writer is not None:
             for key, tag in _SCALARS.items():
                 if isinstance(record.get(key), (int, float)):
