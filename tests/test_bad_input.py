@@ -180,6 +180,10 @@ TESTED_ELSEWHERE = {
     ),
     "LV-ViT: a label file with NaN": ("test_token_label_checks", "test_a_label_file_with_nan_is_named"),
     "LV-ViT: a label file of another grid": ("test_token_label_checks", "test_a_label_file_of_another_grid_is_named"),
+    "LV-ViT: label files all of another grid": (
+        "test_token_label_checks",
+        "test_labels_of_another_grid_throughout_are_resampled_and_said_once",
+    ),
     "LV-ViT: labels without a record": (
         "test_token_label_checks",
         "test_labels_without_a_record_are_used_with_a_warning",
@@ -207,6 +211,10 @@ TESTED_ELSEWHERE = {
         "test_visualize_names_the_file_it_wrote_and_a_run_without_toe",
     ),
     "`toe` answers with ncurses' usage line": ("test_flops", "test_python_dash_m_toe_is_the_toe_command"),
+    "the disk fills up (or turns read-only) during training": (
+        "test_run_folder",
+        "test_a_full_disk_while_training_is_one_line_and_the_run_continues_later",
+    ),
     "One run per folder": ("test_run_folder", "test_second_run_on_the_same_folder_is_turned_away"),
     "hidden folders": ("test_data_folders", "test_hidden_folders_are_ignored_with_a_warning"),
     "a symbolic link loop": ("test_data_folders", "test_a_symbolic_link_loop_is_not_followed"),

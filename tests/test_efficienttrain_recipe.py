@@ -7,15 +7,18 @@ import gc
 import io
 import json
 import math
+import signal
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import torch
 from helpers import ROOT, TINY_ET_MODEL, assert_one_line_error, run_cli
 
 from toe.cli import main as toe_main
-from toe.engine import trainer
+from toe.engine import failpoints, trainer
+from toe.engine.preemption import REQUEUE_STATUS
 from toe.options import run_main
 from toe.recipes import efficienttrain, et_training
 
@@ -188,6 +191,35 @@ def test_a_mid_epoch_checkpoint_resumes_with_the_right_learning_rate(
     full_log, resumed_log = read_log(full_run[0]), read_log(output)
     assert [r["train_lr"] for r in resumed_log] == [r["train_lr"] for r in full_log]
     assert [r["train_loss"] for r in resumed_log] == [r["train_loss"] for r in full_log]
+    full_state, resumed_state = checkpoint(full_run[0]), checkpoint(output)
+    for name, tensor in full_state["model"].items():
+        assert torch.equal(tensor, resumed_state["model"][name]), name
+
+
+def test_a_sigterm_in_stage_3_stops_with_a_checkpoint_and_the_rerun_ends_bit_for_bit(
+    full_run, tiny_data, tmp_path, capsys, monkeypatch
+):
+    """A scheduler's SIGTERM right after the 2nd update of epoch 5 (5 updates per epoch: the 27th update): the
+    stage finishes its 3rd update, writes a mid-epoch checkpoint and the driver exits 143 (requeue); the rerun
+    skips stages 1-2 and ends as the uninterrupted run."""
+    monkeypatch.setattr(failpoints, "_hits", Counter())
+    monkeypatch.setenv("TOE_FAILPOINT", "train-step:27")
+    monkeypatch.setenv("TOE_FAILPOINT_SIGNAL", "SIGTERM")
+    output = tmp_path / "stopped"
+    status, out, err = et_run(capsys, tiny_data, output, *TEN_EPOCHS)
+    assert status == REQUEUE_STATUS, err
+    assert "pre-empted (SIGTERM) at epoch 5, step 3; checkpoint.pth holds the epoch so far" in out
+    assert "stage 4/5" not in out and [r["epoch"] for r in read_log(output)] == [0, 1, 2, 3, 4]
+    assert checkpoint(output)["partial"]["epoch"] == 5 and checkpoint(output)["partial"]["stats"]["steps"] == 3
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lives only while training
+    monkeypatch.delenv("TOE_FAILPOINT")
+
+    status, out, err = et_run(capsys, tiny_data, output, *TEN_EPOCHS)
+    assert status == 0, err
+    assert out.count("already done") == 2 and "continuing at epoch 5, step 3" in out
+    full_log, resumed_log = read_log(full_run[0]), read_log(output)
+    for key in ("train_loss", "train_lr", "test_acc1", "toe_tokens", "input_size"):
+        assert [r[key] for r in resumed_log] == [r[key] for r in full_log], key
     full_state, resumed_state = checkpoint(full_run[0]), checkpoint(output)
     for name, tensor in full_state["model"].items():
         assert torch.equal(tensor, resumed_state["model"][name]), name

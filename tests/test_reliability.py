@@ -220,13 +220,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+LAYOUT_FREE = ["--mixup", "0", "--cutmix", "0", "--drop-path", "0", "--no-repeated-aug"]
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_data, tmp_path_factory):
+    """The run the two-process runs below are compared with: one process, the same total batch."""
+    one = tmp_path_factory.mktemp("one")
+    train(tiny_data, one, *LAYOUT_FREE, "--batch-size", "16")
+    return one
+
+
 @pytest.mark.slow
-def test_torchrun_restarts_a_killed_worker_from_the_last_checkpoint(tiny_data, tmp_path):
-    layout_free = ["--mixup", "0", "--cutmix", "0", "--drop-path", "0", "--no-repeated-aug"]
-    one = tmp_path / "one"
-    train(tiny_data, one, *layout_free, "--batch-size", "16")
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_torchrun_restarts_a_killed_worker_from_the_last_checkpoint(signal_name, tiny_data, tmp_path, one_process):
+    """Rank 1 gets the signal after the 3rd update of epoch 1. SIGKILL: torchrun restarts both workers from the
+    last checkpoint. SIGTERM (pre-emption): both processes stop at the next update, with a mid-epoch
+    checkpoint, exit 143, and the restarted workers continue from that step."""
     elastic = tmp_path / "elastic"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOE_FAILPOINT": "train-step:8:1"}  # rank 1, epoch 1
+    env["TOE_FAILPOINT_SIGNAL"] = signal_name
     result = subprocess.run(
         [
             sys.executable,
@@ -242,7 +255,7 @@ def test_torchrun_restarts_a_killed_worker_from_the_last_checkpoint(tiny_data, t
             f"127.0.0.1:{free_port()}",
             ROOT / "ToE" / "deit" / "main.py",
             *FLAGS,
-            *layout_free,
+            *LAYOUT_FREE,
             "--data-path",
             tiny_data,
             "--batch-size",
@@ -258,9 +271,12 @@ def test_torchrun_restarts_a_killed_worker_from_the_last_checkpoint(tiny_data, t
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "continuing at epoch 1" in result.stdout  # the restarted workers resumed
+    if signal_name == "SIGTERM":  # rank 0 stopped with rank 1, at the same update
+        assert "pre-empted (a signal to another process) at epoch 1, step 4;" in result.stdout
+        assert "continuing at epoch 1, step 4" in result.stdout
     log = records(elastic)
     assert [r["epoch"] for r in log] == [0, 1, 2] and all(r["replicas_in_sync"] for r in log)
-    a = torch.load(one / "checkpoint.pth", weights_only=True)["model"]
+    a = torch.load(one_process / "checkpoint.pth", weights_only=True)["model"]
     b = torch.load(elastic / "checkpoint.pth", weights_only=True)["model"]
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)

@@ -108,6 +108,18 @@ def test_a_label_file_of_another_grid_is_named(made, tiny_data, tmp_path):
         dataset[index]
 
 
+def test_labels_of_another_grid_throughout_are_resampled_and_said_once(made, tiny_data, tmp_path, capsys):
+    labels = tmp_path / "labels"
+    shutil.copytree(made / "labels", labels)
+    for file in labels.rglob("*.pt"):  # 4x4 maps for the model's 8x8 token grid
+        torch.save(torch.load(file, weights_only=True)[..., :4, :4].clone(), file)
+    (tmp_path / "not_a_checkpoint.pth").write_text("x")  # stops the run once its data and model are set up
+    argv = [tiny_data, *LVVIT, "--token-label-data", labels, "--resume", tmp_path / "not_a_checkpoint.pth"]
+    status, out, err = run_cli(lvvit.main, argv, capsys)
+    assert_one_line_error(status, err, "not_a_checkpoint.pth")
+    assert out.count("note: the label files hold 4x4 maps; each is resampled to the 8x8 token grid") == 1
+
+
 def test_labels_without_a_record_are_used_with_a_warning(made, tiny_data, tmp_path, capsys):
     labels = tmp_path / "labels"
     shutil.copytree(made / "labels", labels)
