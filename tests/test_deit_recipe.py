@@ -299,7 +299,8 @@ def test_toe_report_summarises_the_run(toe_run, capsys):
     status, out, err = run_cli(toe_main, ["report", toe_run], capsys)
     assert status == 0, err
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
-    assert [(r[0], r[1], r[2]) for r in rows] == [("1", "0-0", "33"), ("2", "1-1", "49"), ("3", "2-2", "65")]
+    patch_tokens = [("1", "0-0", "32 of 64"), ("2", "1-1", "48 of 64"), ("3", "2-2", "64 of 64")]
+    assert [(r[0], r[1], " ".join(r[2:5])) for r in rows] == patch_tokens  # the class token on top
     assert rows[-1][-1] == "1.00x" and all(r[-1].endswith("x") for r in rows)
     assert "top-1 (model): final" in out and "top-1 (EMA): final" in out and "checkpoint.pth" in out
     status, _, err = run_cli(toe_main, ["report", toe_run / "missing"], capsys)

@@ -207,7 +207,7 @@ def test_toe_flops_counts_the_stem_and_the_dense_head(capsys):
     assert full == pytest.approx((blocks + stem + heads) / 1e9, abs=0.01)
     assert 6.4 < full < 6.7  # LV-ViT-S: about 6.6 GFLOPs
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
-    assert [row[2] for row in rows] == ["79", "137", "197"]
+    assert [" ".join(row[2:5]) for row in rows] == ["78 of 196", "136 of 196", "196 of 196"]  # patch tokens
 
 
 def test_mixtoken_draws_tokenlabelings_box():

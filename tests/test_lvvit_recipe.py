@@ -245,7 +245,10 @@ def test_visualize_and_report_read_an_lvvit_run(lvvit_run, tiny_data, tmp_path, 
     status, report, err = run_cli(toe_main, ["report", lvvit_run], capsys)
     assert status == 0, err
     rows = [line.split() for line in report.splitlines() if line.strip()[:1].isdigit()]
-    assert [row[:3] + row[5:6] for row in rows] == [["1", "0-0", "25", "-"], ["2", "1-1", "44", "-"]]
+    assert [row[:5] + row[7:8] for row in rows] == [
+        ["1", "0-0", "24", "of", "64", "-"],
+        ["2", "1-1", "43", "of", "64", "-"],
+    ]
     assert "no full-token stage to compare with yet" in report
 
 

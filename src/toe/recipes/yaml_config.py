@@ -77,6 +77,8 @@ def _convert(action: argparse.Action, value, file: Path, key: str):
     if isinstance(action.nargs, int) and len(value) != action.nargs:
         raise UserError(f"{where} needs {action.nargs} values, got {len(value)}")
     if action.nargs == "+" and not value:
+        if action.default == []:  # the flag's own "not given" (args.yaml records it so)
+            return []
         raise UserError(f"{where} needs at least one value")
     return [_scalar(action, item, where) for item in value]
 
