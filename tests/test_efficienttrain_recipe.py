@@ -205,13 +205,13 @@ def test_a_sigterm_in_stage_3_stops_with_a_checkpoint_and_the_rerun_ends_bit_for
     monkeypatch.setattr(failpoints, "_hits", Counter())
     monkeypatch.setenv("TOE_FAILPOINT", "train-step:27")
     monkeypatch.setenv("TOE_FAILPOINT_SIGNAL", "SIGTERM")
-    output = tmp_path / "stopped"
+    output, handler = tmp_path / "stopped", signal.getsignal(signal.SIGTERM)
     status, out, err = et_run(capsys, tiny_data, output, *TEN_EPOCHS)
     assert status == REQUEUE_STATUS, err
     assert "pre-empted (SIGTERM) at epoch 5, step 3; checkpoint.pth holds the epoch so far" in out
     assert "stage 4/5" not in out and [r["epoch"] for r in read_log(output)] == [0, 1, 2, 3, 4]
     assert checkpoint(output)["partial"]["epoch"] == 5 and checkpoint(output)["partial"]["stats"]["steps"] == 3
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lives only while training
+    assert signal.getsignal(signal.SIGTERM) is handler  # the engine's handler lives only while training
     monkeypatch.delenv("TOE_FAILPOINT")
 
     status, out, err = et_run(capsys, tiny_data, output, *TEN_EPOCHS)
