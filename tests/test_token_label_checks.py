@@ -44,6 +44,7 @@ def made(tiny_data, tmp_path_factory):
 def test_the_label_folder_records_its_annotator_and_images(made, tiny_data):
     record = json.loads((made / "labels" / RECORD_NAME).read_text())
     assert record["annotator"]["model"] == "deit_tiny_patch16_224" and record["annotator"]["img_size"] == 32
+    assert record["annotator"]["crop_pct"] == 0.9  # the model's own, as upstream, when --crop-pct is not given
     assert record["weights_source"] == str(made / "a.pth") and "sha256" in record["annotator"]["weights"]
     assert record["data"]["images"] == 80 and record["data"]["classes"] == 10
     assert record["data"]["folder"] == str((tiny_data / "train").resolve())
@@ -60,6 +61,10 @@ def test_continuing_with_another_annotator_is_refused(made, tiny_data, tmp_path,
     )
     assert_one_line_error(status, err, f"LABELS {labels} holds labels of another annotator", "b.pth")
     assert not any(file.exists() for file in removed)  # nothing was added
+    # the same annotator shown other crops of the images is another annotator too
+    argv = [tiny_data, labels, "--checkpoint", made / "a.pth", "--crop-pct", "0.5", "-j", "0", "--no-progress"]
+    status, _, err = run_cli(generate_label.main, argv, capsys)
+    assert_one_line_error(status, err, "holds labels of another annotator", "crop 0.5")
     # the same weights under another name are the same annotator
     shutil.copy(made / "a.pth", tmp_path / "renamed.pth")
     status, out, err = run_cli(

@@ -136,6 +136,8 @@ def as_our_layout(state: object) -> dict | None:
     if isinstance(state.get("args"), argparse.Namespace):
         state["args"] = vars(state["args"])
     return state
+
+
 def check_position(state: dict, source: str) -> None:
     """The training position a checkpoint records (``epoch``, ``num_updates``, ``partial``) must be one a run
     can continue from: whole numbers, epoch >= -1 (-1: written before the first epoch ended), a mid-epoch

@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         interpolation=config["interpolation"],
         mean=config["mean"],
         std=config["std"],
-        crop_pct=args.crop_pct or config["crop_pct"],
+        crop_pct=annotator["crop_pct"],
     )
     loader = DataLoader(
         _Images([path for path, _ in todo], images.loader, transform),
@@ -173,7 +173,7 @@ def _describe(record: dict) -> str:
     source = f" ({record['weights_source']})" if record.get("weights_source") else ""
     return (
         f"{annotator.get('model')}{f' ({kwargs})' if kwargs else ''} at {annotator.get('img_size')} px, "
-        f"weights {annotator.get('weights')}{source}"
+        f"crop {annotator.get('crop_pct')}, weights {annotator.get('weights')}{source}"
     )
 
 
@@ -195,7 +195,8 @@ def weights_identity(args: argparse.Namespace) -> str:
 
 
 def build_annotator(args: argparse.Namespace, num_classes: int) -> tuple[nn.Module, int, dict]:
-    """The annotator (weights loaded), its input size and its identity (model, size, kwargs, weights).
+    """The annotator (weights loaded), its input size and its identity (model, size, kwargs, weights, the
+    centre-crop ratio of its view).
 
     With a checkpoint of this project, the model name, input size, patch size and --model-kwargs saved in
     it are used unless given on the command line.
@@ -233,8 +234,10 @@ def build_annotator(args: argparse.Namespace, num_classes: int) -> tuple[nn.Modu
             raise UserError(
                 f"--checkpoint {args.checkpoint} does not fit --model {name} with {num_classes} classes ({detail})"
             ) from None
-    size = int(size or resolve_data_config({}, model=model)["input_size"][-1])
+    config = resolve_data_config({}, model=model)
+    size = int(size or config["input_size"][-1])
     identity = {"model": name, "img_size": size, "model_kwargs": kwargs, "weights": weights_identity(args)}
+    identity["crop_pct"] = args.crop_pct or config["crop_pct"]
     return model, size, json.loads(json.dumps(identity, default=str))
 
 
