@@ -124,6 +124,7 @@ def test_upstream_deit_checkpoints_evaluate_resume_finetune_visualize_and_report
     status, out, err = deit_run(capsys, tiny_data, tmp_path / "resumed", *flags, "--resume", upstream)
     assert status == 0, err
     assert "continuing at epoch 3" in out and [r["epoch"] for r in read_log(tmp_path / "resumed")] == [3]
+    assert "not a checkpoint of this project: its flags are not compared with these" in out  # 3 epochs, now 4
     status, out, err = deit_run(capsys, tiny_data, tmp_path / "tuned", "--epochs", "1", "--finetune", upstream)
     assert status == 0, err
     assert "0 left at init" in out

@@ -46,6 +46,7 @@ from ..engine import (
     restore,
     resume_message,
 )
+from ..engine.checkpoint import FORMAT
 from ..engine.distributed import check_same_everywhere
 from ..engine.loop import batches_to_train
 from ..engine.precision import AMP_DTYPES
@@ -321,7 +322,8 @@ def resume_run(
     The flags, the number of processes and the training images must be those the checkpoint recorded
     (see :mod:`toe.recipes.resume_check`; ``free``: more flags that may differ, ``spell``: how a flag is
     written), unless ``--change-on-resume`` names them: then the LR schedule follows the new flags (as timm's
-    train.py does on every resume) and the next log record lists the changes."""
+    train.py does on every resume) and the next log record lists the changes. A checkpoint of an upstream
+    project is not compared (its flags mean other things); the line says so."""
     if found is None:
         return None
     changes = resume_changes(run.settings.args, run.settings.identity, found, free, spell)
@@ -330,6 +332,8 @@ def resume_run(
         found.state["lr_scheduler"] = None  # the schedule follows the new flags from here
     restore(run, found.state, found.source)
     message = resume_message(run, found) + (f"; {note}" if note else "")
+    if not written_here(found.state) and not run.settings.args.get("eval"):
+        message += "; not a checkpoint of this project: its flags are not compared with these"
     if changes:
         run.state.changes = changes
         if run.parts.lr_schedule is not None:
@@ -348,9 +352,9 @@ def resume_changes(
 ) -> dict:
     """The deliberate changes from the checkpoint ``found`` to a run of the flags ``current`` (plain values)
     on ``identity`` (processes, training images; ``{}``: not known yet); a :class:`UserError` for the others.
-    Evaluation (``--eval``) and checkpoints without recorded flags are not checked."""
+    Evaluation (``--eval``) and checkpoints of other projects (or without recorded flags) are not checked."""
     recorded = found.state.get("args")
-    if current.get("eval") or not isinstance(recorded, dict):
+    if current.get("eval") or not isinstance(recorded, dict) or not written_here(found.state):
         return {}
     changes = differences(recorded, current, free)
     saved_identity = found.state.get("identity") or {}
@@ -365,6 +369,11 @@ def resume_changes(
         spell=spell,
         can_change="change_on_resume" in current,
     )
+
+
+def written_here(state: dict) -> bool:
+    """Whether a loaded checkpoint was written by this project (its flags are ours, with our meanings)."""
+    return state.get("format") == FORMAT
 
 
 def check_eval_weights(found: FoundCheckpoint | None, finetune: str) -> None:
