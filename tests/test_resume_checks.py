@@ -137,6 +137,16 @@ def test_a_checkpoint_with_an_impossible_position_is_refused(epoch, fragment, fi
     assert not (tmp_path / "out" / "log.txt").exists()
 
 
+def test_evaluating_the_checkpoint_of_a_longer_run_is_not_refused(finished, tmp_path, tiny_data, capsys):
+    state = torch.load(finished / "checkpoint.pth", weights_only=True)
+    state["epoch"] = 99
+    torch.save(state, tmp_path / "longer.pth")
+    argv = [*FLAGS, "--data-path", tiny_data, "--eval", "--resume", tmp_path / "longer.pth"]
+    status, out, err = run_cli(deit.main, argv, capsys)
+    assert status == 0, err
+    assert f"evaluating {tmp_path / 'longer.pth'} (finished epoch 99)" in out and "Accuracy of the network" in out
+
+
 WITH_OTHER_DATA = """
 import os, sys
 from toe.recipes.deit import cli

@@ -195,11 +195,6 @@ def restore(run: TrainingRun, state: dict, source: str) -> None:
     state first, then call this.
     """
     parts = run.parts
-    if "epoch" in state and int(state["epoch"]) + 1 > run.settings.epochs:
-        raise UserError(
-            f"{source} has finished epoch {state['epoch']}, past the {run.settings.epochs} epochs of this run: "
-            "it belongs to a longer run"
-        )
     missing, unexpected = _keys_mismatch(parts.module, state["model"])
     if missing or unexpected:
         example = (missing or unexpected)[0]

@@ -327,12 +327,21 @@ def resume_run(
     if found is None:
         return None
     changes = resume_changes(run.settings.args, run.settings.identity, found, free, spell)
+    evaluating, epoch = bool(run.settings.args.get("eval")), found.state.get("epoch")
+    if not evaluating and epoch is not None and int(epoch) + 1 > run.settings.epochs:
+        raise UserError(
+            f"{found.source} has finished epoch {epoch}, past the {run.settings.epochs} epochs of this run: "
+            "it belongs to a longer run"
+        )
     note = adapt(found.state) if adapt is not None else None
     if changes:
         found.state["lr_scheduler"] = None  # the schedule follows the new flags from here
     restore(run, found.state, found.source)
+    if evaluating:
+        where = f"evaluating {found.path}" + (f" (finished epoch {epoch})" if epoch is not None else "")
+        return (f"{found.note}\n" if found.note else "") + where + (f"; {note}" if note else "")
     message = resume_message(run, found) + (f"; {note}" if note else "")
-    if not written_here(found.state) and not run.settings.args.get("eval"):
+    if not written_here(found.state):
         message += "; not a checkpoint of this project: its flags are not compared with these"
     if changes:
         run.state.changes = changes
