@@ -61,6 +61,24 @@ def test_the_slurm_script_passes_the_signal_on_and_requeues(tmp_path):
     assert "--auto-resume" in calls[1] and "#SBATCH --requeue" in SLURM.read_text()
 
 
+LOADER_LEFT_RUNNING = """
+from torch.utils.data import DataLoader
+from toe.engine.preemption import ignore_stop_signals
+loader = DataLoader(list(range(64)), batch_size=4, num_workers=2, worker_init_fn=ignore_stop_signals,
+                    persistent_workers=True)
+batches = iter(loader)
+next(batches)
+print("workers started", flush=True)
+"""
+
+
+def test_a_process_that_exits_with_its_loader_workers_running_ends():
+    """At exit, multiprocessing ends the workers still running with SIGTERM from the main process: a worker
+    that ignored every SIGTERM (a scheduler's) would make the process wait for it for ever."""
+    done = subprocess.run([sys.executable, "-c", LOADER_LEFT_RUNNING], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "workers started" in done.stdout, done.stderr[-2000:]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_data, tmp_path_factory):
     output = tmp_path_factory.mktemp("uninterrupted")

@@ -10,12 +10,15 @@ bit as after a kill.
 
 Under torchrun every process must stop at the same update: the request is OR-ed over the processes
 at every update through a small gloo group (CPU only, so that a GPU step is not synchronised for it).
-DataLoader workers ignore both signals (a scheduler signals every process of the job): their main
-process decides when to stop, and shuts them down.
+DataLoader workers leave both signals to their main process (a scheduler signals every process of the
+job): it decides when to stop, and shuts them down. A SIGTERM from the main process itself (its
+DataLoader, or ``multiprocessing`` at exit, ending a worker) still ends a worker, so that no exit waits
+for a worker that will not end.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -72,6 +75,15 @@ class PreemptionWatch:
 
 
 def ignore_stop_signals(worker_id: int | None = None) -> None:
-    """DataLoader ``worker_init_fn``: workers leave SIGTERM / SIGUSR1 to their main process."""
-    for number in SIGNALS:
-        signal.signal(number, signal.SIG_IGN)
+    """DataLoader ``worker_init_fn``: a worker leaves SIGTERM / SIGUSR1 from a scheduler to its main process,
+    but ends on a SIGTERM from the main process. SIGTERM is blocked and taken by a thread that reads who sent
+    it (``sigwaitinfo``); nothing else in the worker runs a handler."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_end_on_sigterm_from, args=(os.getppid(),), daemon=True).start()
+
+
+def _end_on_sigterm_from(main_process: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == main_process:
+            os._exit(REQUEUE_STATUS)  # as SIGTERM itself would end the worker
