@@ -120,3 +120,13 @@ def write_png(path: Path, width: int, height: int, bit_depth: int = 8, colour_ty
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+
+
+def detection_demo_generator():
+    """The datasets/make_detection_demo_data.py module."""
+    spec = importlib.util.spec_from_file_location(
+        "make_detection_demo_data", ROOT / "datasets" / "make_detection_demo_data.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,7 +3,8 @@
 Costs are multiply-accumulates (MACs) per image, the unit DeiT and the ToE paper call "FLOPs"
 (DeiT-S: 4.60 G). A transformer block on N tokens of width C with MLP ratio r costs
 (4 + 2r) N C^2 (qkv, projection, MLP) + 2 N^2 C (attention scores and weighted sum). ToE runs block 0
-on all tokens and blocks 1.. on prefix + M tokens. Training costs about 3x the forward in every stage,
+on all tokens and blocks 1.. on prefix + M tokens (+ YOLOS's [DET] tokens, which ToE leaves alone, in every
+block). Training costs about 3x the forward in every stage,
 so the ratios below are also the training-compute ratios. Norms, activations and softmax are not
 counted (as in fvcore and torch.utils.flop_counter).
 """
@@ -30,6 +31,7 @@ class ViTShape:
     stem_macs: int
     head_macs: int
     dense_head_macs: int = 0  # per-token heads that see the full (scattered-back) grid, e.g. LV-ViT
+    num_extra_tokens: int = 0  # tokens every block sees and ToE never touches: YOLOS's [DET] tokens
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,8 @@ def block_macs(embed_dim: int, mlp_ratio: float, tokens: int) -> float:
 
 def forward_macs(shape: ViTShape, kept: int | None = None) -> float:
     """MACs of one image's forward with ``kept`` patch tokens after block 0 (None = all)."""
-    full = shape.num_prefix_tokens + shape.num_patches
-    reduced = shape.num_prefix_tokens + (shape.num_patches if kept is None else kept)
+    full = shape.num_prefix_tokens + shape.num_patches + shape.num_extra_tokens
+    reduced = shape.num_prefix_tokens + (shape.num_patches if kept is None else kept) + shape.num_extra_tokens
     blocks = block_macs(shape.embed_dim, shape.mlp_ratio, full)
     blocks += (shape.depth - 1) * block_macs(shape.embed_dim, shape.mlp_ratio, reduced)
     return shape.stem_macs + blocks + shape.head_macs + shape.dense_head_macs
@@ -96,9 +98,32 @@ def vit_shape(model: nn.Module) -> ViTShape:
     )
 
 
+def yolos_shape(model: nn.Module, height: int, width: int) -> ViTShape:
+    """The :class:`ViTShape` of a YOLOS detector (:class:`toe.detection.model.YOLOS`) on ``height`` x ``width``
+    images: its backbone's blocks on the image's patch grid, its [DET] tokens as extra tokens and its
+    3-layer class and box heads on every [DET] token as the head."""
+    backbone = model.backbone
+    rows, cols = model.grid_of((height, width))
+    plain = vit_shape(backbone)
+    stem = plain.stem_macs * rows * cols // backbone.patch_embed.num_patches
+    heads = sum(
+        layer.in_features * layer.out_features for mlp in (model.class_embed, model.bbox_embed) for layer in mlp.layers
+    )
+    return ViTShape(
+        embed_dim=plain.embed_dim,
+        depth=plain.depth,
+        mlp_ratio=plain.mlp_ratio,
+        num_patches=rows * cols,
+        num_prefix_tokens=1,
+        stem_macs=stem,
+        head_macs=heads * model.det_token_num,
+        num_extra_tokens=model.det_token_num,
+    )
+
+
 def schedule_costs(shape: ViTShape, schedule: ToESchedule | None, epochs: int) -> list[StageCost]:
     """Forward cost of every stage of ``schedule`` over ``epochs`` epochs (None: one full-token row)."""
-    full_tokens = shape.num_prefix_tokens + shape.num_patches
+    full_tokens = shape.num_prefix_tokens + shape.num_patches + shape.num_extra_tokens
     if schedule is None:
         return [StageCost(0, 0, epochs, full_tokens, forward_macs(shape))]
     counts = schedule.token_counts(shape.num_patches)
@@ -106,7 +131,8 @@ def schedule_costs(shape: ViTShape, schedule: ToESchedule | None, epochs: int) -
     for stage, first, end in schedule.stage_epochs(epochs):
         if schedule.is_active(stage):
             kept = counts.kept[stage - 1]
-            rows.append(StageCost(stage, first, end, shape.num_prefix_tokens + kept, forward_macs(shape, kept)))
+            tokens = shape.num_prefix_tokens + kept + shape.num_extra_tokens
+            rows.append(StageCost(stage, first, end, tokens, forward_macs(shape, kept)))
         else:
             rows.append(StageCost(stage, first, end, full_tokens, forward_macs(shape)))
     return rows
@@ -122,8 +148,9 @@ def format_costs(name: str, shape: ViTShape, costs: list[StageCost]) -> str:
     """The ``toe flops`` table."""
     full = forward_macs(shape)
     epochs = sum(row.epochs for row in costs)
+    extra = f" + {shape.num_extra_tokens} [DET] (never reduced)" if shape.num_extra_tokens else ""
     lines = [
-        f"{name}: {shape.num_patches} patch tokens + {shape.num_prefix_tokens} prefix, "
+        f"{name}: {shape.num_patches} patch tokens + {shape.num_prefix_tokens} prefix{extra}, "
         f"{shape.depth} blocks of width {shape.embed_dim}",
         "GFLOPs = forward multiply-adds per image, as DeiT reports them; training costs about 3x in every stage",
         "",

@@ -71,6 +71,7 @@ PAPER_SETTINGS = {
     "deit": PaperSettings((0, 100, 200), (0.5, 0.75, 1.0), 0.25),
     "lvvit": PaperSettings((0, 100, 200), (0.4, 0.7, 1.0), 0.2),
     "efficienttrain": PaperSettings((0, 100, 200), (0.6, 0.8, 1.0), 0.3),
+    "yolos": PaperSettings((5, 100, 200), (0.5, 0.75, 1.0), 0.25),  # YOLOS-Ti; YOLOS-S: 5 50 100
 }
 
 

@@ -1,0 +1,234 @@
+"""The YOLOS recipe (hustvl/YOLOS main.py flags) with Token Expansion, on the shared engine.
+
+    python ToE/YOLOS/main.py --coco_path /coco --backbone_name tiny --pre_trained deit_tiny.pth \\
+        --init_pe_size 800 1333 --eval_size 512 --output_dir out --toe
+    torchrun --nproc_per_node=8 ToE/YOLOS/main.py ... (see ToE/YOLOS/run/)
+
+Without the ToE flags this is plain YOLOS training (the baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..detection.backbone import load_backbone_weights
+from ..detection.coco import build_coco_split, num_classes_of
+from ..detection.criterion import SetCriterion
+from ..detection.matcher import HungarianMatcher
+from ..detection.model import BACKBONES, YOLOS, create_backbone
+from ..detection.transforms import eval_transforms, train_transforms
+from ..options import ArgumentParser, UserError, add_toe_arguments, check_at_least
+from ..token_select import TokenSelect
+from .common import add_engine_arguments, parse_model_kwargs
+
+SCHEDULES = ("warmupcos", "step")
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="ToE/YOLOS/main.py",
+        description="YOLOS object detection training and evaluation with Token Expansion (ToE).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--lr", default=1e-4, type=float, help="learning rate of the backbone and the heads")
+    p.add_argument("--lr_backbone", default=1e-5, type=float, help="accepted for compatibility: unused, as upstream")
+    p.add_argument("--batch_size", default=2, type=int, help="batch size per process")
+    p.add_argument("--weight_decay", default=1e-4, type=float)
+    p.add_argument("--epochs", default=150, type=int)
+    p.add_argument("--eval_size", default=800, type=int, help="shorter side of the evaluation images")
+    p.add_argument("--clip_max_norm", default=0.1, type=float, help="gradient clipping max norm (0: off)")
+    p.add_argument("--use_checkpoint", action="store_true", help="recompute the blocks in backward (less memory)")
+
+    g = p.add_argument_group("learning-rate schedule")
+    g.add_argument("--sched", default="warmupcos", choices=SCHEDULES, help="cosine with warm-up, or step")
+    g.add_argument("--lr_drop", default=100, type=int, help="step schedule: epochs between x0.1 drops")
+    g.add_argument("--warmup-lr", type=float, default=1e-6)
+    g.add_argument("--min-lr", type=float, default=1e-7)
+    g.add_argument("--warmup-epochs", type=int, default=0)
+    g.add_argument("--decay-rate", "--dr", type=float, default=0.1, help="cosine: decay per cycle (one cycle)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--det_token_num", default=100, type=int, help="number of [DET] tokens")
+    g.add_argument("--backbone_name", default="tiny", choices=list(BACKBONES), help="DeiT backbone")
+    g.add_argument("--pre_trained", default="", help="ImageNet weights of the backbone (DeiT/timm file)")
+    g.add_argument(
+        "--init_pe_size",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="H W",
+        help="position embedding grid in pixels (default 800 1344)",
+    )
+    g.add_argument(
+        "--mid_pe_size",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="H W",
+        help="mid position embeddings' grid (default: none)",
+    )
+
+    g = p.add_argument_group("matcher and loss")
+    g.add_argument("--set_cost_class", default=1, type=float, help="class weight in the matching cost")
+    g.add_argument("--set_cost_bbox", default=5, type=float, help="L1 box weight in the matching cost")
+    g.add_argument("--set_cost_giou", default=2, type=float, help="GIoU weight in the matching cost")
+    g.add_argument("--dice_loss_coef", default=1, type=float, help="accepted for compatibility: unused (no masks)")
+    g.add_argument("--bbox_loss_coef", default=5, type=float)
+    g.add_argument("--giou_loss_coef", default=2, type=float)
+    g.add_argument("--eos_coef", default=0.1, type=float, help="relative weight of the no-object class")
+
+    g = p.add_argument_group("data and run")
+    g.add_argument("--dataset_file", default="coco", choices=["coco"], help="only COCO-layout data")
+    g.add_argument("--coco_path", type=str, default=None, help="COCO-layout folder (see datasets/README.md)")
+    g.add_argument(
+        "--aug-scale",
+        type=float,
+        default=1.0,
+        help="multiply every pixel size of the training augmentation (scales, crop sizes) by this, for small images",
+    )
+    g.add_argument("--output_dir", default="", help="where to save checkpoints and logs (nothing saved if empty)")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--seed", default=42, type=int)
+    g.add_argument("--resume", default="", help="checkpoint to resume from")
+    g.add_argument("--start_epoch", default=0, type=int, help="first epoch when not resuming")
+    g.add_argument("--eval", action="store_true", help="evaluation only")
+    g.add_argument("--num_workers", default=2, type=int)
+    g.add_argument("--world_size", default=1, type=int, help="set by torchrun (WORLD_SIZE)")
+    g.add_argument("--dist_url", default="env://", help="distributed rendezvous")
+
+    add_engine_arguments(p)
+    add_toe_arguments(p, "yolos")
+    return p
+
+
+def pe_size(values: list[int] | None, flag: str, default: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``--init_pe_size`` / ``--mid_pe_size``: H W (one value means a square)."""
+    if values is None:
+        return default
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise UserError(f"{flag} takes one or two positive sizes in pixels (H W), got {' '.join(map(str, values))}")
+    return (values[0], values[-1])
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Flag combinations that make no sense, caught before any work."""
+    check_at_least(
+        ("--batch_size", args.batch_size, 1),
+        ("--epochs", args.epochs, 1),
+        ("--eval_size", args.eval_size, 1),
+        ("--det_token_num", args.det_token_num, 1),
+        ("--num_workers", args.num_workers, 0),
+        ("--lr_drop", args.lr_drop, 1),
+        ("--save-every-steps", args.save_every_steps, 0),
+    )
+    if args.clip_max_norm < 0:
+        raise UserError(f"--clip_max_norm must be at least 0, got {args.clip_max_norm}")
+    if not args.aug_scale > 0:
+        raise UserError(f"--aug-scale must be positive, got {args.aug_scale}")
+    if not args.coco_path:
+        raise UserError("--coco_path is required: a COCO-layout folder (train2017/, val2017/, annotations/)")
+    if not Path(args.coco_path).is_dir():
+        raise UserError(f"--coco_path {args.coco_path} does not exist")
+    args.init_pe_size = pe_size(args.init_pe_size, "--init_pe_size", (800, 1344))
+    args.mid_pe_size = pe_size(args.mid_pe_size, "--mid_pe_size", None)
+
+
+def build_model(
+    args: argparse.Namespace, num_classes: int, token_select: TokenSelect | None
+) -> tuple[YOLOS, str | None]:
+    """The detector the flags describe (backbone weights from ``--pre_trained``, ToE attached); returns
+    it and the backbone loader's report (None without ``--pre_trained``)."""
+    kwargs = parse_model_kwargs(args.model_kwargs)
+    try:
+        backbone = create_backbone(args.backbone_name, **kwargs)
+    except (TypeError, AssertionError, ValueError) as error:
+        given = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        raise UserError(f"--backbone_name {args.backbone_name} cannot be built with {given}: {error}") from None
+    report = load_backbone_weights(backbone, args.pre_trained) if args.pre_trained else None
+    patch = backbone.patch_embed.patch_size
+    for flag, size in (("--init_pe_size", args.init_pe_size), ("--mid_pe_size", args.mid_pe_size)):
+        if size is not None and (size[0] < patch[0] or size[1] < patch[1]):
+            raise UserError(f"{flag} {size[0]} {size[1]} is smaller than one {patch[0]} px patch")
+    try:
+        model = YOLOS(
+            backbone, num_classes, args.det_token_num, args.init_pe_size, args.mid_pe_size, args.use_checkpoint
+        )
+    except ValueError as error:
+        raise UserError(f"--backbone_name {args.backbone_name}: {error}") from None
+    model.token_select = token_select
+    return model, report
+
+
+def build_datasets(args: argparse.Namespace, patch_size: int, train: bool = True):
+    """(train set or None, val set) of ``--coco_path`` with YOLOS's transforms, and the class count K."""
+    val_set = build_coco_split(args.coco_path, "val", eval_transforms(args.eval_size, patch_size))
+    train_set = None
+    if train:
+        transforms = train_transforms(args.backbone_name, patch_size, args.aug_scale)
+        train_set = build_coco_split(args.coco_path, "train", transforms)
+    num_classes = num_classes_of(train_set.coco if train_set is not None else val_set.coco)
+    return train_set, val_set, num_classes
+
+
+def build_criterion(args: argparse.Namespace, num_classes: int) -> SetCriterion:
+    """DETR's set criterion from the matcher and loss flags."""
+    try:
+        matcher = HungarianMatcher(args.set_cost_class, args.set_cost_bbox, args.set_cost_giou)
+    except ValueError:
+        raise UserError("--set_cost_class, --set_cost_bbox and --set_cost_giou cannot all be 0") from None
+    return SetCriterion(num_classes, matcher, args.eos_coef, 1.0, args.bbox_loss_coef, args.giou_loss_coef)
+
+
+class DetectionLoss(nn.Module):
+    """The engine's loss: ``loss(images, outputs, targets)`` -> the set criterion's weighted total."""
+
+    def __init__(self, criterion: SetCriterion) -> None:
+        super().__init__()
+        self.criterion = criterion
+
+    def forward(self, images: torch.Tensor, outputs: dict, targets: list[dict]) -> torch.Tensor:
+        return self.criterion(outputs, targets)["loss"]
+
+
+def param_groups(model: YOLOS, weight_decay: float) -> list[dict]:
+    """Upstream YOLOS's AdamW groups: the heads with weight decay on every parameter; the backbone's
+    biases, norms, position embeddings, class and [DET] tokens without; the rest of the backbone with."""
+    skip = model.no_weight_decay()
+    heads, decay, no_decay = [], [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if not name.startswith("backbone."):
+            heads.append(parameter)
+        elif parameter.ndim == 1 or name.endswith(".bias") or name in skip:
+            no_decay.append(parameter)
+        else:
+            decay.append(parameter)
+    return [
+        {"params": heads, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay},
+    ]
+
+
+def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer):
+    """Upstream's schedules with timm: ``warmupcos`` = one cosine cycle over ``--epochs`` after
+    ``--warmup-epochs`` from ``--warmup-lr`` down to ``--min-lr``; ``step`` = x0.1 every ``--lr_drop``
+    epochs. Both are stepped with the finished epoch, as upstream."""
+    from timm.scheduler import CosineLRScheduler, StepLRScheduler
+
+    if args.sched == "step":
+        return StepLRScheduler(optimizer, decay_t=args.lr_drop, decay_rate=0.1)
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=args.epochs,
+        lr_min=args.min_lr,
+        cycle_decay=args.decay_rate,
+        warmup_t=args.warmup_epochs,
+        warmup_lr_init=args.warmup_lr,
+        cycle_limit=1,
+    )
