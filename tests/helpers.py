@@ -130,3 +130,22 @@ def detection_demo_generator():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def record_script_argv(script: Path, tmp_path: Path, stub: str = "torchrun", **variables: str) -> list[str]:
+    """Run the shell ``script`` with ``stub`` (a program it calls, e.g. torchrun) replaced by one that records
+    its arguments; returns them."""
+    import os
+    import shlex
+    import subprocess
+
+    stub_dir = tmp_path / "bin"
+    stub_dir.mkdir(exist_ok=True)
+    record = tmp_path / "argv.txt"
+    program = stub_dir / stub
+    program.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > {shlex.quote(str(record))}\n')
+    program.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stub_dir}:{os.environ['PATH']}", **variables}
+    result = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return record.read_text().splitlines()

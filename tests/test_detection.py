@@ -219,7 +219,7 @@ def test_toe_skips_det_tokens_and_gathers_mid_position_embeddings(reduction):
     images = torch.randn(3, 3, 48, 56)  # 6 x 7 = 42 patches
     torch.manual_seed(1)
     ours = model.forward_features(images)
-    index = model.toe_index
+    index = model.token_select.last_index
     torch.manual_seed(1)
     reference, reference_index = _reference_forward(model, images)
     assert torch.allclose(ours, reference, atol=1e-5)
@@ -255,12 +255,12 @@ def test_variable_patch_counts_across_batches():
         patches = (height // 8) * (width // 8)
         out = model(torch.randn(2, 3, height, width))
         assert out["pred_logits"].shape == (2, 4, 7) and out["pred_boxes"].shape == (2, 4, 4)
-        assert model.toe_index.shape[1] == 1 + select.token_counts(patches).kept[0]
+        assert model.token_select.last_index.shape[1] == 1 + select.token_counts(patches).kept[0]
         out["pred_boxes"].sum().backward()
     assert {key[0] for key in select._seed_cache} == {25, 63, 48}
     model.eval()  # evaluation is full-token
     model(torch.randn(1, 3, 40, 48))
-    assert model.toe_index is None
+    assert model.token_select.last_index is None
 
 
 def test_model_without_toe_and_inactive_stage_agree():

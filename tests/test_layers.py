@@ -18,7 +18,7 @@ LAYERS = [
     ["toe.integration"],
     ["toe.models"],
     ["toe.engine"],
-    ["toe.data"],
+    ["toe.data", "toe.detection"],
     ["toe.flops", "toe.figures", "toe.saved_run"],
     ["toe.options", "toe.flag_types"],
     ["toe.recipes"],

@@ -11,7 +11,7 @@ counted (as in fvcore and torch.utils.flop_counter).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -32,6 +32,7 @@ class ViTShape:
     head_macs: int
     dense_head_macs: int = 0  # per-token heads that see the full (scattered-back) grid, e.g. LV-ViT
     num_extra_tokens: int = 0  # tokens every block sees and ToE never touches: YOLOS's [DET] tokens
+    size_per_batch: bool = False  # the input size changes from batch to batch (YOLOS): see at_tokens()
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,20 @@ def forward_macs(shape: ViTShape, kept: int | None = None) -> float:
     blocks = block_macs(shape.embed_dim, shape.mlp_ratio, full)
     blocks += (shape.depth - 1) * block_macs(shape.embed_dim, shape.mlp_ratio, reduced)
     return shape.stem_macs + blocks + shape.head_macs + shape.dense_head_macs
+
+
+def kept_patches(shape: ViTShape, tokens: float) -> float:
+    """The patch tokens among ``tokens`` fed to blocks 1.. (prefix and extra tokens taken off)."""
+    return tokens - shape.num_prefix_tokens - shape.num_extra_tokens
+
+
+def at_tokens(shape: ViTShape, full_tokens: float | None) -> ViTShape:
+    """For a model whose input size changes per batch (``size_per_batch``), its shape at the patch count of
+    ``full_tokens`` (the full sequence length, as logged: an epoch's mean); other shapes as they are."""
+    if not shape.size_per_batch or full_tokens is None:
+        return shape
+    patches = kept_patches(shape, full_tokens)
+    return replace(shape, num_patches=patches, stem_macs=shape.stem_macs * patches / shape.num_patches)
 
 
 def selection_macs(shape: ViTShape, kept: int) -> float:
@@ -118,6 +133,7 @@ def yolos_shape(model: nn.Module, height: int, width: int) -> ViTShape:
         stem_macs=stem,
         head_macs=heads * model.det_token_num,
         num_extra_tokens=model.det_token_num,
+        size_per_batch=True,
     )
 
 

@@ -101,7 +101,10 @@ def train_toe(model: nn.Module) -> nn.Module:
 
 
 def has_toe(model: nn.Module) -> bool:
-    """Whether ``apply_toe`` was applied to ``model``."""
+    """Whether ``apply_toe`` was applied to ``model``, or the model calls its own ``token_select``
+    (``selects_tokens_itself = True``, e.g. YOLOS, whose [DET] tokens bypass the selector) and has one."""
+    if getattr(model, "selects_tokens_itself", False):
+        return isinstance(getattr(model, "token_select", None), TokenSelect)
     return bool(_toe_hooks(model))
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .engine.logger import read_log
 from .errors import UserError
-from .flops import ViTShape, forward_macs, vit_shape
+from .flops import ViTShape, at_tokens, forward_macs, kept_patches, vit_shape, yolos_shape
 from .saved_run import build_model, read_run_args
 from .schedule import REDUCTIONS
 
@@ -101,16 +101,21 @@ def run_shape(args: dict, input_size: int | None) -> tuple[ViTShape | None, str]
     if input_size is not None:
         args = {**args, "input_size": input_size, "img_size": input_size}
     try:
-        return vit_shape(build_model(args, device="meta")), ""
+        model = build_model(args, device="meta")
+        if args.get("det_token_num"):  # a detector (YOLOS): at its position embedding's grid
+            return yolos_shape(model, *args["init_pe_size"]), ""
+        return vit_shape(model), ""
     except (UserError, TypeError, ValueError) as error:
         return None, f"cannot build --model {args.get('model')} from the recorded flags: {error}"
 
 
-def analytic_speedup(shape: ViTShape, tokens: int | None) -> float | None:
-    """Forward cost of the full-token model over its cost with ``tokens`` (prefix + kept) fed to blocks 1.."""
+def analytic_speedup(shape: ViTShape, tokens: float | None, full_tokens: float | None = None) -> float | None:
+    """Forward cost of the full-token model over its cost with ``tokens`` (prefix + kept) fed to blocks 1..;
+    a model whose input size changes per batch at the patch count of ``full_tokens`` (see ``at_tokens``)."""
     if tokens is None:
         return None
-    return forward_macs(shape) / forward_macs(shape, tokens - shape.num_prefix_tokens)
+    shape = at_tokens(shape, full_tokens)
+    return forward_macs(shape) / forward_macs(shape, kept_patches(shape, tokens))
 
 
 def whole_run_speedups(
@@ -128,11 +133,9 @@ def whole_run_speedups(
         full_time = sum(references[r.get("input_size")].compute_time for r in records)
         measured = full_time / sum(r["train_compute_time"] for r in records)
     if all(shapes.values()) and all(r.get("toe_tokens") is not None for r in records):
-        full_cost = sum(forward_macs(shapes[r.get("input_size")]) for r in records)
-        cost = sum(
-            forward_macs(shapes[r.get("input_size")], r["toe_tokens"] - shapes[r.get("input_size")].num_prefix_tokens)
-            for r in records
-        )
+        epoch_shapes = [at_tokens(shapes[r.get("input_size")], r.get("full_tokens")) for r in records]
+        full_cost = sum(forward_macs(shape) for shape in epoch_shapes)
+        cost = sum(forward_macs(shape, kept_patches(shape, r["toe_tokens"])) for shape, r in zip(epoch_shapes, records))
         analytic = full_cost / cost
     return measured, analytic
 
@@ -167,7 +170,7 @@ def format_report(output_dir: str | Path) -> str:
     ]
     for row, measured in zip(rows, speedups):
         shape = shapes[row.input_size]
-        analytic = None if shape is None else analytic_speedup(shape, row.tokens)
+        analytic = None if shape is None else analytic_speedup(shape, row.tokens, row.full_tokens)
         size = f"{row.input_size if row.input_size is not None else '-':>5}  " if show_size else ""
         lines.append(
             f"{size}{'-' if row.stage is None else row.stage:>5}  {f'{row.first_epoch}-{row.last_epoch}':>9}  "
@@ -200,6 +203,11 @@ def format_report(output_dir: str | Path) -> str:
     for key, name in (("test_acc1", "model"), ("test_ema_acc1", "EMA")):
         if key in last:
             lines.append(f"top-1 ({name}): final {last[key]:.2f}%, best {last.get(f'best_{key}', last[key]):.2f}%")
+    if "test_ap" in last:
+        lines.append(
+            f"COCO box AP: final {last['test_ap']:.1f} (AP50 {last['test_ap50']:.1f}, AP75 {last['test_ap75']:.1f}), "
+            f"best {last.get('best_test_ap', last['test_ap']):.1f}"
+        )
     total = sum(r["train_compute_time"] for r in records)
     lines.append(
         f"train compute time: {total:.1f}s over {len(records)} epochs "

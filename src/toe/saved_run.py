@@ -42,7 +42,16 @@ def model_kwargs_from_args(args: dict) -> dict:
 
 
 def build_model(args: dict, num_classes: int = 1000, device: str | torch.device = "cpu") -> nn.Module:
-    """The model ``args`` describe, untrained, on ``device`` (``"meta"``: shapes only, no memory)."""
+    """The model ``args`` describe, untrained, on ``device`` (``"meta"``: shapes only, no memory): a timm
+    model (``model``), or a YOLOS detector for the flags of ToE/YOLOS (``det_token_num``)."""
+    if args.get("det_token_num"):
+        from .detection.model import YOLOS, create_backbone
+
+        with torch.device(device):
+            backbone = create_backbone(
+                args["backbone_name"], **parse_model_kwargs(list(args.get("model_kwargs") or []))
+            )
+            return YOLOS(backbone, num_classes, args["det_token_num"], args["init_pe_size"], args.get("mid_pe_size"))
     if not args.get("model"):
         raise UserError("the recorded flags name no --model")
     with torch.device(device):

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..options import UserError
+from ..errors import UserError
 
 IGNORED_PREFIXES = ("head.", "head_dist.", "fc_norm.", "dist_token")
 

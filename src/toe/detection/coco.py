@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..options import UserError
+from ..errors import UserError
 from .boxes import coco_to_xyxy
 
 SPLITS = {"train": "train2017", "val": "val2017"}

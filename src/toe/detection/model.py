@@ -100,7 +100,6 @@ class YOLOS(nn.Module):
         self.patch_size = tuple(backbone.patch_embed.patch_size)
         self.use_checkpoint = use_checkpoint
         self.token_select: TokenSelect | None = None
-        self.toe_index: torch.Tensor | None = None
         self._token_totals = [0, 0, 0]  # training forwards, tokens fed to blocks 1.., full-token lengths
         dim = backbone.embed_dim
 
@@ -175,7 +174,7 @@ class YOLOS(nn.Module):
         )
         x = backbone.norm_pre(backbone.pos_drop(x + self.position_embedding(grid)))
         mid = self.mid_position_embedding(grid)
-        index = None
+        index = None  # the selector's index when it reduced the tokens (also its ``last_index``)
         last = len(backbone.blocks) - 1
         for i, block in enumerate(backbone.blocks):
             if i == 1 and self.token_select is not None:
@@ -183,7 +182,6 @@ class YOLOS(nn.Module):
             x = checkpoint(block, x, use_reentrant=False) if self.use_checkpoint and self.training else block(x)
             if mid is not None and i < last:
                 x = x + self.gather_position(mid[i], index)
-        self.toe_index = index
         if self.training:
             full = 1 + grid[0] * grid[1] + self.det_token_num
             totals = self._token_totals

@@ -115,16 +115,24 @@ def set_toe_stage(run: TrainingRun, epoch: int) -> int | None:
     return stage
 
 
-def full_token_count(module: nn.Module) -> int | None:
-    """Sequence length of the model without ToE: prefix tokens + patches (None if it has no patch embedding)."""
+def full_token_count(module: nn.Module) -> float | None:
+    """Sequence length of the model without ToE: prefix tokens + patches (None if it has no patch embedding).
+    Models whose inputs change size (YOLOS) report the epoch's mean through ``token_counts()``."""
+    if hasattr(module, "token_counts"):
+        counts = module.token_counts()
+        return counts[1] if counts is not None else None
     patch_embed = getattr(module, "patch_embed", None)
     if patch_embed is None or not hasattr(patch_embed, "num_patches"):
         return None
     return int(getattr(module, "num_prefix_tokens", 0) + patch_embed.num_patches)
 
 
-def tokens_fed_to_blocks(module: nn.Module) -> int | None:
-    """Sequence length fed to blocks 1.. in the last training forward (full length without ToE)."""
+def tokens_fed_to_blocks(module: nn.Module) -> float | None:
+    """Sequence length fed to blocks 1.. in the last training forward (full length without ToE); the
+    epoch's mean for models that report ``token_counts()`` (YOLOS)."""
+    if hasattr(module, "token_counts"):
+        counts = module.token_counts()
+        return counts[0] if counts is not None else None
     index = module.token_select.last_index if has_toe(module) else None
     return int(index.shape[1]) if index is not None else full_token_count(module)
 

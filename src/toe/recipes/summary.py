@@ -14,7 +14,19 @@ def describe_toe(model: nn.Module, epochs: int) -> str:
         return "ToE: off (full-token training)"
     select = model.token_select
     schedule = select.schedule
-    num_patches = model.patch_embed.num_patches
+    patch_embed = getattr(model, "patch_embed", None)
+    if patch_embed is None:  # the input size changes from batch to batch (YOLOS): the keep rates
+        parts = [
+            f"stage {stage} (epochs {first}-{end - 1}) "
+            + (f"{schedule.keep_rate[stage - 1]:.0%} of the patch tokens" if schedule.is_active(stage) else "all")
+            for stage, first, end in schedule.stage_epochs(epochs)
+        ]
+        return (
+            f"ToE: {'; '.join(parts)} after block 0, of every batch's patch grid "
+            f"(seeds {schedule.initialization_keep_rate:.0%}, {select.distance}, {select.seeding} seeding, "
+            f"{'sparse' if select.sparse_eval else 'full-token'} evaluation)"
+        )
+    num_patches = patch_embed.num_patches
     prefix = model.num_prefix_tokens
     counts = schedule.token_counts(num_patches)
     parts = []

@@ -10,20 +10,34 @@ Without the ToE flags this is plain YOLOS training (the baseline).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..detection.backbone import load_backbone_weights
-from ..detection.coco import build_coco_split, num_classes_of
+from ..detection.backbone import load_backbone_weights, read_state_dict
+from ..detection.coco import build_coco_split, collate_detection, num_classes_of
 from ..detection.criterion import SetCriterion
+from ..detection.evaluation import DetectionEvaluation
 from ..detection.matcher import HungarianMatcher
 from ..detection.model import BACKBONES, YOLOS, create_backbone
 from ..detection.transforms import eval_transforms, train_transforms
-from ..options import ArgumentParser, UserError, add_toe_arguments, check_at_least
+from ..engine import LRSchedule, RunLogger, evaluate_run, find_checkpoint, init_distributed
+from ..engine.distributed import cleanup
+from ..errors import UserError
+from ..models.factory import parse_model_kwargs
+from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main, token_select_from_args
 from ..token_select import TokenSelect
-from .common import add_engine_arguments, parse_model_kwargs
+from .common import (
+    add_engine_arguments,
+    build_run,
+    n_parameters,
+    prepare_output_dir,
+    resume_run,
+    save_args,
+    train_and_log,
+)
 
 SCHEDULES = ("warmupcos", "step")
 
@@ -102,6 +116,7 @@ def build_parser() -> ArgumentParser:
 
     add_engine_arguments(p)
     add_toe_arguments(p, "yolos")
+    p.set_defaults(pin_mem=True)  # the shared run builder reads it; upstream YOLOS pins memory
     return p
 
 
@@ -135,6 +150,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--coco_path {args.coco_path} does not exist")
     args.init_pe_size = pe_size(args.init_pe_size, "--init_pe_size", (800, 1344))
     args.mid_pe_size = pe_size(args.mid_pe_size, "--mid_pe_size", None)
+    args.clip_grad = args.clip_max_norm or None  # the engine's name; 0 turns clipping off, as upstream
 
 
 def build_model(
@@ -194,6 +210,11 @@ class DetectionLoss(nn.Module):
         return self.criterion(outputs, targets)["loss"]
 
 
+def build_optimizer(model: YOLOS, args: argparse.Namespace) -> torch.optim.AdamW:
+    """Upstream YOLOS's optimizer: AdamW at ``--lr`` on :func:`param_groups` with ``--weight_decay``."""
+    return torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, weight_decay=args.weight_decay)
+
+
 def param_groups(model: YOLOS, weight_decay: float) -> list[dict]:
     """Upstream YOLOS's AdamW groups: the heads with weight decay on every parameter; the backbone's
     biases, norms, position embeddings, class and [DET] tokens without; the rest of the backbone with."""
@@ -232,3 +253,87 @@ def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer):
         warmup_lr_init=args.warmup_lr,
         cycle_limit=1,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> dict | None:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    token_select = token_select_from_args(args)
+    dist = init_distributed(args.device, args.dist_url)
+    try:
+        return _train_or_evaluate(args, dist, token_select)
+    finally:
+        cleanup(dist)
+
+
+def _train_or_evaluate(args, dist, token_select) -> dict | None:
+    resuming = bool(args.resume) or args.auto_resume or args.eval
+    output_dir = prepare_output_dir(args.output_dir, resuming, dist, "--output_dir")
+    say = print if dist.is_main else (lambda *_: None)
+    torch.manual_seed(args.seed)  # identical initial weights on every process
+    patch = parse_model_kwargs(args.model_kwargs).get("patch_size", 16)  # every --backbone_name: 16 px
+    train_set, val_set, num_classes = build_datasets(args, patch)
+    model, report = build_model(args, num_classes, token_select)
+    if report:
+        say(report)
+    criterion = build_criterion(args, num_classes)
+    run = build_run(
+        args,
+        model,
+        (train_set, val_set),
+        DetectionLoss(criterion),
+        dist,
+        output_dir=output_dir,
+        lr_schedule=lambda optimizer, _: LRSchedule(build_scheduler(args, optimizer)),
+        amp=not args.no_amp,
+        num_workers=args.num_workers,
+        eval_batch_size=args.batch_size,
+        dist_eval=True,  # upstream evaluates a shard per process
+        epochs=args.epochs,
+        evaluation=DetectionEvaluation(val_set.coco, criterion),
+        collate_fn=collate_detection,
+        optimizer=lambda m: build_optimizer(m, args),
+    )
+    if args.eval:
+        if args.resume:
+            say(load_detector_weights(model, args.resume))
+        else:
+            found = find_checkpoint(None, args.auto_resume, output_dir, clean=dist.is_main)
+            if message := resume_run(run, found):
+                say(message)
+        metrics = evaluate_run(run)
+        say(
+            f"COCO box AP on the {len(val_set)} validation images: {metrics['test_ap']:.1f} "
+            f"(AP50 {metrics['test_ap50']:.1f}, AP75 {metrics['test_ap75']:.1f}, loss {metrics['test_loss']:.4f})"
+        )
+        return metrics
+    found = find_checkpoint(args.resume, args.auto_resume, output_dir, clean=dist.is_main)
+    if message := resume_run(run, found):
+        say(message)
+    save_args(output_dir, args, dist)
+    world_batch = args.batch_size * dist.world_size
+    header = (
+        f"YOLOS-{args.backbone_name}: {n_parameters(model) / 1e6:.2f}M parameters, {args.det_token_num} [DET] tokens, "
+        f"{num_classes - 1} classes + no object, {len(train_set)} training images, {dist.world_size} process(es) "
+        f"on {dist.device}, {run.parts.precision.name}, lr {args.lr:.2e} at total batch {world_batch}"
+    )
+    return train_and_log(run, RunLogger(output_dir, dist.is_main), header)
+
+
+def load_detector_weights(model: YOLOS, path: str, flag: str = "--resume") -> str:
+    """Load a detector's weights for ``--eval``: a checkpoint of this recipe or of upstream YOLOS (same
+    parameter names); returns a one-line report."""
+    state = {k.removeprefix("module."): v for k, v in read_state_dict(path, flag).items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split("\n\t")[1:2]) or str(error).splitlines()[0]
+        raise UserError(
+            f"{flag} {path} does not fit the detector of these flags (--backbone_name, --det_token_num, "
+            f"--init_pe_size, --mid_pe_size, --model-kwargs): {detail}"
+        ) from None
+    return f"evaluating the weights of {path}"
+
+
+def cli() -> None:
+    run_main(main)
