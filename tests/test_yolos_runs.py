@@ -164,7 +164,7 @@ def test_torchrun_two_processes_train_and_evaluate_every_image_once(tiny_coco, t
         [
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
             "--master_port", str(free_port()), ROOT / "ToE" / "YOLOS" / "main.py", *TINY_YOLOS, "--batch_size", "2",
-            "--epochs", "2", "--toe", "--expansion-step", "0", "1", "--coco_path", tiny_coco,
+            "--epochs", "2", "--expansion-step", "0", "1", "--keep-rate", "0.5", "1.0", "--coco_path", tiny_coco,
             "--output_dir", output,
         ],
         env=env, capture_output=True, text=True, timeout=600,

@@ -62,12 +62,58 @@ def _build_flops_model(args: argparse.Namespace):
     return name, model
 
 
+def _yolos_flops(args: argparse.Namespace):
+    """Name, :class:`toe.flops.ViTShape` and ToE schedule of a YOLOS detector on the ``--yolos`` DeiT backbone
+    (its shape changed by ``--patch-size`` and ``--model-kwargs``) with ``--det-token-num`` [DET] tokens at
+    ``--input-size`` H W, built on the meta device; ToE flags left out take YOLOS's paper settings."""
+    import torch
+
+    from .detection.model import BACKBONES, YOLOS, create_backbone
+    from .flops import yolos_shape
+    from .models.factory import parse_model_kwargs
+
+    if args.yolos not in BACKBONES:
+        raise UserError(f"--yolos must be one of {', '.join(BACKBONES)}, got {args.yolos}")
+    if args.embed_dim is not None:
+        raise UserError("--embed-dim describes a plain ViT; give the --yolos backbone's shape with --model-kwargs")
+    check_at_least(("--det-token-num", args.det_token_num, 1), ("--patch-size", args.patch_size, 1))
+    size = args.input_size or [800, 1333]
+    if len(size) > 2 or min(size) < 1:
+        raise UserError(f"--input-size takes one or two positive sizes in pixels (H W), got {' '.join(map(str, size))}")
+    height, width = size[0], size[-1]
+    kwargs = ({"patch_size": args.patch_size} if args.patch_size else {}) | parse_model_kwargs(args.model_kwargs)
+    args.toe_recipe = "yolos"
+    with torch.device("meta"):
+        try:
+            backbone = create_backbone(args.yolos, **kwargs)
+        except (TypeError, ValueError, AssertionError) as error:
+            raise UserError(f"--yolos {args.yolos} cannot be built with these flags: {error}") from None
+        patch = backbone.patch_embed.patch_size
+        if height < patch[0] or width < patch[1]:
+            raise UserError(f"--input-size {height} {width} is smaller than one {patch[0]} px patch")
+        model = YOLOS(backbone, args.num_classes, args.det_token_num, (height, width))
+    shape = yolos_shape(model, height, width)
+    selector = token_select_from_args(args)
+    try:
+        selector.token_counts(shape.num_patches)
+    except ValueError as error:
+        raise UserError(f"--yolos {args.yolos} at {height} x {width} px cannot train with ToE: {error}") from None
+    return f"YOLOS-{args.yolos} at {height} x {width} px", shape, selector.schedule
+
+
 def flops_main(args: argparse.Namespace) -> None:
     from .flops import format_costs, schedule_costs, vit_shape
 
-    name, model = _build_flops_model(args)
-    shape = vit_shape(model)
-    schedule = model.token_select.schedule
+    if args.num_classes is None:
+        args.num_classes = 1000 if args.yolos is None else 91  # ImageNet; COCO's category ids
+    if args.yolos is not None:
+        name, shape, schedule = _yolos_flops(args)
+    else:
+        if args.input_size is not None and len(args.input_size) != 1:
+            raise UserError("--input-size takes one size for a classifier (two, H W, only with --yolos)")
+        args.input_size = args.input_size[0] if args.input_size else None
+        name, model = _build_flops_model(args)
+        shape, schedule = vit_shape(model), model.token_select.schedule
     print(format_costs(name, shape, schedule_costs(shape, schedule, args.epochs)))
     print(
         f"token reduction {REDUCTIONS[args.token_reduction]}: every variant keeps the same tokens, "
@@ -171,10 +217,26 @@ def build_parser() -> ArgumentParser:
         help="analytic forward cost of each ToE stage and the speedup of a whole schedule",
         description="Print forward GFLOPs per image of each ToE stage and the whole schedule's speedup. "
         "Give a timm model name (with --input-size, --patch-size, --model-kwargs), or --embed-dim/--depth/"
-        "--patch-size for a plain ViT.",
+        "--patch-size for a plain ViT, or --yolos for a YOLOS detector (its [DET] tokens are never reduced).",
     )
     flops.add_argument("--model", default="deit_small_patch16_224", help="timm model name")
-    flops.add_argument("--input-size", type=int, default=None, help="image size (default: the model's)")
+    flops.add_argument(
+        "--input-size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="SIZE",
+        help="image size (default: the model's); with --yolos H W in pixels (default 800 1333)",
+    )
+    flops.add_argument(
+        "--yolos",
+        default=None,
+        metavar="BACKBONE",
+        help="a YOLOS detector on this --backbone_name (tiny, small, base, small_dWr) instead of --model, its "
+        "shape changed by --patch-size and --model-kwargs; ToE flags left out take the paper's YOLOS-Ti "
+        "settings (stages at epochs 5 100 200)",
+    )
+    flops.add_argument("--det-token-num", type=int, default=100, help="YOLOS [DET] tokens (with --yolos)")
     flops.add_argument(
         "--patch-size", type=int, default=None, help="patch size (default: the model's; 16 for a plain ViT)"
     )
@@ -184,7 +246,7 @@ def build_parser() -> ArgumentParser:
     flops.add_argument("--embed-dim", type=int, default=None, help="plain ViT width (instead of --model)")
     flops.add_argument("--depth", type=int, default=12, help="plain ViT depth (with --embed-dim)")
     flops.add_argument("--mlp-ratio", type=float, default=4.0, help="plain ViT MLP ratio (with --embed-dim)")
-    flops.add_argument("--num-classes", type=int, default=1000)
+    flops.add_argument("--num-classes", type=int, default=None, help="classes (default 1000; with --yolos 91)")
     flops.add_argument("--epochs", type=int, default=300)
     add_toe_arguments(flops, "deit", always_on=True)
     flops.set_defaults(handler=flops_main)
