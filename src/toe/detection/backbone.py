@@ -1,9 +1,8 @@
 """Load ImageNet weights into a YOLOS backbone (``--pre_trained``) before the detector is built on it.
 
-Accepted files: checkpoints of this project's recipes (``model`` entry), official DeiT checkpoints
-(``model`` entry, and an ``argparse.Namespace`` under ``args``, which is allowed through
-``torch.load(weights_only=True)`` and nothing else), and timm weight files (a bare state_dict in a
-``.pth``/``.bin`` file, or ``.safetensors``). Like upstream YOLOS, the classifier heads and a
+Accepted files: what :func:`toe.engine.checkpoint.load_weights` reads (checkpoints of this project's
+recipes, official DeiT checkpoints with their ``argparse.Namespace`` flags, bare state_dicts such as
+timm's ``.pth``/``.bin`` weight files) and ``.safetensors`` files. Like upstream YOLOS, the classifier heads and a
 distillation token are ignored, and a distilled model's position embedding keeps the distillation
 token's position for the class token (upstream drops the first of the two). The position embedding
 may be of any square grid: the detector interpolates it to ``--init_pe_size``.
@@ -11,12 +10,12 @@ may be of any square grid: the detector interpolates it to ``--init_pe_size``.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..engine.checkpoint import load_weights
 from ..errors import UserError
 
 IGNORED_PREFIXES = ("head.", "head_dist.", "fc_norm.", "dist_token")
@@ -24,25 +23,18 @@ IGNORED_PREFIXES = ("head.", "head_dist.", "fc_norm.", "dist_token")
 
 def read_state_dict(path: str | Path, flag: str = "--pre_trained") -> dict[str, torch.Tensor]:
     """The model weights a file holds (see the module docstring); anything else is a :class:`UserError`."""
+    if Path(path).suffix != ".safetensors":
+        return load_weights(path, flag)  # checkpoints of ours and upstream's, bare state_dicts
+    from safetensors.torch import load_file
+
     file = Path(path)
     if not file.is_file():
         raise UserError(f"{flag} {file}: no such file")
     try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(file))
-        else:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch, zip, pickle and safetensors each raise their own kinds
+        state = load_file(str(file))
+    except Exception as error:  # safetensors raises its own kinds
         raise UserError(f"{flag} {file} is not a readable weights file ({type(error).__name__})") from None
-    if isinstance(state, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not state:
         raise UserError(f"{flag} {file} does not hold model weights")
     return state
 
@@ -53,7 +45,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, flag: str = "--
     Tensors of another shape than the backbone's (other than the position embedding's grid) are a
     :class:`UserError` naming the first few, as is a file that shares no tensor with the backbone.
     """
-    state = {k.removeprefix("module."): v for k, v in read_state_dict(path, flag).items()}
+    state = read_state_dict(path, flag)
     distilled = "dist_token" in state
     ignored = sorted(k for k in state if k.startswith(IGNORED_PREFIXES))
     state = {k: v for k, v in state.items() if k not in ignored}

@@ -323,9 +323,8 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
 def load_detector_weights(model: YOLOS, path: str, flag: str = "--resume") -> str:
     """Load a detector's weights for ``--eval``: a checkpoint of this recipe or of upstream YOLOS (same
     parameter names); returns a one-line report."""
-    state = {k.removeprefix("module."): v for k, v in read_state_dict(path, flag).items()}
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(read_state_dict(path, flag))
     except RuntimeError as error:
         detail = " ".join(str(error).split("\n\t")[1:2]) or str(error).splitlines()[0]
         raise UserError(
