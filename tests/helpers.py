@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import timm
@@ -81,6 +83,26 @@ def assert_one_line_error(status: int, err: str, *fragments: str) -> None:
     assert len(err.strip().splitlines()) == 1, err
     for fragment in fragments:
         assert fragment in err, err
+
+
+@contextlib.contextmanager
+def killed_before_epoch(epoch: int) -> Iterator[None]:
+    """Within the block, training stops as a kill would (KeyboardInterrupt, exit status 130) when the engine
+    starts epoch ``epoch``."""
+    from toe.engine import trainer
+
+    real_train = trainer.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        if args[6] == epoch:  # train_one_epoch's epoch argument
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    trainer.train_one_epoch = interrupted
+    try:
+        yield
+    finally:
+        trainer.train_one_epoch = real_train
 
 
 def load_model_state(path: Path, key: str = "model") -> dict[str, torch.Tensor]:

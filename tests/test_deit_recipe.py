@@ -9,9 +9,16 @@ import sys
 import pytest
 import timm
 import torch
-from helpers import ROOT, TINY_DEIT, assert_one_line_error, load_model_state, run_cli, tiny_vit
+from helpers import (
+    ROOT,
+    TINY_DEIT,
+    assert_one_line_error,
+    killed_before_epoch,
+    load_model_state,
+    run_cli,
+    tiny_vit,
+)
 
-from toe.engine import trainer
 from toe.recipes import deit
 from toe.recipes.common import load_finetune_weights
 
@@ -140,22 +147,14 @@ def test_upstream_deit_checkpoints_evaluate_resume_finetune_visualize_and_report
     assert "ema_best_checkpoint.pth" in out.splitlines()[-1]
 
 
-def test_resume_gives_the_same_weights_and_schedule_as_an_uninterrupted_run(tiny_data, tmp_path, capsys, monkeypatch):
+def test_resume_gives_the_same_weights_and_schedule_as_an_uninterrupted_run(tiny_data, tmp_path, capsys):
     flags = ["--epochs", "3", "--toe", "--expansion-step", "0", "1", "2", "--seed", "7"]
     full = tmp_path / "full"
     assert deit_run(capsys, tiny_data, full, *flags)[0] == 0
 
     stopped = tmp_path / "stopped"
-    real_train = trainer.train_one_epoch
-
-    def interrupted(*args, **kwargs):
-        if args[6] == 2:  # the epoch argument: stop before the last epoch, as a kill would
-            raise KeyboardInterrupt
-        return real_train(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
-    assert deit_run(capsys, tiny_data, stopped, *flags)[0] == 130
-    monkeypatch.setattr(trainer, "train_one_epoch", real_train)
+    with killed_before_epoch(2):  # stop before the last epoch
+        assert deit_run(capsys, tiny_data, stopped, *flags)[0] == 130
     assert [r["epoch"] for r in read_log(stopped)] == [0, 1]
 
     status, out, err = deit_run(capsys, tiny_data, stopped, *flags, "--resume", stopped / "checkpoint.pth")

@@ -13,13 +13,20 @@ import pytest
 import timm
 import torch
 import yaml
-from helpers import ROOT, assert_one_line_error, run_cli, tiny_model_kwargs, tiny_vit, upstream_lvvit_layout
+from helpers import (
+    ROOT,
+    assert_one_line_error,
+    killed_before_epoch,
+    run_cli,
+    tiny_model_kwargs,
+    tiny_vit,
+    upstream_lvvit_layout,
+)
 from torchvision import transforms as T
 
 from toe import TokenSelect, apply_toe
 from toe.cli import main as toe_main
 from toe.data.datasets import image_folder
-from toe.engine import trainer
 from toe.options import run_main
 from toe.recipes import generate_label, lvvit
 from toe.recipes.generate_label import dense_logits
@@ -190,21 +197,11 @@ def test_config_file_values_are_checked_like_flags(tmp_path, tiny_data, capsys):
         assert_one_line_error(status, err, "--config", fragment)
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
-    lvvit_run, tiny_data, labels, tmp_path, capsys, monkeypatch
-):
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(lvvit_run, tiny_data, labels, tmp_path, capsys):
     stopped = tmp_path / "stopped"
     argv = [tiny_data, "--output", stopped, *TINY_LVVIT, *TRAIN, "--token-label", "--token-label-data", labels]
-    real_train = trainer.train_one_epoch
-
-    def interrupted(*args, **kwargs):
-        if args[6] == 1:  # the epoch argument: stop before the last epoch, as a kill would
-            raise KeyboardInterrupt
-        return real_train(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
-    assert run_cli(lvvit.main, argv, capsys)[0] == 130
-    monkeypatch.setattr(trainer, "train_one_epoch", real_train)
+    with killed_before_epoch(1):  # stop before the last epoch
+        assert run_cli(lvvit.main, argv, capsys)[0] == 130
     status, out, err = run_cli(lvvit.main, [*argv, "--auto-resume"], capsys)
     assert status == 0, err
     assert "continuing at epoch 1" in out

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, record_script_argv
 
 from toe.options import schedule_from_args
 from toe.recipes import generate_label, lvvit
@@ -19,16 +18,7 @@ SIZES = {"tiny": ("lvvit_t", 0.1), "small": ("lvvit_s", 0.1), "medium": ("lvvit_
 
 def script_argv(tmp_path: Path, script: str, stub: str = "torchrun", **variables: str) -> list[str]:
     """Run ``script`` with ``stub`` (torchrun, or the python of PYTHON) recording its arguments."""
-    stub_dir = tmp_path / "bin"
-    stub_dir.mkdir(exist_ok=True)
-    record = tmp_path / "argv.txt"
-    program = stub_dir / stub
-    program.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > {shlex.quote(str(record))}\n')
-    program.chmod(0o755)
-    env = {**os.environ, "PATH": f"{stub_dir}:{os.environ['PATH']}", "PYTHON": str(stub_dir / "python"), **variables}
-    result = subprocess.run(["bash", RUN / script], env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return record.read_text().splitlines()
+    return record_script_argv(RUN / script, tmp_path, stub, PYTHON=str(tmp_path / "bin" / "python"), **variables)
 
 
 def split_at(argv: list[str], script: str) -> tuple[list[str], list[str]]:

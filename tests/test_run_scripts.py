@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, record_script_argv
 
 from toe.options import schedule_from_args
 from toe.recipes import deit
@@ -18,16 +17,7 @@ RUN = ROOT / "ToE" / "deit" / "run"
 
 def script_argv(tmp_path: Path, script: str, **variables: str) -> list[str]:
     """Run ``script`` with ``torchrun`` replaced by a stub that records its arguments."""
-    stub_dir = tmp_path / "bin"
-    stub_dir.mkdir(exist_ok=True)
-    record = tmp_path / "argv.txt"
-    stub = stub_dir / "torchrun"
-    stub.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > {shlex.quote(str(record))}\n')
-    stub.chmod(0o755)
-    env = {**os.environ, "PATH": f"{stub_dir}:{os.environ['PATH']}", **variables}
-    result = subprocess.run(["bash", RUN / script], env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return record.read_text().splitlines()
+    return record_script_argv(RUN / script, tmp_path, **variables)
 
 
 def main_flags(argv: list[str]):

@@ -11,10 +11,10 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT, detection_demo_generator, run_cli
+from helpers import ROOT, detection_demo_generator, killed_before_epoch, run_cli
 from test_distributed import free_port
 
-from toe.engine import read_log, trainer
+from toe.engine import read_log
 from toe.recipes import yolos
 
 TINY_YOLOS = [
@@ -62,18 +62,10 @@ def test_training_logs_stages_tokens_and_coco_metrics(full_run):
     assert (full_run / "best_checkpoint.pth").is_file() and json.loads((full_run / "args.json").read_text())["toe"]
 
 
-def test_resume_continues_bit_identically(full_run, tiny_coco, tmp_path, capsys, monkeypatch):
+def test_resume_continues_bit_identically(full_run, tiny_coco, tmp_path, capsys):
     stopped = tmp_path / "stopped"
-    real_train = trainer.train_one_epoch
-
-    def interrupted(*args, **kwargs):
-        if args[6] == 2:  # the epoch argument: stop before the last epoch, as a kill would
-            raise KeyboardInterrupt
-        return real_train(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
-    assert yolos_run(capsys, tiny_coco, stopped, *TOE_3_EPOCHS)[0] == 130
-    monkeypatch.setattr(trainer, "train_one_epoch", real_train)
+    with killed_before_epoch(2):  # stop before the last epoch
+        assert yolos_run(capsys, tiny_coco, stopped, *TOE_3_EPOCHS)[0] == 130
     status, out, err = yolos_run(capsys, tiny_coco, stopped, *TOE_3_EPOCHS, "--auto-resume")
     assert status == 0, err
     assert "continuing at epoch 2" in out
