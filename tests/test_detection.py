@@ -518,26 +518,26 @@ def test_yolos_analytic_cost_matches_the_counted_forward():
 
 def test_toe_flops_for_yolos_counts_det_tokens_at_the_input_size(capsys):
     """`toe flops --yolos`: the table of the detector as built (same cost as yolos_shape of the model), the
-    [DET] tokens in every stage's sequence, YOLOS's paper schedule (a full-token warm-up stage, epochs 0-4)."""
+    [DET] tokens in every block and never reduced, YOLOS's paper schedule (a full-token stage 0, epochs 0-4)."""
     from toe.cli import main as toe_main
     from toe.flops import forward_macs, yolos_shape
     from toe.schedule import ToESchedule
 
-    argv = ["flops", "--yolos", "tiny", "--embed-dim", "32", "--depth", "3", "--patch-size", "8"]
+    argv = ["flops", "--yolos", "tiny", "--patch-size", "8", "--model-kwargs", "embed_dim=32", "depth=3", "num_heads=2"]
     status, out, err = run_cli(toe_main, [*argv, "--input-size", "56", "72", "--det-token-num", "5"], capsys)
     assert status == 0, err
     assert "YOLOS-tiny at 56 x 72 px: 63 patch tokens + 1 prefix + 5 [DET] (never reduced), 3 blocks" in out
     shape = yolos_shape(tiny_yolos(det_tokens=5, mid=False), 56, 72)
     kept = ToESchedule([5, 100, 200], [0.5, 0.75, 1.0], 0.25, 2).token_counts(63).kept
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
-    assert [row[:3] for row in rows] == [
-        ["0", "0-4", "69"],
-        ["1", "5-99", str(1 + kept[0] + 5)],
-        ["2", "100-199", str(1 + kept[1] + 5)],
-        ["3", "200-299", "69"],
+    assert [row[:5] for row in rows] == [
+        ["0", "0-4", "63", "of", "63"],
+        ["1", "5-99", str(kept[0]), "of", "63"],
+        ["2", "100-199", str(kept[1]), "of", "63"],
+        ["3", "200-299", "63", "of", "63"],
     ]
     ratio = forward_macs(shape) / forward_macs(shape, kept[0])
-    assert rows[1][4] == f"{ratio:.2f}x" and float(rows[0][4].rstrip("x")) == 1.0
+    assert rows[1][6] == f"{ratio:.2f}x" and rows[0][6] == "1.00x"
 
 
 @pytest.mark.parametrize(
@@ -548,6 +548,8 @@ def test_toe_flops_for_yolos_counts_det_tokens_at_the_input_size(capsys):
         (["--yolos", "tiny", "--input-size", "1", "2", "3"], "--input-size takes one or two"),
         (["--yolos", "tiny", "--det-token-num", "0"], "--det-token-num must be at least 1"),
         (["--input-size", "224", "224"], "--input-size takes one size for a classifier"),
+        (["--yolos", "tiny", "--embed-dim", "64"], "--embed-dim describes a plain ViT"),
+        (["--yolos", "tiny", "--initialization-keep-rate", "0.05", "--input-size", "32"], "cannot train with ToE"),
     ],
 )
 def test_toe_flops_for_yolos_bad_input_is_one_line(capsys, flags, fragment):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_one_line_error, run_cli
 
 from toe.options import UserError, schedule_from_args
 from toe.recipes import yolos
@@ -86,6 +87,7 @@ def test_schedules_step_with_the_finished_epoch(tmp_path, sched, expected):
         (["--init_pe_size", "1", "2", "3"], "--init_pe_size takes one or two"),
         (["--aug-scale", "0"], "--aug-scale must be positive"),
         (["--batch_size", "0"], "--batch_size must be at least 1"),
+        (["--start_epoch", "150"], "--start_epoch 150 leaves nothing to train: --epochs is 150"),
     ],
 )
 def test_bad_flags_are_one_sentence(tmp_path, flags, fragment):
@@ -94,3 +96,17 @@ def test_bad_flags_are_one_sentence(tmp_path, flags, fragment):
     args = yolos.build_parser().parse_args(flags)
     with pytest.raises(UserError, match=fragment.replace("-", "\\-")):
         yolos.check_args(args)
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--lr", "-1"], "argument --lr: must be a finite number >= 0, got -1"),
+        (["--eos_coef", "nan"], "argument --eos_coef: must be a finite number >= 0, got nan"),
+        (["--clip_max_norm", "-0.1"], "argument --clip_max_norm: must be a finite number >= 0"),
+        (["--device", "gpu0"], "argument --device: 'gpu0' is not a device"),
+    ],
+)
+def test_bad_values_stop_at_parse_time(tmp_path, capsys, flags, fragment):
+    status, _, err = run_cli(yolos.main, ["--coco_path", tmp_path, *flags], capsys)
+    assert_one_line_error(status, err, fragment)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import ROOT, detection_demo_generator, killed_before_epoch, run_cli
+from helpers import ROOT, assert_one_line_error, detection_demo_generator, killed_before_epoch, run_cli
 from test_distributed import free_port
 
 from toe.engine import read_log
@@ -112,6 +113,19 @@ def test_eval_loads_an_upstream_yolos_checkpoint(full_run, tiny_coco, tmp_path, 
         capsys,
     )
     assert status == 2 and "does not fit the detector" in err and len(err.strip().splitlines()) == 1
+
+
+def test_resume_refuses_other_flags_and_eval_needs_weights(full_run, tiny_coco, tmp_path, capsys):
+    """Resuming with another loss weight is refused, naming the flag as YOLOS spells it, and leaves the run
+    as it was; --eval with nothing to evaluate is refused too."""
+    copy = tmp_path / "copy"
+    shutil.copytree(full_run, copy)
+    before = (copy / "log.txt").read_text()
+    status, _, err = yolos_run(capsys, tiny_coco, copy, *TOE_3_EPOCHS, "--auto-resume", "--eos_coef", "0.2")
+    assert_one_line_error(status, err, "--eos_coef")
+    assert (copy / "log.txt").read_text() == before
+    status, _, err = yolos_run(capsys, tiny_coco, tmp_path / "empty", "--eval", "--auto-resume")
+    assert_one_line_error(status, err, "--eval needs weights")
 
 
 @pytest.mark.slow

@@ -174,7 +174,7 @@ def format_costs(name: str, shape: ViTShape, costs: list[StageCost]) -> str:
     ]
     for row in costs:
         span = f"{row.first_epoch}-{row.end_epoch - 1}"
-        kept = f"{row.tokens - shape.num_prefix_tokens} of {shape.num_patches}"
+        kept = f"{kept_patches(shape, row.tokens)} of {shape.num_patches}"
         lines.append(f"{row.stage:>5}  {span:>11}  {kept:>25}  {row.macs / 1e9:>7.2f}  {full / row.macs:>6.2f}x")
     lines += [
         "",

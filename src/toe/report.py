@@ -174,7 +174,7 @@ def format_report(output_dir: str | Path) -> str:
         size = f"{row.input_size if row.input_size is not None else '-':>5}  " if show_size else ""
         lines.append(
             f"{size}{'-' if row.stage is None else row.stage:>5}  {f'{row.first_epoch}-{row.last_epoch}':>9}  "
-            f"{_patch_tokens(row.tokens, shape):>14}  {row.compute_time:>15.2f}  "
+            f"{_patch_tokens(row.tokens, row.full_tokens, shape):>14}  {row.compute_time:>15.2f}  "
             f"{row.images_per_sec:>9.1f}  {_times(measured):>10}  {_times(analytic):>9}"
         )
     lines.append("")
@@ -232,11 +232,15 @@ def format_report(output_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _patch_tokens(tokens: int | None, shape: ViTShape | None) -> str:
-    """'32 of 64' patch tokens fed to blocks 1.. (the log records the sequence length, prefix included)."""
+def _patch_tokens(tokens: float | None, full_tokens: float | None, shape: ViTShape | None) -> str:
+    """'32 of 64' patch tokens fed to blocks 1.. (the log records the sequence length, prefix and YOLOS's
+    [DET] tokens included; for YOLOS epoch means, e.g. '30.7 of 62.4', the shape at that patch count)."""
     if tokens is None:
         return "-"
-    return f"{tokens - shape.num_prefix_tokens} of {shape.num_patches}" if shape is not None else f"{tokens}"
+    if shape is None:
+        return f"{tokens:g}"
+    shape = at_tokens(shape, full_tokens)
+    return f"{round(kept_patches(shape, tokens), 1):g} of {round(shape.num_patches, 1):g}"
 
 
 def _times(speedup: float | None) -> str:

@@ -82,6 +82,7 @@ class YOLOS(nn.Module):
     """
 
     selects_tokens_itself = True
+    num_prefix_tokens = 1  # the class token (ToE keeps it, as in every ViT)
 
     def __init__(
         self,
@@ -119,6 +120,11 @@ class YOLOS(nn.Module):
             )
         self.class_embed = MLP(dim, dim, num_classes + 1, 3)
         self.bbox_embed = MLP(dim, dim, 4, 3)
+
+    @property
+    def num_extra_tokens(self) -> int:
+        """The [DET] tokens: in every block, never reduced by ToE."""
+        return self.det_token_num
 
     def train(self, mode: bool = True) -> YOLOS:
         if mode:

@@ -303,7 +303,7 @@ def _fit(run: TrainingRun, log: RunLogger, watch: PreemptionWatch) -> dict | Non
         record, improved = _epoch_record(run, epoch, stage, stats)
         _save_epoch(run, epoch, record, improved)
         log.log_epoch(record)
-        log.print(_summary_line(record, parts.evaluation.metric, getattr(parts.module, "num_prefix_tokens", 0)))
+        log.print(_summary_line(record, parts.evaluation.metric, always_kept_tokens(parts.module)))
         state.last_record = record
         if epoch + 1 < settings.epochs and watch.requested():
             _stop(run, log, watch, f"after epoch {epoch}", "checkpoint.pth holds it")
@@ -442,12 +442,18 @@ def _restore_log(output_dir: Path, epoch: int, record_json: str | None) -> None:
     temp.replace(output_dir / "log.txt")
 
 
+def always_kept_tokens(module: nn.Module) -> int:
+    """The tokens ToE never reduces: the prefix (class, distillation) tokens, and YOLOS's [DET] tokens."""
+    return getattr(module, "num_prefix_tokens", 0) + getattr(module, "num_extra_tokens", 0)
+
+
 def _summary_line(record: dict, metric: str = "acc1", prefix: int = 1) -> str:
-    """The epoch's console line; token counts are patch tokens (``prefix`` tokens are always kept too)."""
+    """The epoch's console line; token counts are patch tokens (``prefix`` tokens are always kept too;
+    models whose batches differ in size log epoch means, shown to a tenth)."""
     parts = [f"epoch {record['epoch']}", f"loss {record['train_loss']:.4f}", f"lr {record['train_lr']:.2e}"]
     if record.get("toe_stage") is not None:
-        kept, total = record["toe_tokens"] - prefix, record["full_tokens"] - prefix
-        parts.append(f"ToE stage {record['toe_stage']} ({kept} of {total} patch tokens)")
+        kept, total = (round(record[key] - prefix, 1) for key in ("toe_tokens", "full_tokens"))
+        parts.append(f"ToE stage {record['toe_stage']} ({kept:g} of {total:g} patch tokens)")
     name = "top-1" if metric == "acc1" else metric
     unit = "%" if metric == "acc1" else ""
     if f"test_{metric}" in record:

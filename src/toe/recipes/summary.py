@@ -22,7 +22,8 @@ def describe_toe(model: nn.Module, epochs: int) -> str:
             for stage, first, end in schedule.stage_epochs(epochs)
         ]
         return (
-            f"ToE: {'; '.join(parts)} after block 0, of every batch's patch grid "
+            f"ToE: {'; '.join(parts)} after block 0, of every batch's patch grid, plus the class token and the "
+            f"{model.num_extra_tokens} [DET] tokens, token reduction {REDUCTIONS[select.reduction]} "
             f"(seeds {schedule.initialization_keep_rate:.0%}, {select.distance}, {select.seeding} seeding, "
             f"{'sparse' if select.sparse_eval else 'full-token'} evaluation)"
         )

@@ -26,6 +26,8 @@ from ..detection.transforms import eval_transforms, train_transforms
 from ..engine import LRSchedule, RunLogger, evaluate_run, find_checkpoint, init_distributed
 from ..engine.distributed import cleanup
 from ..errors import UserError
+from ..flag_types import device as device_name
+from ..flag_types import non_negative
 from ..models.factory import parse_model_kwargs
 from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main, token_select_from_args
 from ..token_select import TokenSelect
@@ -38,8 +40,11 @@ from .common import (
     save_args,
     train_and_log,
 )
+from .resume_check import spelling
 
 SCHEDULES = ("warmupcos", "step")
+# flags besides the shared ones that may differ on resume: where the data is (the images are compared)
+FREE_ON_RESUME = ("coco_path", "world_size")
 
 
 def build_parser() -> ArgumentParser:
@@ -48,22 +53,24 @@ def build_parser() -> ArgumentParser:
         description="YOLOS object detection training and evaluation with Token Expansion (ToE).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--lr", default=1e-4, type=float, help="learning rate of the backbone and the heads")
-    p.add_argument("--lr_backbone", default=1e-5, type=float, help="accepted for compatibility: unused, as upstream")
+    p.add_argument("--lr", default=1e-4, type=non_negative, help="learning rate of the backbone and the heads")
+    p.add_argument(
+        "--lr_backbone", default=1e-5, type=non_negative, help="accepted for compatibility: unused, as upstream"
+    )
     p.add_argument("--batch_size", default=2, type=int, help="batch size per process")
-    p.add_argument("--weight_decay", default=1e-4, type=float)
+    p.add_argument("--weight_decay", default=1e-4, type=non_negative)
     p.add_argument("--epochs", default=150, type=int)
     p.add_argument("--eval_size", default=800, type=int, help="shorter side of the evaluation images")
-    p.add_argument("--clip_max_norm", default=0.1, type=float, help="gradient clipping max norm (0: off)")
+    p.add_argument("--clip_max_norm", default=0.1, type=non_negative, help="gradient clipping max norm (0: off)")
     p.add_argument("--use_checkpoint", action="store_true", help="recompute the blocks in backward (less memory)")
 
     g = p.add_argument_group("learning-rate schedule")
     g.add_argument("--sched", default="warmupcos", choices=SCHEDULES, help="cosine with warm-up, or step")
     g.add_argument("--lr_drop", default=100, type=int, help="step schedule: epochs between x0.1 drops")
-    g.add_argument("--warmup-lr", type=float, default=1e-6)
-    g.add_argument("--min-lr", type=float, default=1e-7)
+    g.add_argument("--warmup-lr", type=non_negative, default=1e-6)
+    g.add_argument("--min-lr", type=non_negative, default=1e-7)
     g.add_argument("--warmup-epochs", type=int, default=0)
-    g.add_argument("--decay-rate", "--dr", type=float, default=0.1, help="cosine: decay per cycle (one cycle)")
+    g.add_argument("--decay-rate", "--dr", type=non_negative, default=0.1, help="cosine: decay per cycle (one cycle)")
 
     g = p.add_argument_group("model")
     g.add_argument("--det_token_num", default=100, type=int, help="number of [DET] tokens")
@@ -87,13 +94,13 @@ def build_parser() -> ArgumentParser:
     )
 
     g = p.add_argument_group("matcher and loss")
-    g.add_argument("--set_cost_class", default=1, type=float, help="class weight in the matching cost")
-    g.add_argument("--set_cost_bbox", default=5, type=float, help="L1 box weight in the matching cost")
-    g.add_argument("--set_cost_giou", default=2, type=float, help="GIoU weight in the matching cost")
+    g.add_argument("--set_cost_class", default=1, type=non_negative, help="class weight in the matching cost")
+    g.add_argument("--set_cost_bbox", default=5, type=non_negative, help="L1 box weight in the matching cost")
+    g.add_argument("--set_cost_giou", default=2, type=non_negative, help="GIoU weight in the matching cost")
     g.add_argument("--dice_loss_coef", default=1, type=float, help="accepted for compatibility: unused (no masks)")
-    g.add_argument("--bbox_loss_coef", default=5, type=float)
-    g.add_argument("--giou_loss_coef", default=2, type=float)
-    g.add_argument("--eos_coef", default=0.1, type=float, help="relative weight of the no-object class")
+    g.add_argument("--bbox_loss_coef", default=5, type=non_negative)
+    g.add_argument("--giou_loss_coef", default=2, type=non_negative)
+    g.add_argument("--eos_coef", default=0.1, type=non_negative, help="relative weight of the no-object class")
 
     g = p.add_argument_group("data and run")
     g.add_argument("--dataset_file", default="coco", choices=["coco"], help="only COCO-layout data")
@@ -105,7 +112,7 @@ def build_parser() -> ArgumentParser:
         help="multiply every pixel size of the training augmentation (scales, crop sizes) by this, for small images",
     )
     g.add_argument("--output_dir", default="", help="where to save checkpoints and logs (nothing saved if empty)")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--seed", default=42, type=int)
     g.add_argument("--resume", default="", help="checkpoint to resume from")
     g.add_argument("--start_epoch", default=0, type=int, help="first epoch when not resuming")
@@ -140,14 +147,14 @@ def check_args(args: argparse.Namespace) -> None:
         ("--lr_drop", args.lr_drop, 1),
         ("--save-every-steps", args.save_every_steps, 0),
     )
-    if args.clip_max_norm < 0:
-        raise UserError(f"--clip_max_norm must be at least 0, got {args.clip_max_norm}")
     if not args.aug_scale > 0:
         raise UserError(f"--aug-scale must be positive, got {args.aug_scale}")
     if not args.coco_path:
         raise UserError("--coco_path is required: a COCO-layout folder (train2017/, val2017/, annotations/)")
     if not Path(args.coco_path).is_dir():
         raise UserError(f"--coco_path {args.coco_path} does not exist")
+    if not args.resume and not args.eval and args.start_epoch >= args.epochs:
+        raise UserError(f"--start_epoch {args.start_epoch} leaves nothing to train: --epochs is {args.epochs}")
     args.init_pe_size = pe_size(args.init_pe_size, "--init_pe_size", (800, 1344))
     args.mid_pe_size = pe_size(args.mid_pe_size, "--mid_pe_size", None)
     args.clip_grad = args.clip_max_norm or None  # the engine's name; 0 turns clipping off, as upstream
@@ -299,7 +306,12 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
             say(load_detector_weights(model, args.resume))
         else:
             found = find_checkpoint(None, args.auto_resume, output_dir, clean=dist.is_main)
-            if message := resume_run(run, found):
+            if found is None:
+                raise UserError(
+                    "--eval needs weights to evaluate: --resume FILE, or --auto-resume with a checkpoint in "
+                    "--output_dir"
+                )
+            if message := resume_run(run, found, free=FREE_ON_RESUME, spell=spelling(build_parser())):
                 say(message)
         metrics = evaluate_run(run)
         say(
@@ -308,7 +320,7 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
         )
         return metrics
     found = find_checkpoint(args.resume, args.auto_resume, output_dir, clean=dist.is_main)
-    if message := resume_run(run, found):
+    if message := resume_run(run, found, free=FREE_ON_RESUME, spell=spelling(build_parser())):
         say(message)
     save_args(output_dir, args, dist)
     world_batch = args.batch_size * dist.world_size
