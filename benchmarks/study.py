@@ -21,7 +21,9 @@ override these.
 
 Resumable: a cell whose log.txt holds all its epochs is skipped, any other runs with --auto-resume (it
 continues from its last checkpoint), so the study can be stopped at any moment and continued later, or
-on another machine, by running the same command. A cell that fails is reported and the others go on
+on another machine, by running the same command. The cells run the library of the checkout that holds
+this script (its src/ first on PYTHONPATH), whose commit each attempt records, whatever toe the
+interpreter has installed. A cell that fails is reported and the others go on
 (exit status 1 at the end). A cell that another study.py is training at that moment is left alone.
 The recipe flags are recorded in OUT/study-settings.json at the first run; a study is only continued
 with the same ones (adding variants, seeds or lengths is fine). Each cell's console output is appended
@@ -339,7 +341,9 @@ def start(study: Study, cell: Cell, lock: int, commit: str | None) -> subprocess
     with open(folder / ATTEMPTS_FILE, "a") as handle:
         handle.write(json.dumps({**attempt, "commit": commit}) + "\n")
     threads = str(study.threads)
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    # the cells import this checkout's library (the commit recorded above), not whichever toe is installed
+    python_path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": python_path}
     with open(folder / "console.log", "ab") as console:
         console.write(f"=== benchmarks/study.py {date}: {shlex.join(command)}\n".encode())
         console.flush()

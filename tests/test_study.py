@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -200,6 +201,26 @@ def test_stage_starts_and_cell_commands(tmp_path):
     assert random.index("--lr") > random.index("--model-kwargs")  # pass-through after the base flags
     assert random[random.index("--seed") + 1] == "2" and random[random.index("--epochs") + 1] == "9"
     assert random[random.index("--output_dir") + 1] == str(tmp_path / "o" / "e9" / "random" / "seed2")
+
+
+def test_cells_run_the_library_of_the_runners_checkout(tmp_path, monkeypatch):
+    """A cell imports toe from the checkout whose commit its attempt records, not from whatever toe the
+    interpreter has installed (e.g. another checkout's editable install, which moves while a study runs)."""
+    started = {}
+
+    def fake_popen(command, env, **kwargs):
+        started.update(command=command, env=env)
+
+    monkeypatch.setattr(study.subprocess, "Popen", fake_popen)
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    run = study.parse(["--out", str(tmp_path / "o"), "--epochs", "3", "--seeds", "0", "--variants", "toe"])
+    cell = run.cells[0]
+    (run.out / cell.name).mkdir(parents=True)
+    study.start(run, cell, lock=-1, commit="abc123")
+    assert started["env"]["PYTHONPATH"].split(os.pathsep) == [str(ROOT / "src"), "/elsewhere"]
+    assert started["command"][1] == str(ROOT / "ToE" / "deit" / "main.py")
+    attempt = json.loads((run.out / cell.name / report.ATTEMPTS_FILE).read_text())
+    assert attempt["commit"] == "abc123"
 
 
 @pytest.mark.parametrize(
