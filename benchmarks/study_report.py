@@ -20,6 +20,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from study_holdout import read_holdout
+
 from toe.engine import read_log
 from toe.flops import ViTShape, forward_macs
 from toe.report import run_args, run_shape
@@ -107,8 +109,9 @@ def epoch_macs(record: dict, shape: ViTShape | None) -> float | None:
     return forward_macs(shape, tokens - shape.num_prefix_tokens) * record.get("train_images", 1)
 
 
-def collect_cell(out: Path, cell: Cell, shapes: ShapeCache) -> dict:
-    """One cell's entry of study.json: status, per-epoch records and totals over the finished epochs."""
+def collect_cell(out: Path, cell: Cell, shapes: ShapeCache, holdout: Path | None = None) -> dict:
+    """One cell's entry of study.json: status, per-epoch records, totals over the finished epochs and, for a
+    finished cell, its holdout result (on ``holdout``; None: on whatever data it names)."""
     folder = out / cell.name
     status, finished = cell_status(folder, cell.length)
     records = epoch_records(folder)
@@ -129,6 +132,7 @@ def collect_cell(out: Path, cell: Cell, shapes: ShapeCache) -> dict:
         "attempts": read_attempts(folder),
         "epochs": epochs,
         "totals": totals(epochs) if epochs else None,
+        "holdout": read_holdout(folder, holdout, cell.length) if status == "done" else None,
     }
 
 
@@ -235,6 +239,9 @@ class Row:
     speedup_measured: float | None = None
     speedup_analytic: float | None = None
     paired_delta: Spread | None = None
+    holdout_acc1: Spread | None = None
+    holdout_ema_acc1: Spread | None = None
+    holdout_delta: Spread | None = None
     equal_measured: Spread | None = None
     equal_analytic: Spread | None = None
 
@@ -265,9 +272,12 @@ def summary_rows(cells: list[dict]) -> list[Row]:
         if reference is not None:
             row.speedup_measured = _ratio(reference, group, "train_compute_time")
             row.speedup_analytic = _ratio(reference, group, "forward_macs")
+        row.holdout_acc1 = Spread.of([_holdout(c, "test_acc1") for c in group])
+        row.holdout_ema_acc1 = Spread.of([_holdout(c, "test_ema_acc1") for c in group])
         if variant != "baseline":
             pairs = [(c, baselines.get((length, c["seed"]))) for c in group]
             row.paired_delta = Spread.of([paired_delta(c, b) for c, b in pairs])
+            row.holdout_delta = Spread.of([holdout_delta(c, b) for c, b in pairs])
             row.equal_measured = Spread.of([equal_compute_top1(c, b, "train_compute_time") for c, b in pairs])
             row.equal_analytic = Spread.of([equal_compute_top1(c, b, "forward_macs") for c, b in pairs])
         rows.append(row)
@@ -280,6 +290,19 @@ def paired_delta(variant: dict, baseline: dict | None) -> float | None:
     if baseline is None or baseline["status"] != "done":
         return None
     return variant["totals"]["final_acc1"] - baseline["totals"]["final_acc1"]
+
+
+def _holdout(cell: dict, key: str) -> float | None:
+    return (cell.get("holdout") or {}).get(key)
+
+
+def holdout_delta(variant: dict, baseline: dict | None) -> float | None:
+    """As :func:`paired_delta`, on the holdout set (None unless both have a result on the same data)."""
+    if baseline is None or not variant.get("holdout") or not baseline.get("holdout"):
+        return None
+    if variant["holdout"]["data"] != baseline["holdout"]["data"]:
+        return None
+    return variant["holdout"]["test_acc1"] - baseline["holdout"]["test_acc1"]
 
 
 def _ratio(reference: list[dict], group: list[dict], key: str) -> float | None:
@@ -345,11 +368,19 @@ def markdown(study: dict) -> str:
         "made better use of the same compute than full-token training stopped early. A seed whose variant took "
         "more compute than its baseline's whole run has no such point (then the column says over how many seeds).",
     ]
+    holdouts = {(c["holdout"]["data"], c["holdout"]["images"]) for c in cells if c.get("holdout")}
+    if holdouts:
+        names = "; ".join(f"`{data}` ({images} images)" for data, images in sorted(holdouts))
+        lines.append(
+            f"- *holdout*: the final weights (model, EMA) evaluated once on the val/ split of {names}, images the "
+            "runs never saw (`--holdout`); *Δ holdout* pairs it with the same seed's baseline as above."
+        )
     header = (
         "| variant | seeds | "
         + " | ".join(name for _, name in TOTAL_COLUMNS)
         + " | Δ final top-1 vs same-seed baseline | speedup measured | speedup analytic"
         + " | baseline at equal compute: measured | analytic |"
+        + (" holdout top-1 | holdout EMA top-1 | Δ holdout top-1 vs same-seed baseline |" if holdouts else "")
     )
     for length in grid["lengths"] + sorted({c["length"] for c in cells} - set(grid["lengths"])):
         lines += ["", f"## {length} epochs", ""]
@@ -364,6 +395,12 @@ def markdown(study: dict) -> str:
                     + f" | {_equal(row.paired_delta, row)} | {_times(row.speedup_measured)} | "
                     f"{_times(row.speedup_analytic)} | "
                     f"{_equal(row.equal_measured, row)} | {_equal(row.equal_analytic, row)} |"
+                    + (
+                        f" {_equal(row.holdout_acc1, row)} | {_equal(row.holdout_ema_acc1, row)} | "
+                        f"{_equal(row.holdout_delta, row)} |"
+                        if holdouts
+                        else ""
+                    )
                 )
         else:
             lines.append("No cell of this length is done yet.")
@@ -377,6 +414,9 @@ def markdown(study: dict) -> str:
                 else f": final top-1 {t['final_acc1']:.2f}%, EMA {_percent(t['final_ema_acc1'])}, "
                 f"train compute {t['train_compute_time']:.1f} s, wall {t['wall_time']:.1f} s"
             )
+            if cell.get("holdout"):
+                h = cell["holdout"]
+                measured += f"; holdout top-1 {h['test_acc1']:.2f}%, EMA {_percent(h['test_ema_acc1'])}"
             lines.append(f"- `{cell['cell']}` {status}{measured}")
     missing = [c for c in cells if c["status"] != "done"]
     lines += [""]
@@ -413,10 +453,10 @@ def _percent(value: float | None) -> str:
 # writing
 
 
-def collect(out: Path, cells: list[Cell]) -> list[dict]:
-    """study.json's cell entries for ``cells``, in run order."""
+def collect(out: Path, cells: list[Cell], holdout: Path | None = None) -> list[dict]:
+    """study.json's cell entries for ``cells``, in run order (holdout results on ``holdout``, or any)."""
     shapes = ShapeCache()
-    return [collect_cell(out, cell, shapes) for cell in sorted(cells, key=Cell.sort_key)]
+    return [collect_cell(out, cell, shapes, holdout) for cell in sorted(cells, key=Cell.sort_key)]
 
 
 def write_text(path: Path, text: str) -> None:

@@ -89,6 +89,30 @@ def test_tiny_grid_runs_resumes_and_skips(tiny_data, tmp_path, monkeypatch, caps
     assert "e3/baseline/seed0: done, skipped" in printed and "e3/toe/seed0: done, skipped" in printed
     assert {cell: _files(cell) for cell in (baseline, toe)} == before
 
+    # --holdout: the final weights evaluated once more through the recipe's --eval; on the validation data
+    # itself this must give back the logged final top-1 of the model and its EMA
+    status, printed, _ = run_cli(
+        study.main, [*grid, "--variants", "baseline", "toe", "--holdout", tiny_data, *tiny], capsys
+    )
+    assert status == 0, printed
+    assert {cell: _files(cell) for cell in (baseline, toe)} == before  # the runs' files are left as they were
+    for cell in (baseline, toe):
+        last = read_log(cell)[-1]
+        held = json.loads((cell / "holdout.json").read_text())
+        assert held["epoch"] == 2 and held["data"] == str(tiny_data.resolve())
+        assert held["test_acc1"] == pytest.approx(last["test_acc1"], abs=0.005)
+        assert held["test_ema_acc1"] == pytest.approx(last["test_ema_acc1"], abs=0.005)
+        assert f"{cell.relative_to(out)}: holdout top-1 {held['test_acc1']:.2f}%" in printed
+    table = (out / "study.md").read_text()
+    toe_row = next(line for line in table.splitlines() if line.startswith("| toe |"))
+    held = json.loads((toe / "holdout.json").read_text())
+    delta = held["test_acc1"] - json.loads((baseline / "holdout.json").read_text())["test_acc1"]
+    assert toe_row.endswith(f"| {held['test_acc1']:.2f} | {held['test_ema_acc1']:.2f} | {delta:.2f} |")
+    evaluated = (toe / "holdout.json").stat().st_mtime_ns
+    status, printed, _ = run_cli(study.main, [*grid, "--variants", "toe", "--holdout", tiny_data, *tiny], capsys)
+    assert status == 0 and "holdout top-1" not in printed  # evaluated once
+    assert (toe / "holdout.json").stat().st_mtime_ns == evaluated
+
     # other recipe flags than the study was started with: refused
     status, _, err = run_cli(study.main, [*grid, "--report-only", "--", *TINY_DEIT, "--lr", "0.01"], capsys)
     assert_one_line_error(status, err, "other recipe flags after --", "--lr 0.01")
@@ -237,6 +261,7 @@ def test_cells_run_the_library_of_the_runners_checkout(tmp_path, monkeypatch):
         (["--", "--epochs", "5"], ["--epochs is set by the study"]),
         (["--", "--expansion-step", "0", "5"], ["--expansion-step is set by the study"]),
         (["--", "--lr", "fast"], ["--lr", "fast"]),
+        (["--holdout", "/no/such/data"], ["--holdout /no/such/data", "no val/ folder"]),
         (["--report-only"], ["does not exist"]),
         (["--dry-run", "--report-only"], ["--report-only"]),
     ],
