@@ -376,19 +376,19 @@ def cell_environment(threads: int) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": python_path}
 
 
-def evaluate_holdout(study: Study) -> list[Cell]:
-    """Evaluate every finished cell without an up-to-date holdout.json on --holdout, one at a time with every
-    thread of the study; returns the cells whose evaluation failed."""
+def evaluate_holdout(study: Study, cells: list[Cell], threads: int) -> list[Cell]:
+    """Evaluate each of ``cells`` that is finished and has no up-to-date holdout.json on --holdout, one at a
+    time with ``threads`` threads; returns the cells whose evaluation failed."""
     failed = []
-    for cell in study.cells:
+    for cell in cells:
         folder = study.out / cell.name
         if cell_status(folder, cell.length)[0] != "done" or read_holdout(folder, study.holdout, cell.length):
             continue
         lock = try_lock(folder)
-        if lock is None:
+        if lock is None:  # another study.py is at it
             continue
         try:
-            env = cell_environment(study.threads * study.parallel)
+            env = cell_environment(threads)
             result, error = evaluate_cell(folder, cell.length, cell_command(study, cell), study.holdout, env)
         finally:
             os.close(lock)
@@ -430,6 +430,8 @@ def run_cells(study: Study, commit: str | None) -> tuple[list[Cell], list[Cell]]
         minutes = (time.monotonic() - job.started) / 60
         if code == 0 and cell_status(study.out / job.cell.name, job.cell.length)[0] == "done":
             print(f"{job.cell.name}: done in {minutes:.1f} min", flush=True)
+            if study.holdout is not None:  # while the other cells go on
+                failed.extend(evaluate_holdout(study, [job.cell], study.threads))
             return
         failed.append(job.cell)
         console = study.out / job.cell.name / "console.log"
@@ -521,12 +523,10 @@ def main(argv: list[str] | None = None) -> None:
             (study.out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
         previous = signal.signal(signal.SIGTERM, _terminate)  # a kill stops the cells too, as Ctrl-C does
         try:
-            if study.holdout is not None:  # the cells finished before, then those finished now
-                failed += evaluate_holdout(study)
+            if study.holdout is not None:  # the cells finished before; run_cells evaluates those it finishes
+                failed += evaluate_holdout(study, study.cells, study.threads * study.parallel)
             trained, busy = run_cells(study, commit)
             failed += trained
-            if study.holdout is not None:
-                failed = list(dict.fromkeys(failed + evaluate_holdout(study)))
         except KeyboardInterrupt:
             print("stopped: run the same command to continue the unfinished cells", file=sys.stderr)
             raise SystemExit(130) from None

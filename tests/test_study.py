@@ -89,14 +89,18 @@ def test_tiny_grid_runs_resumes_and_skips(tiny_data, tmp_path, monkeypatch, caps
     assert "e3/baseline/seed0: done, skipped" in printed and "e3/toe/seed0: done, skipped" in printed
     assert {cell: _files(cell) for cell in (baseline, toe)} == before
 
-    # --holdout: the final weights evaluated once more through the recipe's --eval; on the validation data
-    # itself this must give back the logged final top-1 of the model and its EMA
+    # --holdout: the final weights evaluated once more through the recipe's --eval (the finished cells first, a
+    # cell trained now as soon as it finishes); on the validation data itself this must give back the logged
+    # final top-1 of the model and its EMA
+    random = out / "e3" / "random" / "seed0"
     status, printed, _ = run_cli(
-        study.main, [*grid, "--variants", "baseline", "toe", "--holdout", tiny_data, *tiny], capsys
+        study.main, [*grid, "--variants", "baseline", "toe", "random", "--holdout", tiny_data, *tiny], capsys
     )
     assert status == 0, printed
     assert {cell: _files(cell) for cell in (baseline, toe)} == before  # the runs' files are left as they were
-    for cell in (baseline, toe):
+    assert printed.index("e3/toe/seed0: holdout") < printed.index("e3/random/seed0: done in")
+    assert printed.index("e3/random/seed0: done in") < printed.index("e3/random/seed0: holdout")
+    for cell in (baseline, toe, random):
         last = read_log(cell)[-1]
         held = json.loads((cell / "holdout.json").read_text())
         assert held["epoch"] == 2 and held["data"] == str(tiny_data.resolve())
