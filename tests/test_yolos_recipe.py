@@ -23,6 +23,22 @@ def test_defaults_are_upstream_yolos():
     assert schedule_from_args(args) is None  # ToE off unless asked
 
 
+@pytest.mark.parametrize(
+    "flags, amp",
+    [
+        ([], False),  # upstream YOLOS trains in fp32
+        (["--amp"], True),
+        (["--apex-amp"], True),
+        (["--amp-dtype", "bf16"], True),
+        (["--amp-dtype", "fp32"], False),
+        (["--amp", "--no-amp"], False),
+    ],
+)
+def test_mixed_precision_only_when_asked_for(flags, amp):
+    args = yolos.build_parser().parse_args(flags)
+    assert yolos.uses_amp(args) is amp
+
+
 def test_param_groups_follow_upstream(tmp_path):
     args = yolos.build_parser().parse_args(
         [

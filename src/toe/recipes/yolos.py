@@ -122,9 +122,22 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--dist_url", default="env://", help="distributed rendezvous")
 
     add_engine_arguments(p)
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision (fp16 with a gradient scaler on CUDA; --amp-dtype bf16 for bf16); off by default: "
+        "upstream YOLOS trains in fp32",
+    )
     add_toe_arguments(p, "yolos")
     p.set_defaults(pin_mem=True)  # the shared run builder reads it; upstream YOLOS pins memory
     return p
+
+
+def uses_amp(args: argparse.Namespace) -> bool:
+    """Mixed precision only when asked for (``--amp``, ``--apex-amp`` or an ``--amp-dtype`` of fp16 / bf16):
+    upstream YOLOS trains in fp32. ``--no-amp`` wins."""
+    asked = args.amp or args.apex_amp or args.amp_dtype in ("fp16", "bf16")
+    return asked and not args.no_amp
 
 
 def pe_size(values: list[int] | None, flag: str, default: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -292,7 +305,7 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
         dist,
         output_dir=output_dir,
         lr_schedule=lambda optimizer, _: LRSchedule(build_scheduler(args, optimizer)),
-        amp=not args.no_amp,
+        amp=uses_amp(args),
         num_workers=args.num_workers,
         eval_batch_size=args.batch_size,
         dist_eval=True,  # upstream evaluates a shard per process
