@@ -16,6 +16,7 @@ from toe.engine import read_log
 sys.path.insert(0, str(ROOT / "benchmarks"))
 study = importlib.import_module("study")
 report = importlib.import_module("study_report")
+holdout = importlib.import_module("study_holdout")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -249,6 +250,23 @@ def test_cells_run_the_library_of_the_runners_checkout(tmp_path, monkeypatch):
     assert started["command"][1] == str(ROOT / "ToE" / "deit" / "main.py")
     attempt = json.loads((run.out / cell.name / report.ATTEMPTS_FILE).read_text())
     assert attempt["commit"] == "abc123"
+
+
+@pytest.mark.parametrize(
+    "script, error",
+    [
+        ("import sys; print('error: --resume x: no such file', file=sys.stderr); sys.exit(2)", "error: --resume x"),
+        (
+            "print('evaluating c (finished epoch 3)'); print('Accuracy of the network on the 10 test images: 50.00%')",
+            "holds epoch 3, not the last one (8)",
+        ),
+    ],
+)
+def test_a_failed_holdout_evaluation_names_the_cause_and_writes_nothing(tmp_path, script, error):
+    """An evaluation that fails, or that evaluated another epoch than the cell's last, leaves no holdout.json."""
+    result, said = holdout.evaluate_cell(tmp_path, 9, [sys.executable, "-c", script], tmp_path, dict(os.environ))
+    assert result is None and error in said
+    assert not (tmp_path / holdout.HOLDOUT_FILE).exists()
 
 
 @pytest.mark.parametrize(
