@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT, TINY_DEIT, load_model_state
+from helpers import LAYOUT_NOISE, ROOT, TINY_DEIT, load_model_state
 
 from toe.options import run_main
 from toe.recipes import deit
@@ -80,7 +80,8 @@ def test_two_process_ddp_matches_one_process(tiny_data, tmp_path):
     assert len(list((two / "tensorboard").iterdir())) == 1  # only rank 0 writes files
 
     single, ddp = load_model_state(one / "checkpoint.pth"), load_model_state(two / "checkpoint.pth")
+    noise = LAYOUT_NOISE["deit"]  # measured float noise of this comparison (tests/layout_noise.md)
     for name in single:
-        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-5, msg=f"{name} differs")
+        torch.testing.assert_close(ddp[name], single[name], **noise["weights"], msg=f"{name} differs")
     loss_one = json.loads((one / "log.txt").read_text().splitlines()[-1])["train_loss"]
-    assert abs(record["train_loss"] - loss_one) < 1e-4
+    assert abs(record["train_loss"] - loss_one) < noise["loss"]

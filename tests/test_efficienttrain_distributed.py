@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT, TINY_ET_MODEL, load_model_state
+from helpers import LAYOUT_NOISE, ROOT, TINY_ET_MODEL, load_model_state
 
 from toe.options import run_main
 from toe.recipes import et_training
@@ -50,7 +50,8 @@ def test_two_processes_match_one_across_the_stages(tiny_data, tmp_path):
     assert all(r["replicas_in_sync"] is True and r["train_images"] == 80 for r in records)
 
     single_log = [json.loads(line) for line in (one / "log.txt").read_text().splitlines()]
-    assert [r["train_loss"] for r in records] == pytest.approx([r["train_loss"] for r in single_log], abs=1e-4)
+    noise = LAYOUT_NOISE["efficienttrain"]  # measured float noise of this comparison (tests/layout_noise.md)
+    assert [r["train_loss"] for r in records] == pytest.approx([r["train_loss"] for r in single_log], abs=noise["loss"])
 
     single, ddp = load_model_state(one / "checkpoint.pth"), load_model_state(two / "checkpoint.pth")
     assert ddp["pos_embed"].shape == (1, 65, 32)
@@ -59,4 +60,4 @@ def test_two_processes_match_one_across_the_stages(tiny_data, tmp_path):
             # the key bias has an exactly zero gradient (softmax ignores a constant shift), so AdamW turns
             # rounding noise into updates of the size of the LR there: compare the query and value biases only
             single[name], ddp[name] = single[name].view(3, -1)[0::2], ddp[name].view(3, -1)[0::2]
-        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-5, msg=f"{name} differs")
+        torch.testing.assert_close(ddp[name], single[name], **noise["weights"], msg=f"{name} differs")

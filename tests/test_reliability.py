@@ -16,7 +16,7 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT, TINY_DEIT, assert_one_line_error, run_cli, tiny_vit
+from helpers import LAYOUT_NOISE, ROOT, TINY_DEIT, assert_one_line_error, run_cli, tiny_vit
 
 from toe.engine import losses
 from toe.options import run_main
@@ -278,5 +278,5 @@ def test_torchrun_restarts_a_killed_worker_from_the_last_checkpoint(signal_name,
     assert [r["epoch"] for r in log] == [0, 1, 2] and all(r["replicas_in_sync"] for r in log)
     a = torch.load(one_process / "checkpoint.pth", weights_only=True)["model"]
     b = torch.load(elastic / "checkpoint.pth", weights_only=True)["model"]
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+    for name in a:  # two processes against one: measured float noise (tests/layout_noise.md)
+        torch.testing.assert_close(b[name], a[name], **LAYOUT_NOISE["deit"]["weights"])
