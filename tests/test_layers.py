@@ -16,6 +16,7 @@ LAYERS = [
     ["toe.functional"],
     ["toe.token_select"],
     ["toe.integration"],
+    ["toe.vpt"],
     ["toe.models"],
     ["toe.engine"],
     ["toe.data", "toe.detection"],

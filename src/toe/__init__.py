@@ -3,6 +3,7 @@
 Public API::
 
     from toe import TokenSelect, apply_toe, remove_toe
+    from toe import apply_vpt, remove_vpt   # Visual Prompt Tuning, with or without ToE
     from toe.functional import select_tokens, merge_tokens, gather_tokens, random_tokens
 """
 
@@ -11,6 +12,7 @@ from .functional import seed_positions
 from .integration import apply_toe, has_toe, remove_toe
 from .schedule import ToESchedule, TokenCounts
 from .token_select import TokenSelect
+from .vpt import apply_vpt, has_vpt, remove_vpt
 
 __all__ = [
     "TokenSelect",
@@ -19,6 +21,9 @@ __all__ = [
     "apply_toe",
     "remove_toe",
     "has_toe",
+    "apply_vpt",
+    "remove_vpt",
+    "has_vpt",
     "seed_positions",
     "functional",
 ]

@@ -74,7 +74,7 @@ def apply_toe(model: nn.Module, token_select: TokenSelect | None = None) -> nn.M
     if _registration is None:
         _registration = register_module_module_registration_hook(_follow_selector)
     if not _toe_hooks(model):
-        model.blocks[0].register_forward_hook(_ToEHook(selector, model.num_prefix_tokens))
+        model.blocks[0].register_forward_hook(_ToEHook(selector, prefix_tokens(model)))
     model.token_select = selector  # (re-)points the hook through _follow_selector
     selector.last_index = None
     return model
@@ -88,6 +88,19 @@ def remove_toe(model: nn.Module) -> nn.Module:
     if hasattr(model, "token_select"):
         del model.token_select
     return model
+
+
+def prefix_tokens(model: nn.Module) -> int:
+    """The tokens in front of the patch tokens after block 0, which ToE keeps as they are: the model's prefix
+    (class, distillation, register tokens) and VPT's prompt tokens (``model.vpt``, see :mod:`toe.vpt`)."""
+    prompts = getattr(model, "vpt", None)
+    return getattr(model, "num_prefix_tokens", 0) + getattr(prompts, "num_tokens", 0)
+
+
+def sync_prefix_tokens(model: nn.Module) -> None:
+    """Tell an attached ToE hook how many tokens lead the sequence (called when VPT adds or removes prompts)."""
+    for hook in _toe_hooks(model).values():
+        hook.num_prefix_tokens = prefix_tokens(model)
 
 
 def train_toe(model: nn.Module) -> nn.Module:
