@@ -122,8 +122,11 @@ def flops_main(args: argparse.Namespace) -> None:
 
 
 def report_main(args: argparse.Namespace) -> None:
-    from .report import format_report
+    from .report import format_report, format_side_by_side
 
+    if args.side_by_side:
+        print(format_side_by_side(args.output_dirs))
+        return
     for i, folder in enumerate(args.output_dirs):
         print(("\n" if i else "") + format_report(folder))
 
@@ -257,6 +260,11 @@ def build_parser() -> ArgumentParser:
         description="Summarise training runs from their log.txt.",
     )
     report.add_argument("output_dirs", nargs="+", metavar="OUTPUT_DIR", help="a run's --output_dir")
+    report.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="one line per run: top-1, train compute time and its speedup over the first run, training memory",
+    )
     report.set_defaults(handler=report_main)
     _add_plot_parser(commands)
     _add_visualize_parser(commands)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from .integration import prefix_tokens
 from .schedule import ToESchedule
 
 
@@ -102,7 +103,7 @@ def vit_shape(model: nn.Module) -> ViTShape:
         depth=len(model.blocks),
         mlp_ratio=fc1.out_features / fc1.in_features,
         num_patches=model.patch_embed.num_patches,
-        num_prefix_tokens=model.num_prefix_tokens,
+        num_prefix_tokens=prefix_tokens(model),  # VPT's prompts too: every block sees them
         stem_macs=counter.get_total_flops() // 2,
         head_macs=sum(h.in_features * h.out_features for h in heads),
         dense_head_macs=(

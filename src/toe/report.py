@@ -32,6 +32,7 @@ class StageRow:
     full_tokens: int | None  # the sequence length without ToE, None in logs that did not record it
     compute_time: float  # median train compute seconds per epoch (data loading excluded)
     images_per_sec: float  # median
+    memory_mb: float | None = None  # the largest logged train_memory_mb (None in logs that did not record it)
 
     @property
     def is_full_token(self) -> bool:
@@ -55,6 +56,7 @@ def stage_rows(records: list[dict]) -> list[StageRow]:
                 full_tokens=group[-1].get("full_tokens"),
                 compute_time=statistics.median(r["train_compute_time"] for r in group),
                 images_per_sec=statistics.median(r["train_images_per_sec"] for r in group),
+                memory_mb=max((r["train_memory_mb"] for r in group if r.get("train_memory_mb")), default=None),
             )
         )
     return rows
@@ -213,6 +215,13 @@ def format_report(output_dir: str | Path) -> str:
         f"train compute time: {total:.1f}s over {len(records)} epochs "
         f"({sum(r['epoch_time'] for r in records):.1f}s wall)"
     )
+    memories = [(row.stage, row.memory_mb) for row in rows if row.memory_mb is not None]
+    if memories:
+        per_stage = ", ".join(f"{'-' if stage is None else stage}: {mb:.0f}" for stage, mb in memories)
+        lines.append(
+            f"training memory per step, MiB by stage ({per_stage}): the CUDA peak, or on the CPU the "
+            "activations saved for backward"
+        )
     outputs = [
         name
         for name in (
@@ -229,6 +238,34 @@ def format_report(output_dir: str | Path) -> str:
     if (output_dir / "tensorboard").is_dir():
         outputs.append("tensorboard/ (tensorboard --logdir " + str(output_dir / "tensorboard") + ")")
     lines.append(f"outputs in {output_dir}: " + ", ".join(outputs))
+    return "\n".join(lines)
+
+
+def format_side_by_side(output_dirs: list[str | Path]) -> str:
+    """One line per run: final and best top-1, train compute time (and its ratio to the first run's), the
+    largest training memory of a step and its mean over the epochs (the CUDA peak, or on the CPU the
+    activations saved for backward; ``-`` where the log did not record it)."""
+    lines = [
+        f"{'run':<28} {'ToE':>4} {'top-1':>7} {'best':>7} {'compute s':>10} {'speedup':>8} "
+        f"{'memory MiB: peak':>16} {'mean':>6}"
+    ]
+    first_time = None
+    for folder in output_dirs:
+        records = read_log(Path(folder))
+        if not records or any("train_compute_time" not in r for r in records):
+            raise UserError(f"{folder} has no log.txt of this project's recipes")
+        last = records[-1]
+        compute = sum(r["train_compute_time"] for r in records)
+        first_time = first_time or compute
+        memory = [r["train_memory_mb"] for r in records if r.get("train_memory_mb") is not None]
+        peak = f"{max(memory):.0f}" if memory else "-"
+        mean = f"{sum(memory) / len(memory):.0f}" if memory else "-"
+        toe = "on" if any(r.get("toe_stage") is not None for r in records) else "off"
+        lines.append(
+            f"{str(folder)[-28:]:<28} {toe:>4} {last.get('test_acc1', float('nan')):>6.2f}% "
+            f"{last.get('best_test_acc1', float('nan')):>6.2f}% {compute:>10.1f} {first_time / compute:>7.2f}x "
+            f"{peak:>16} {mean:>6}"
+        )
     return "\n".join(lines)
 
 

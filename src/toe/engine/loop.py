@@ -20,6 +20,7 @@ from .distributed import DistInfo
 from .failpoints import failpoint
 from .logger import progress
 from .lr import LRSchedule
+from .memory import SavedTensorMeter, cuda_peak, reset_peak
 from .precision import Precision
 from .transfer import to_device, unwrap
 
@@ -41,6 +42,7 @@ class EpochStats:
     updates: int = 0  # optimizer updates since the start of training
     lr: float = 0.0
     tokens: int | None = None  # sequence length fed to blocks 1.. in the last step
+    memory: int | None = None  # bytes: the CUDA peak, or on the CPU the activations saved for backward in a step
 
     @property
     def loss(self) -> float:
@@ -123,6 +125,12 @@ def train_one_epoch(
         )
     start = last = time.perf_counter()
     wall_before = stats.wall_time
+    # memory: the CUDA peak of the epoch, or the CPU activations of its first step (once: a resumed epoch keeps
+    # its first step's; not under torch.compile, which does not trace saved-tensor hooks)
+    compiled = isinstance(model, torch._dynamo.eval_frame.OptimizedModule)
+    measure_cpu = device.type == "cpu" and not compiled and stats.memory is None
+    meter = SavedTensorMeter(unwrap(model)) if measure_cpu else None
+    reset_peak(device)
     to_train = itertools.islice(loader, total_steps - first_step)  # a dropped last group is not even loaded
     batches = progress(to_train, total_steps - first_step, f"epoch {epoch}", dist.is_main and show_progress)
     for step, (samples, targets) in enumerate(batches, start=first_step):
@@ -135,8 +143,9 @@ def train_one_epoch(
             samples, targets = hooks.mixup(samples, targets)
         update = (step + 1) % accum_steps == 0 or step + 1 == total_steps
         sync = contextlib.nullcontext() if update or not hasattr(model, "no_sync") else model.no_sync()
+        measured = meter.measure() if meter is not None and step == first_step else contextlib.nullcontext()
         with sync:
-            with precision.autocast():
+            with precision.autocast(), measured:
                 outputs = model(samples)
                 loss = criterion(samples, outputs, targets)
             precision.backward(loss / accumulation_divisor(step, total_steps, accum_steps))
@@ -171,4 +180,8 @@ def train_one_epoch(
                 on_update(stats)
             failpoint("train-step")
     stats.tokens = tokens_of() if tokens_of is not None else None
+    if meter is not None:
+        stats.memory = meter.bytes
+    elif device.type == "cuda":
+        stats.memory = max(stats.memory or 0, cuda_peak(device))
     return stats

@@ -30,13 +30,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import UserError
-from ..integration import has_toe
+from ..integration import has_toe, prefix_tokens
 from .checkpoint import load_checkpoint, load_latest, remove_stale_temporaries, save_checkpoint
 from .distributed import DistInfo, all_reduce_sum, gather_objects, replicas_in_sync
 from .evaluation import Classification, Evaluation
 from .logger import RunLogger, read_log
 from .loop import EpochStats, StepHooks, train_one_epoch
 from .lr import LRSchedule
+from .memory import mebibytes
 from .precision import Precision
 from .preemption import Preempted, PreemptionWatch
 from .rng import capture_rng, restore_rng, seed_epoch
@@ -124,7 +125,7 @@ def full_token_count(module: nn.Module) -> float | None:
     patch_embed = getattr(module, "patch_embed", None)
     if patch_embed is None or not hasattr(patch_embed, "num_patches"):
         return None
-    return int(getattr(module, "num_prefix_tokens", 0) + patch_embed.num_patches)
+    return int(prefix_tokens(module) + patch_embed.num_patches)
 
 
 def tokens_fed_to_blocks(module: nn.Module) -> float | None:
@@ -394,6 +395,7 @@ def _epoch_record(run: TrainingRun, epoch: int, stage: int | None, stats: EpochS
         "toe_tokens": stats.tokens,
         "full_tokens": full_token_count(parts.module),
         "train_compute_time": stats.compute_time,
+        "train_memory_mb": mebibytes(stats.memory),
         "train_data_time": stats.data_time,
         "epoch_time": stats.wall_time,
         "train_images_per_sec": images / stats.wall_time,
@@ -443,8 +445,9 @@ def _restore_log(output_dir: Path, epoch: int, record_json: str | None) -> None:
 
 
 def always_kept_tokens(module: nn.Module) -> int:
-    """The tokens ToE never reduces: the prefix (class, distillation) tokens, and YOLOS's [DET] tokens."""
-    return getattr(module, "num_prefix_tokens", 0) + getattr(module, "num_extra_tokens", 0)
+    """The tokens ToE never reduces: the prefix (class, distillation) tokens, VPT's prompts and YOLOS's [DET]
+    tokens."""
+    return prefix_tokens(module) + getattr(module, "num_extra_tokens", 0)
 
 
 def _summary_line(record: dict, metric: str = "acc1", prefix: int = 1) -> str:

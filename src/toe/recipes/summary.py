@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..integration import has_toe
+from ..integration import has_toe, prefix_tokens
 from ..schedule import REDUCTIONS
 
 
@@ -28,14 +28,16 @@ def describe_toe(model: nn.Module, epochs: int) -> str:
             f"{'sparse' if select.sparse_eval else 'full-token'} evaluation)"
         )
     num_patches = patch_embed.num_patches
-    prefix = model.num_prefix_tokens
+    prefix, prompts = model.num_prefix_tokens, prefix_tokens(model) - model.num_prefix_tokens
     counts = schedule.token_counts(num_patches)
     parts = []
     for stage, first, end in schedule.stage_epochs(epochs):
         kept = counts.kept[stage - 1] if schedule.is_active(stage) else num_patches
         parts.append(f"stage {stage} (epochs {first}-{end - 1}) {kept} of {num_patches} patch tokens")
     return (
-        f"ToE: {'; '.join(parts)} after block 0, plus the {prefix} prefix token{'s' if prefix != 1 else ''}, "
+        f"ToE: {'; '.join(parts)} after block 0, plus the {prefix} prefix token{'s' if prefix != 1 else ''}"
+        + (f" and {prompts} prompt tokens" if prompts else "")
+        + ", "
         f"token reduction {REDUCTIONS[select.reduction]} "
         f"(seeds {counts.seeds}, {select.distance}, {select.seeding} seeding, "
         f"{'sparse' if select.sparse_eval else 'full-token'} evaluation)"
