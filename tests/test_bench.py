@@ -77,3 +77,30 @@ def test_bench_compiles_one_graph_per_model_and_stage(monkeypatch, capsys):
     assert status == 0, err
     # plain timm, and the ToE model off / stage 1 / stage 2: no graph breaks, no recompiles between rounds
     assert "torch.compile: 4 graphs for 4 variants" in out
+
+
+def test_bench_measures_vpt_and_the_memory_of_every_stage(tmp_path, capsys):
+    argv = ["bench", *TINY, "--vpt", "deep", "--prompt-tokens", "3", "--memory", "--json", tmp_path / "m.json"]
+    status, out, err = run_cli(toe_main, argv, capsys)
+    assert status == 0, err
+    assert "+ VPT-deep (3 prompt tokens)" in out and "memory MiB" in out
+    variants = json.loads((tmp_path / "m.json").read_text())["variants"]
+    assert [v["tokens"] for v in variants] == [68, 68, 36, 52]  # class token + 3 prompts + 64 / 32 / 48 patches
+    plain, off, stage1, stage2 = (v["memory_mb"] for v in variants)
+    assert plain == off and stage1 < stage2 < plain  # the activations saved for backward shrink with the tokens
+    # the estimate scales the full-token step by the tokens blocks see: (68 + 1 * 36) / (2 * 68) at stage 1
+    assert variants[2]["memory_analytic_mb"] == pytest.approx(plain * (68 + 36) / (2 * 68))
+
+
+def test_saved_tensor_meter_counts_activations_once_and_not_the_weights():
+    from toe.engine.memory import SavedTensorMeter
+
+    layer = torch.nn.Linear(8, 8)
+    x = torch.randn(4, 8, requires_grad=True)
+    meter = SavedTensorMeter(layer)
+    with meter.measure():
+        y = layer(x)  # saves its input (4 x 8 floats); its weight is the layer's own
+        z = y * y  # saves y (twice, one storage)
+    assert meter.bytes == 2 * 4 * 8 * 4
+    z.sum().backward()  # the saved tensors unpack unchanged
+    torch.testing.assert_close(x.grad, (2 * y @ layer.weight).detach())

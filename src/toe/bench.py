@@ -7,11 +7,19 @@ noise, which drifts over seconds, hits all of them alike. Each variant is warmed
 compiled, with --compile; one graph per stage). Reported: median images/s, the median over rounds of
 each variant's speedup over plain timm in the same round, the analytic ratio of `toe flops`, and the
 TokenSelect op's share of a step (the op timed alone at the block-0 output shape).
+
+``--vpt shallow|deep --prompt-tokens N`` measures Visual Prompt Tuning instead (frozen backbone, prompts and
+head train; see toe.vpt). ``--memory`` adds the memory one training step of every variant needs on top of
+what is held between steps (weights, optimizer state): on CUDA its peak over the memory allocated before it
+(activations, gradients, workspace), on the CPU the activations saved for backward (toe.engine.memory), next
+to an analytic estimate: activations grow with the tokens every block sees, so a stage needs the full-token
+step's memory times (full + (depth - 1) * reduced tokens) / (depth * full tokens).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -26,6 +34,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch._dynamo.utils import counters  # torch.compile's statistics (graphs compiled)
 
+from .engine.memory import SavedTensorMeter, cuda_peak, mebibytes, reset_peak
 from .errors import UserError
 from .figures import check_output, save_figure
 from .flag_types import device as device_name
@@ -35,6 +44,7 @@ from .models.factory import check_input_size, create_model, parse_model_kwargs
 from .options import check_at_least, token_select_from_args
 from .schedule import REDUCTIONS, ToESchedule
 from .token_select import TokenSelect
+from .vpt import apply_vpt
 
 
 @dataclass
@@ -48,6 +58,8 @@ class Variant:
     images_per_sec: float = 0.0
     speedup: float = 0.0
     op_share: float | None = None  # TokenSelect fwd+bwd time (inactive for ToE off) over the step time
+    memory_mb: float | None = None  # --memory: measured memory of one training step (see the module docstring)
+    memory_analytic_mb: float | None = None  # --memory: the full-token step's scaled by the tokens
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,13 +79,27 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (once per stage)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant before timing")
     parser.add_argument("--rounds", type=int, default=10, help="timed rounds of one step per variant")
+    parser.add_argument(
+        "--vpt",
+        choices=("shallow", "deep"),
+        default=None,
+        help="measure Visual Prompt Tuning (frozen backbone; prompts at block 0 or at every block)",
+    )
+    parser.add_argument("--prompt-tokens", type=int, default=50, metavar="N", help="prompt tokens with --vpt")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="also measure each variant's training memory (CUDA peak; on the CPU the activations saved for backward)",
+    )
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--plot", default=None, metavar="PNG", help="also plot measured vs analytic speedup")
 
 
 def bench_main(args: argparse.Namespace) -> list[Variant]:
     """Run the benchmark described by ``args`` and print the table."""
-    check_at_least(("--batch-size", args.batch_size, 1), ("--rounds", args.rounds, 1))
+    check_at_least(
+        ("--batch-size", args.batch_size, 1), ("--rounds", args.rounds, 1), ("--prompt-tokens", args.prompt_tokens, 1)
+    )
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
         if path:
             check_output(Path(path), flag)
@@ -85,6 +111,11 @@ def bench_main(args: argparse.Namespace) -> list[Variant]:
     torch.manual_seed(0)
     plain = create_model(args.model, 1000, img_size=args.input_size, **parse_model_kwargs(args.model_kwargs))
     check_input_size(plain, args.input_size)
+    if args.vpt:
+        try:
+            apply_vpt(plain, args.prompt_tokens, deep=args.vpt == "deep")
+        except (TypeError, ValueError) as error:
+            raise UserError(f"--vpt cannot prompt --model {args.model}: {error}") from None
     plain.to(device)
     try:
         with_toe = apply_toe(copy.deepcopy(plain), select)
@@ -98,6 +129,8 @@ def bench_main(args: argparse.Namespace) -> list[Variant]:
     toe_trainer = _Trainer(with_toe, device, dtype, args)
     steps = {v.name: plain_trainer.step if v.stage is None else partial(toe_trainer.step, v.stage) for v in variants}
     measure(variants, steps, args.batch_size, args.warmup, args.rounds)
+    if args.memory:
+        measure_memory(variants, plain_trainer, toe_trainer, shape)
     for variant in variants:
         if variant.stage is not None:  # ToE off: the inactive selector's own cost
             op_time = _op_time(select, variant.stage, args.batch_size, shape, device, dtype)
@@ -154,6 +187,17 @@ def measure(
         variant.speedup = statistics.median(r / t for r, t in zip(reference, times[variant.name]))
 
 
+def measure_memory(variants: list[Variant], plain: _Trainer, with_toe: _Trainer, shape: ViTShape) -> None:
+    """Fill in each variant's measured memory of one training step and the analytic estimate from the plain
+    model's (see the module docstring)."""
+    for variant in variants:
+        variant.memory_mb = mebibytes((plain if variant.stage is None else with_toe).memory(variant.stage))
+    full = variants[0]
+    for variant in variants:
+        blocks = full.tokens + (shape.depth - 1) * variant.tokens
+        variant.memory_analytic_mb = full.memory_mb * blocks / (shape.depth * full.tokens)
+
+
 class _Trainer:
     """Training steps of one model on a fixed synthetic batch."""
 
@@ -164,15 +208,17 @@ class _Trainer:
         self.images = self.images.contiguous(memory_format=memory_format)
         self.labels = torch.randint(0, model.num_classes, (args.batch_size,), device=device)
         self.forward = torch.compile(model) if args.compile else model
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
 
-    def step(self, stage: int | None = None) -> float:
-        """One training step (at ToE ``stage``; 0: attached but inactive); returns its seconds."""
+    def step(self, stage: int | None = None, meter: SavedTensorMeter | None = None) -> float:
+        """One training step (at ToE ``stage``; 0: attached but inactive); returns its seconds. ``meter``
+        counts the activations its forward saves."""
         if stage is not None:  # epoch -1 is before every stage: ToE attached but inactive
             select = self.model.token_select
             select.update_current_stage(-1 if stage == 0 else select.schedule.expansion_step[stage - 1])
         start = time.perf_counter()
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+        counting = meter.measure() if meter is not None else contextlib.nullcontext()
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None), counting:
             loss = nn.functional.cross_entropy(self.forward(self.images), self.labels)
         loss.backward()
         self.optimizer.step()
@@ -180,6 +226,19 @@ class _Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
+
+    def memory(self, stage: int | None) -> int:
+        """Bytes one training step at ``stage`` needs: on CUDA its peak over what was allocated before it, on
+        the CPU the activations its forward saves for backward."""
+        if self.device.type != "cuda":
+            meter = SavedTensorMeter(self.model)
+            self.step(stage, meter)
+            return meter.bytes
+        torch.cuda.synchronize(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        reset_peak(self.device)
+        self.step(stage)
+        return cuda_peak(self.device) - before
 
 
 def _op_time(
@@ -200,7 +259,7 @@ def _op_time(
     times = []
     for i in range(repeats + 1):
         start = time.perf_counter()
-        out, index = select(x)
+        out, index = select(x, num_prefix_tokens=shape.num_prefix_tokens)
         if index is not None:  # the inactive selector returns x itself: nothing to differentiate
             out.backward(torch.ones_like(out))
         if device.type == "cuda":
@@ -217,21 +276,32 @@ def _device_name(device: torch.device) -> str:
 
 
 def format_bench(args: argparse.Namespace, variants: list[Variant]) -> str:
+    vpt = f" + VPT-{args.vpt} ({args.prompt_tokens} prompt tokens)" if args.vpt else ""
     lines = [
-        f"{args.model} at {args.input_size} px, batch {args.batch_size}, {args.amp_dtype}"
+        f"{args.model}{vpt} at {args.input_size} px, batch {args.batch_size}, {args.amp_dtype}"
         f"{', channels-last' if args.channels_last else ''}{', torch.compile' if args.compile else ''}, "
         f"{_device_name(torch.device(args.device))}; median of {args.rounds} rounds of one step per variant",
         f"ToE stages: token reduction {REDUCTIONS[args.token_reduction]}",
         "",
         f"{'variant':<11} {'tokens':>6} {'images/s':>9} {'measured':>9} {'analytic':>9} {'of limit':>8} "
-        f"{'op share':>8}",
+        f"{'op share':>8}" + (f" {'memory MiB':>10} {'vs full':>7} {'analytic':>8}" if args.memory else ""),
     ]
     for v in variants:
         share = "-" if v.op_share is None else f"{100 * v.op_share:.3f}%"
+        memory = ""
+        if args.memory:
+            memory = f" {v.memory_mb:>10.1f} {v.memory_mb / variants[0].memory_mb:>7.2f} {v.memory_analytic_mb:>8.1f}"
         lines.append(
             f"{v.name:<11} {v.tokens:>6} {v.images_per_sec:>9.2f} {v.speedup:>8.2f}x {v.analytic_speedup:>8.2f}x "
-            f"{v.speedup / v.analytic_speedup:>8.2f} {share:>8}"
+            f"{v.speedup / v.analytic_speedup:>8.2f} {share:>8}{memory}"
         )
+    if args.memory:
+        what = (
+            "its peak over the memory held before it"
+            if args.device.startswith("cuda")
+            else ("the activations saved for backward")
+        )
+        lines.append(f"memory: one training step's, {what}; analytic: the full-token step's scaled by the tokens")
     return "\n".join(lines)
 
 
