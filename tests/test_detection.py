@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from helpers import assert_one_line_error, detection_demo_generator, run_cli
 
-from toe.detection.backbone import load_backbone_weights, read_state_dict
+from toe.detection.backbone import load_backbone_weights
 from toe.detection.boxes import coco_to_xyxy, denormalize_cxcywh, normalize_xyxy, xyxy_to_coco
 from toe.detection.coco import build_coco_split, collate_detection, num_classes_of
 from toe.detection.criterion import SetCriterion
@@ -19,6 +19,7 @@ from toe.detection.evaluation import coco_metrics, detections
 from toe.detection.matcher import HungarianMatcher
 from toe.detection.model import YOLOS, create_backbone
 from toe.detection.transforms import crop, eval_transforms, hflip, resized_size, train_transforms
+from toe.engine import load_weights
 from toe.options import UserError
 from toe.token_select import TokenSelect
 
@@ -340,7 +341,7 @@ def test_backbone_loader_names_bad_files(tmp_path):
         load_backbone_weights(backbone, tmp_path / "missing.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     with pytest.raises(UserError, match="not a readable weights file"):
-        read_state_dict(tmp_path / "junk.pth")
+        load_weights(tmp_path / "junk.pth", "--pre_trained")
     wide = create_backbone("tiny", **{**TINY, "embed_dim": 48}).state_dict()
     torch.save(wide, tmp_path / "wide.pth")
     with pytest.raises(UserError, match="does not fit --backbone_name"):

@@ -2,7 +2,7 @@
 
 Accepted files: what :func:`toe.engine.checkpoint.load_weights` reads (checkpoints of this project's
 recipes, official DeiT checkpoints with their ``argparse.Namespace`` flags, bare state_dicts such as
-timm's ``.pth``/``.bin`` weight files) and ``.safetensors`` files. Like upstream YOLOS, the classifier heads and a
+timm's ``.pth``/``.bin``/``.safetensors`` weight files). Like upstream YOLOS, the classifier heads and a
 distillation token are ignored, and a distilled model's position embedding keeps the distillation
 token's position for the class token (upstream drops the first of the two). The position embedding
 may be of any square grid: the detector interpolates it to ``--init_pe_size``.
@@ -21,31 +21,13 @@ from ..errors import UserError
 IGNORED_PREFIXES = ("head.", "head_dist.", "fc_norm.", "dist_token")
 
 
-def read_state_dict(path: str | Path, flag: str = "--pre_trained") -> dict[str, torch.Tensor]:
-    """The model weights a file holds (see the module docstring); anything else is a :class:`UserError`."""
-    if Path(path).suffix != ".safetensors":
-        return load_weights(path, flag)  # checkpoints of ours and upstream's, bare state_dicts
-    from safetensors.torch import load_file
-
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"{flag} {file}: no such file")
-    try:
-        state = load_file(str(file))
-    except Exception as error:  # safetensors raises its own kinds
-        raise UserError(f"{flag} {file} is not a readable weights file ({type(error).__name__})") from None
-    if not state:
-        raise UserError(f"{flag} {file} does not hold model weights")
-    return state
-
-
 def load_backbone_weights(backbone: nn.Module, path: str | Path, flag: str = "--pre_trained") -> str:
     """Load the weights of ``path`` into a timm ViT ``backbone``; returns a one-line report.
 
     Tensors of another shape than the backbone's (other than the position embedding's grid) are a
     :class:`UserError` naming the first few, as is a file that shares no tensor with the backbone.
     """
-    state = read_state_dict(path, flag)
+    state = load_weights(path, flag)
     distilled = "dist_token" in state
     ignored = sorted(k for k in state if k.startswith(IGNORED_PREFIXES))
     state = {k: v for k, v in state.items() if k not in ignored}

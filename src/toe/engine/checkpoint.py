@@ -164,8 +164,11 @@ def _whole(value) -> bool:
 
 def load_weights(path: str | Path, flag: str) -> dict:
     """A model state_dict from a local file or an https URL: a bare state_dict or a checkpoint's weights
-    (``model``/``state_dict``, else the EMA's), in our layout (see :func:`as_our_layout`)."""
+    (``model``/``state_dict``, else the EMA's), in our layout (see :func:`as_our_layout`); also timm's and
+    Hugging Face's ``.safetensors`` weight files."""
     source = str(path)
+    if source.endswith(".safetensors") and not source.startswith(("https://", "http://")):
+        return _load_safetensors(Path(source), flag)
     if source.startswith(("https://", "http://")):
         try:
             with torch.serialization.safe_globals(UPSTREAM_SAFE_GLOBALS):
@@ -186,6 +189,20 @@ def load_weights(path: str | Path, flag: str) -> dict:
     if state is None or not _is_state_dict(state["model"]):
         raise UserError(f"{flag} {source} does not hold model weights")
     return state["model"]
+
+
+def _load_safetensors(file: Path, flag: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        raise UserError(f"{flag} {file}: no such file")
+    try:
+        state = load_file(str(file))
+    except Exception as error:  # safetensors raises its own kinds
+        raise UserError(f"{flag} {file} is not a readable weights file ({type(error).__name__})") from None
+    if not state:
+        raise UserError(f"{flag} {file} does not hold model weights")
+    return as_our_layout(state)["model"]
 
 
 def _is_state_dict(value: object) -> bool:

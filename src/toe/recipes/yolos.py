@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..detection.backbone import load_backbone_weights, read_state_dict
+from ..detection.backbone import load_backbone_weights
 from ..detection.coco import build_coco_split, collate_detection, num_classes_of
 from ..detection.criterion import SetCriterion
 from ..detection.evaluation import DetectionEvaluation
 from ..detection.matcher import HungarianMatcher
 from ..detection.model import BACKBONES, YOLOS, create_backbone
 from ..detection.transforms import eval_transforms, train_transforms
-from ..engine import LRSchedule, RunLogger, evaluate_run, find_checkpoint, init_distributed
+from ..engine import LRSchedule, RunLogger, evaluate_run, find_checkpoint, init_distributed, load_weights
 from ..engine.distributed import cleanup
 from ..errors import UserError
 from ..flag_types import device as device_name
@@ -349,7 +349,7 @@ def load_detector_weights(model: YOLOS, path: str, flag: str = "--resume") -> st
     """Load a detector's weights for ``--eval``: a checkpoint of this recipe or of upstream YOLOS (same
     parameter names); returns a one-line report."""
     try:
-        model.load_state_dict(read_state_dict(path, flag))
+        model.load_state_dict(load_weights(path, flag))
     except RuntimeError as error:
         detail = " ".join(str(error).split("\n\t")[1:2]) or str(error).splitlines()[0]
         raise UserError(
