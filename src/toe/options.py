@@ -72,6 +72,8 @@ PAPER_SETTINGS = {
     "lvvit": PaperSettings((0, 100, 200), (0.4, 0.7, 1.0), 0.2),
     "efficienttrain": PaperSettings((0, 100, 200), (0.6, 0.8, 1.0), 0.3),
     "yolos": PaperSettings((5, 100, 200), (0.5, 0.75, 1.0), 0.25),  # YOLOS-Ti; YOLOS-S: 5 50 100
+    # VPT: no published settings; DeiT's keep rates at the same fractions (0, 1/3, 2/3) of VPT's 100 epochs
+    "vpt": PaperSettings((0, 33, 66), (0.5, 0.75, 1.0), 0.25),
 }
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from .engine.checkpoint import load_checkpoint
 from .errors import UserError
 from .models.factory import create_model, parse_model_kwargs
+from .vpt import apply_vpt
 
 TOE_FLAGS = (
     "expansion_step",
@@ -43,7 +44,8 @@ def model_kwargs_from_args(args: dict) -> dict:
 
 def build_model(args: dict, num_classes: int = 1000, device: str | torch.device = "cpu") -> nn.Module:
     """The model ``args`` describe, untrained, on ``device`` (``"meta"``: shapes only, no memory): a timm
-    model (``model``), or a YOLOS detector for the flags of ToE/YOLOS (``det_token_num``)."""
+    model (``model``; with its prompts for the flags of ToE/vpt, ``vpt``), or a YOLOS detector for the flags of
+    ToE/YOLOS (``det_token_num``)."""
     if args.get("det_token_num"):
         from .detection.model import YOLOS, create_backbone
 
@@ -55,7 +57,10 @@ def build_model(args: dict, num_classes: int = 1000, device: str | torch.device 
     if not args.get("model"):
         raise UserError("the recorded flags name no --model")
     with torch.device(device):
-        return create_model(args["model"], num_classes, **model_kwargs_from_args(args))
+        model = create_model(args["model"], num_classes, **model_kwargs_from_args(args))
+        if args.get("vpt"):
+            apply_vpt(model, int(args.get("prompt_tokens") or 1), deep=args["vpt"] == "deep")
+        return model
 
 
 def toe_namespace(args: dict, overrides: argparse.Namespace | None = None) -> argparse.Namespace:

@@ -407,18 +407,29 @@ def train_and_log(run: TrainingRun, log: RunLogger, header: str, toe_epochs: int
     return record
 
 
-def load_finetune_weights(model: nn.Module, source: str, flag: str = "--finetune") -> str:
+def load_finetune_weights(
+    model: nn.Module,
+    source: str,
+    flag: str = "--finetune",
+    frozen: Callable[[str], bool] | None = None,
+    fresh_head: Callable[[dict], bool] | None = None,
+) -> str:
     """Load pretrained weights for fine-tuning: heads of another class count are dropped and the
     position embedding is resampled to the model's grid, bicubic without antialiasing as the upstream recipes
-    (``F.interpolate(mode="bicubic")``; the class and distillation positions kept). Returns a one-line report."""
+    (``F.interpolate(mode="bicubic")``; the class and distillation positions kept). Returns a one-line report.
+    ``frozen``: which parameter names will not train; a file that leaves one of them at its random
+    initialisation is a :class:`UserError` (training on a random frozen backbone is never what was meant).
+    ``fresh_head``: given the file's weights, whether to leave the heads at their initialisation even when
+    they fit (a new task's classes)."""
     from timm.layers import resample_abs_pos_embed
 
     state = load_weights(source, flag)
     own = model.state_dict()
+    drop_all = fresh_head is not None and fresh_head(state)
     dropped = [
         k
         for k in list(state)
-        if k.startswith(("head", "head_dist", "aux_head")) and k in own and state[k].shape != own[k].shape
+        if k.startswith(("head", "head_dist", "aux_head")) and k in own and (drop_all or state[k].shape != own[k].shape)
     ]
     for key in dropped:
         del state[key]
@@ -436,6 +447,13 @@ def load_finetune_weights(model: nn.Module, source: str, flag: str = "--finetune
     if mismatched:
         raise UserError(f"{flag} {source}: weights of another shape for {', '.join(mismatched[:3])}")
     missing, _ = model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    random_frozen = [k for k in missing if frozen is not None and frozen(k)]
+    if random_frozen:
+        raise UserError(
+            f"{flag} {source} does not hold {len(random_frozen)} of the frozen backbone's tensors "
+            f"({', '.join(random_frozen[:3])}{', ...' if len(random_frozen) > 3 else ''}): they would stay random; "
+            "give weights of this --model"
+        )
     return (
         f"fine-tuning from {source}: {len(state) - len(unknown)} tensors loaded, "
         f"{len(dropped)} head tensors dropped, {len(missing)} left at init, {len(unknown)} ignored"
