@@ -1,10 +1,11 @@
-"""A resumable accuracy-vs-compute study: token-reduction variants x seeds x schedule lengths, DeiT recipe.
+"""A resumable accuracy-vs-compute study: token-reduction variants x seeds x schedule lengths, DeiT or VPT recipe.
 
     python benchmarks/study.py --out output/study                       # the whole default grid
     python benchmarks/study.py --out output/study --parallel 2 --threads 1
     python benchmarks/study.py --out output/study --dry-run             # what would run, and each cell's state
     python benchmarks/study.py --out output/study --report-only         # outputs from what is done so far
     python benchmarks/study.py --out runs/tiny --epochs 3 -- --model-kwargs depth=2   # recipe flags for every cell
+    python benchmarks/study.py --recipe vpt --out output/study_vpt --epochs 9       # prompt tuning (docs/vpt.md)
 
 The grid: every variant (--variants) x every seed (--seeds) x every schedule length (--epochs) is one
 cell, an ordinary ToE/deit/main.py run folder OUT/e<length>/<variant>/seed<seed>. The variants:
@@ -17,7 +18,9 @@ The three ToE variants train with --toe --token-reduction V --expansion-step 0 E
 of E epochs, rounded to whole epochs: 9 -> 0 3 6, 36 -> 0 12 24), i.e. the same tokens per stage.
 Every cell uses the demo's recipe (ToE/deit/run/demo.sh: a 6-block DeiT-Tiny on 32 px images, 4 px
 patches) on the CPU, by default on the demo data; recipe flags after `--` are added to every cell and
-override these.
+override these. With --recipe vpt every cell is the VPT demo's run instead (ToE/vpt/run/demo.sh: VPT-deep
+with 8 prompt tokens on the DeiT demo's model, --backbone, by default on data/demo-transfer, ten classes
+the backbone never saw); its baseline is plain VPT.
 
 Resumable: a cell whose log.txt holds all its epochs is skipped, any other runs with --auto-resume (it
 continues from its last checkpoint), so the study can be stopped at any moment and continued later, or
@@ -78,7 +81,6 @@ from toe.figures import save_figure
 from toe.options import ArgumentParser, UserError, check_at_least, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "ToE" / "deit" / "main.py"
 GENERATOR = ROOT / "datasets" / "make_demo_data.py"
 SETTINGS_FILE = "study-settings.json"
 LOCK_FILE = ".study-lock"
@@ -90,6 +92,33 @@ BASE_FLAGS = [
     "--aa", "rand-m5-mstd0.5-inc1", "--mixup", "0", "--cutmix", "0", "--reprob", "0", "--model-ema-decay", "0.99",
     "--device", "cpu", "--num_workers", "0", "--no-progress",
 ]  # fmt: skip
+# the VPT demo's recipe (ToE/vpt/run/demo.sh), without data, output, seed, epochs, backbone and ToE flags
+VPT_BASE_FLAGS = [
+    "--model", "deit_tiny_patch16_224", "--input-size", "32", "--model-kwargs", "patch_size=4", "depth=6",
+    "--vpt", "deep", "--prompt-tokens", "8", "--warmup-epochs", "1", "--batch-size", "64", "--lr", "0.1",
+    "--device", "cpu", "--num_workers", "0", "--no-progress",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a study of one recipe runs: its script, base flags and default data (with the generator's flags)."""
+
+    script: Path
+    base_flags: list[str]
+    data: Path
+    generator_flags: list[str]
+
+
+RECIPES = {
+    "deit": Recipe(ROOT / "ToE" / "deit" / "main.py", BASE_FLAGS, Path("data/demo"), []),
+    "vpt": Recipe(
+        ROOT / "ToE" / "vpt" / "main.py",
+        VPT_BASE_FLAGS,
+        Path("data/demo-transfer"),
+        ["--task", "new-shapes", "--train-per-class", "100", "--val-per-class", "50", "--seed", "1"],
+    ),
+}
 # the paper's DeiT schedule shape; the stage starts come from the length
 TOE_FLAGS = [
     "--keep-rate",
@@ -132,6 +161,18 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("output/study"), help="the study's folder (default output/study)")
     p.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        default="deit",
+        help="deit (the DeiT demo's training, default) or vpt (the VPT demo's prompt tuning of --backbone)",
+    )
+    p.add_argument(
+        "--backbone",
+        type=Path,
+        default=Path("output/demo/checkpoint.pth"),
+        help="with --recipe vpt: the frozen model to prompt-tune (default: the DeiT demo's, make demo)",
+    )
+    p.add_argument(
         "--variants",
         nargs="+",
         choices=VARIANTS,
@@ -151,9 +192,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--data",
         type=Path,
-        default=Path("data/demo"),
-        help="dataset in ImageNet layout (default data/demo, the demo data; made with datasets/make_demo_data.py "
-        "when it does not exist)",
+        default=None,
+        help="dataset in ImageNet layout (default data/demo, or data/demo-transfer with --recipe vpt: the demo "
+        "data, made with datasets/make_demo_data.py when it does not exist)",
     )
     p.add_argument("--parallel", type=int, default=1, metavar="N", help="cells trained at the same time (default 1)")
     p.add_argument(
@@ -184,6 +225,7 @@ class Study:
     """The checked command line."""
 
     out: Path
+    recipe: Recipe
     cells: list[Cell]
     data: Path
     holdout: Path | None
@@ -219,8 +261,8 @@ def cell_flags(cell: Cell, data: Path, folder: Path) -> list[str]:
 def cell_command(study: Study, cell: Cell) -> list[str]:
     return [
         study.python,
-        str(RECIPE),
-        *BASE_FLAGS,
+        str(study.recipe.script),
+        *study.recipe.base_flags,
         *study.pass_through,
         *cell_flags(cell, study.data, study.out / cell.name),
     ]
@@ -239,6 +281,13 @@ def parse(argv: list[str]) -> Study:
     check_at_least(*(("--seeds", s, 0) for s in args.seeds))
     for length in args.epochs:
         stage_starts(length)
+    recipe = RECIPES[args.recipe]
+    if args.recipe == "vpt":
+        if not args.backbone.is_file():
+            raise UserError(f"--backbone {args.backbone}: no such file (make demo trains the default one)")
+        recipe = Recipe(recipe.script, [*recipe.base_flags, "--finetune", str(args.backbone)], recipe.data,
+                        recipe.generator_flags)  # fmt: skip
+    args.data = args.data or recipe.data
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} is a file, not a folder")
     if args.data.exists() and not args.data.is_dir():
@@ -250,7 +299,7 @@ def parse(argv: list[str]) -> Study:
         raise UserError(f"--holdout {args.holdout} has no val/ folder (it takes a data folder in the layout of --data)")
     if args.report_only and not args.out.is_dir():
         raise UserError(f"--out {args.out} does not exist: nothing to report")
-    check_pass_through(pass_through)
+    check_pass_through(recipe, pass_through)
     cells = [
         Cell(length, variant, seed)
         for length in dict.fromkeys(args.epochs)
@@ -259,6 +308,7 @@ def parse(argv: list[str]) -> Study:
     ]
     return Study(
         out=args.out,
+        recipe=recipe,
         cells=sorted(cells, key=Cell.sort_key),
         data=args.data,
         holdout=args.holdout,
@@ -271,15 +321,16 @@ def parse(argv: list[str]) -> Study:
     )
 
 
-def check_pass_through(flags: list[str]) -> None:
-    """Recipe flags after ``--`` must be flags of ToE/deit/main.py and must not set what the study sets."""
-    from toe.recipes.deit import build_parser as recipe_parser
+def check_pass_through(recipe: Recipe, flags: list[str]) -> None:
+    """Recipe flags after ``--`` must be flags of the recipe and must not set what the study sets."""
+    from toe.recipes import deit, vpt
 
-    parser = recipe_parser()
-    given, unknown = parser.parse_known_args([*BASE_FLAGS, *flags])
+    parser = (vpt if recipe.script.parent.name == "vpt" else deit).build_parser()
+    given, unknown = parser.parse_known_args([*recipe.base_flags, *flags])
+    script = recipe.script.relative_to(ROOT)
     if unknown:
-        raise UserError(f"recipe flags after --: {' '.join(unknown)} not known to ToE/deit/main.py (see its --help)")
-    defaults = parser.parse_args(BASE_FLAGS)
+        raise UserError(f"recipe flags after --: {' '.join(unknown)} not known to {script} (see its --help)")
+    defaults = parser.parse_args(recipe.base_flags)
     for dest, flag in STUDY_OWNED.items():
         if getattr(given, dest, None) != getattr(defaults, dest, None):
             raise UserError(
@@ -289,7 +340,7 @@ def check_pass_through(flags: list[str]) -> None:
 
 def check_settings(study: Study) -> dict:
     """The study's recorded settings; refuse other recipe flags than those it was started with."""
-    settings = {"base_flags": BASE_FLAGS, "pass_through": study.pass_through, "data": str(study.data)}
+    settings = {"base_flags": study.recipe.base_flags, "pass_through": study.pass_through, "data": str(study.data)}
     path = study.out / SETTINGS_FILE
     if path.is_file():
         try:
@@ -316,7 +367,7 @@ def ensure_data(study: Study) -> None:
         return
     partial = study.data.with_name(study.data.name + ".partial")
     print(f"generating the demo data in {study.data}", flush=True)
-    command = [study.python, str(GENERATOR), "--out", str(partial)]
+    command = [study.python, str(GENERATOR), "--out", str(partial), *study.recipe.generator_flags]
     if subprocess.run(command).returncode != 0:
         raise UserError(f"--data {study.data}: generating it failed ({shlex.join(command)})")
     partial.rename(study.data)

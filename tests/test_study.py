@@ -301,3 +301,22 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
     status, _, err = run_cli(study.main, ["--out", file, "--dry-run"], capsys)
     assert_one_line_error(status, err, f"--out {file} is a file")
     assert file.read_text() == "not a folder"
+
+
+def test_a_vpt_grid_prompt_tunes_the_backbone_in_every_cell(tiny_data, tiny_runs, tmp_path, capsys):
+    """--recipe vpt: every cell is the VPT recipe on --backbone (here a tiny DeiT run); the baseline is plain VPT."""
+    out = tmp_path / "study"
+    backbone = tiny_runs["baseline"] / "checkpoint.pth"
+    grid = ["--recipe", "vpt", "--backbone", backbone, "--out", out, "--data", tiny_data, "--epochs", "3"]
+    tiny = ["--seeds", "0", "--threads", "1", "--", "--model-kwargs", "patch_size=4", "embed_dim=32", "depth=3"]
+    tiny += ["num_heads=2", "--batch-size", "16"]
+    status, printed, _ = run_cli(study.main, [*grid, "--variants", "baseline", "toe", *tiny], capsys)
+    assert status == 0, printed
+    toe, baseline = read_log(out / "e3" / "toe" / "seed0"), read_log(out / "e3" / "baseline" / "seed0")
+    assert [r["toe_tokens"] for r in toe] == [1 + 8 + 32, 1 + 8 + 48, 1 + 8 + 64]  # 8 prompt tokens kept apart
+    assert [r["toe_tokens"] for r in baseline] == [73] * 3 and all(r["vpt"] == "deep" for r in baseline)
+    base_flags = json.loads((out / "study-settings.json").read_text())["base_flags"]
+    assert base_flags[-2:] == ["--finetune", str(backbone)] and "--prompt-tokens" in base_flags
+    assert (out / "study.md").is_file()
+    status, _, err = run_cli(study.main, [*grid[:2], "--backbone", tmp_path / "none.pth", "--out", out], capsys)
+    assert_one_line_error(status, err, f"--backbone {tmp_path / 'none.pth'}: no such file")
