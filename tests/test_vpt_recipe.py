@@ -152,3 +152,22 @@ def test_the_vtab_script_tunes_on_800_200_then_trains_the_final_runs_with_the_be
     assert (tmp_path / "out" / "dtd" / "best.txt").read_text().startswith("lr 2.5 wd 0.001")
     again = subprocess.run(["bash", ROOT / "ToE/vpt/run/vtab.sh"], env=env, capture_output=True, text=True)
     assert again.returncode == 0 and len((tmp_path / "calls.txt").read_text().splitlines()) == 8  # all skipped
+
+
+def test_splits_may_leave_a_class_without_images(tiny_data, backbone, tmp_path, capsys):
+    """VTAB's small splits (val200 of SUN397's 397 classes) cannot hold every class: an empty class folder is
+    counted, not refused; a split without any image is."""
+    import shutil
+
+    data = tmp_path / "task"
+    shutil.copytree(tiny_data, data)
+    for image in (data / "val" / "circle").iterdir():
+        image.unlink()
+    status, out, err = run_cli(vpt.main, [*TINY, "--epochs", "2", "--data-path", data, "--finetune", backbone], capsys)
+    assert status == 0, err
+    assert "10 classes (1 without images), 36 images" in out
+    for folder in (data / "val").iterdir():
+        shutil.rmtree(folder)
+        folder.mkdir()
+    status, _, err = run_cli(vpt.main, [*TINY, "--data-path", data, "--finetune", backbone], capsys)
+    assert_one_line_error(status, err, f"data folder {data / 'val'} holds no images")

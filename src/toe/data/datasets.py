@@ -42,9 +42,13 @@ def build_dataset(
     raise UserError(f"--data-set must be one of {', '.join(DATA_SETS)}, got {data_set}")
 
 
-def image_folder(folder: Path, transform: Callable | None, announce: bool = True) -> tuple[ClassFolders, int]:
+def image_folder(
+    folder: Path, transform: Callable | None, announce: bool = True, allow_empty_classes: bool = False
+) -> tuple[ClassFolders, int]:
     """An ImageFolder (see :class:`~toe.data.image_files.ClassFolders`) with checks that name the offending
-    path; ``announce`` prints its class and image counts (main process)."""
+    path; ``announce`` prints its class and image counts (main process). ``allow_empty_classes``: a class
+    folder without images is counted, not refused (small splits of many classes, e.g. VTAB's val200 of
+    SUN397's 397 classes)."""
     if not folder.is_dir():
         raise UserError(f"data folder {folder} does not exist (expected train/ and val/ with one folder per class)")
     try:
@@ -56,10 +60,13 @@ def image_folder(folder: Path, transform: Callable | None, announce: bool = True
         raise UserError(f"data folder {folder} has no class folders (expected {folder}/<class>/<image>)")
     counts = Counter(label for _, label in dataset.samples)
     empty = [name for index, name in enumerate(classes) if not counts[index]]
-    if empty:
+    if empty and not allow_empty_classes:
         raise UserError(f"class folder {folder / empty[0]} holds no images")
+    if not dataset.samples:
+        raise UserError(f"data folder {folder} holds no images")
     if announce and int(os.environ.get("RANK", "0")) == 0:
-        print(f"data: {folder}: {len(classes)} classes, {len(dataset.samples)} images")
+        without = f" ({len(empty)} without images)" if empty else ""
+        print(f"data: {folder}: {len(classes)} classes{without}, {len(dataset.samples)} images")
     return dataset, len(classes)
 
 

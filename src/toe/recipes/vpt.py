@@ -289,8 +289,8 @@ def _datasets(args: argparse.Namespace) -> tuple[tuple[Dataset, Dataset], int]:
         val_set, _ = build_dataset(args.data_set, args.data_path, False, eval_transform, args.download)
         return (train_set, val_set), num_classes
     root = Path(args.data_path)
-    train_set, num_classes = image_folder(root / args.train_split, train_transform)
-    val_set, _ = image_folder(root / args.val_split, eval_transform)
+    train_set, num_classes = image_folder(root / args.train_split, train_transform, allow_empty_classes=True)
+    val_set, _ = image_folder(root / args.val_split, eval_transform, allow_empty_classes=True)
     check_same_classes(train_set, val_set, str(root / args.train_split), str(root / args.val_split))
     return (train_set, val_set), num_classes
 
