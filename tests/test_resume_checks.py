@@ -187,3 +187,40 @@ def test_torchrun_processes_that_see_other_images_are_stopped(tiny_data, tmp_pat
     assert "error: process 1 sees other training images than process 0: fingerprint" in result.stderr
     assert "Traceback" not in result.stderr.split("error: process 1")[0][-2000:]
     assert not (tmp_path / "run" / "log.txt").exists()
+
+
+def test_a_checkpoint_written_as_deit_writes_it_evaluates_and_refuses_a_foreign_optimizer(
+    finished, tmp_path, tiny_data, capsys
+):
+    """DeiT's main.py saves model, optimizer, lr_scheduler, epoch, model_ema, scaler and its argparse flags.
+    --eval --resume of such a file evaluates the weights (DeiT loads no optimizer state to evaluate); a training
+    resume whose optimizer state does not fit (one parameter group here, DeiT's weight-decay split has two)
+    is one line that names the file and the way out, and the run folder is left as it was."""
+    import argparse
+
+    ours = torch.load(finished / "checkpoint.pth", weights_only=True)
+    deit_style = tmp_path / "deit_checkpoint.pth"
+    single_group = {"state": {}, "param_groups": [{**ours["optimizer"]["param_groups"][0], "params": [0, 1]}]}
+    torch.save(
+        {
+            "model": ours["model"],
+            "optimizer": single_group,
+            "lr_scheduler": {},
+            "epoch": 1,
+            "model_ema": ours["model_ema"],
+            "scaler": {},
+            "args": argparse.Namespace(model="deit_tiny_patch16_224", lr=5e-4),
+        },
+        deit_style,
+    )
+    status, out, err = run_cli(deit.main, [*FLAGS, "--data-path", tiny_data, "--eval", "--resume", deit_style], capsys)
+    assert status == 0, err
+    assert f"evaluating {deit_style}" in out and "Accuracy of the network on the 40 test images" in out
+    run = tmp_path / "run"
+    status, _, err = run_cli(
+        deit.main,
+        [*FLAGS, "--epochs", "3", "--data-path", tiny_data, "--resume", deit_style, "--output_dir", run],
+        capsys,
+    )
+    assert_one_line_error(status, err, f"{deit_style}: its optimizer state does not fit", "--finetune")
+    assert not (run / "log.txt").exists() and not (run / "checkpoint.pth").exists()

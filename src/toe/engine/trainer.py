@@ -197,9 +197,11 @@ def find_checkpoint(
     return FoundCheckpoint(state, path, f"{auto_flag} {path}", note)
 
 
-def restore(run: TrainingRun, state: dict, source: str) -> None:
+def restore(run: TrainingRun, state: dict, source: str, weights_only: bool = False) -> None:
     """Load a checkpoint's ``state`` (see :func:`checkpoint_state`) into ``run``; ``source`` names it in errors.
 
+    ``weights_only`` (evaluation, as DeiT's --eval): the model and EMA weights and the training position,
+    not the optimizer, LR schedule or gradient scaler, and the run folder's log.txt is left as it is.
     Recipes that change the model between runs (e.g. EfficientTrain's resolution stages) adapt the
     state first, then call this.
     """
@@ -218,10 +220,17 @@ def restore(run: TrainingRun, state: dict, source: str) -> None:
         raise UserError(f"{source} was saved for a model of another shape: {detail}") from None
     if "optimizer" not in state:  # a bare model checkpoint: weights only
         return
-    parts.optimizer.load_state_dict(state["optimizer"])
-    if parts.lr_schedule is not None:
-        parts.lr_schedule.load_state_dict(state.get("lr_scheduler"))
-    parts.precision.load_state_dict(state.get("scaler") or {})
+    if not weights_only:
+        try:
+            parts.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise UserError(
+                f"{source}: its optimizer state does not fit this run's optimizer ({error}); to start a new run "
+                "from its weights, pass it as --finetune instead"
+            ) from None
+        if parts.lr_schedule is not None:
+            parts.lr_schedule.load_state_dict(state.get("lr_scheduler"))
+        parts.precision.load_state_dict(state.get("scaler") or {})
     if parts.model_ema is not None and "model_ema" in state:
         parts.model_ema.module.load_state_dict(state["model_ema"])
     run.state = TrainState(
@@ -231,7 +240,7 @@ def restore(run: TrainingRun, state: dict, source: str) -> None:
         last_record=json.loads(state["log_record"]) if state.get("log_record") else None,
         partial=state.get("partial"),
     )
-    if run.settings.output_dir is not None and parts.dist.is_main:
+    if run.settings.output_dir is not None and parts.dist.is_main and not weights_only:
         _restore_log(run.settings.output_dir, int(state["epoch"]), state.get("log_record"))
 
 

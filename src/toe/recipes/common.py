@@ -336,7 +336,7 @@ def resume_run(
     note = adapt(found.state) if adapt is not None else None
     if changes:
         found.state["lr_scheduler"] = None  # the schedule follows the new flags from here
-    restore(run, found.state, found.source)
+    restore(run, found.state, found.source, weights_only=evaluating)
     if evaluating:
         where = f"evaluating {found.path}" + (f" (finished epoch {epoch})" if epoch is not None else "")
         return (f"{found.note}\n" if found.note else "") + where + (f"; {note}" if note else "")
