@@ -606,3 +606,48 @@ def test_detection_evaluation_gathers_every_image_once(shapes_coco):
     )
     again = DetectionEvaluation(val.coco)(model, repeated, precision, dist, show_progress=False)
     assert again["ap"] == pytest.approx(metrics["ap"]) and "loss" not in again
+
+
+@pytest.mark.parametrize(
+    "change, fragments",
+    [
+        ({"category_id": 42}, ["annotation 0 (id", "has category_id 42, not among the categories (1, 2, 3, 4, 5)"]),
+        ({"image_id": 10**6}, ["annotation 0 (id", "names image_id 1000000, not among the images"]),
+        ({"bbox": ["1", "2", "3", "4"]}, ["annotation 0", "bbox ['1', '2', '3', '4']", "4 finite numbers"]),
+        ({"bbox": [1, 2, 3]}, ["annotation 0", "bbox [1, 2, 3]", "4 finite numbers"]),
+        ({"bbox": [1, 2, -3, 4]}, ["annotation 0", "negative width or height"]),
+    ],
+)
+def test_coco_files_are_checked_once_at_load_and_the_first_bad_annotation_named(
+    shapes_coco, tmp_path, change, fragments
+):
+    import json
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(shapes_coco, root)
+    path = root / "annotations" / "instances_train2017.json"
+    data = json.loads(path.read_text())
+    data["annotations"][0].update(change)
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError) as error:
+        build_coco_split(root, "train", None)
+    assert str(path) in str(error.value) and all(f in str(error.value) for f in fragments), error.value
+
+
+def test_boxes_without_area_are_left_out_and_counted(shapes_coco, tmp_path, capsys):
+    import json
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(shapes_coco, root)
+    path = root / "annotations" / "instances_train2017.json"
+    data = json.loads(path.read_text())
+    first = data["annotations"][0]
+    first["bbox"][2] = 0.0
+    path.write_text(json.dumps(data))
+    train = build_coco_split(root, "train", None)
+    assert "1 boxes without area (width or height 0) left out, as DETR does" in capsys.readouterr().out
+    image_index = train.ids.index(first["image_id"])
+    kept = len([a for a in data["annotations"] if a["image_id"] == first["image_id"] and not a.get("iscrowd")])
+    assert len(train[image_index][1]["boxes"]) == kept - 1

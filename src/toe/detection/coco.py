@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
+import os
 from pathlib import Path
 
 import torch
@@ -50,6 +52,47 @@ def load_coco(annotation_file: Path, flag: str = "--coco_path"):
         if key not in coco.dataset:
             raise UserError(f"{flag}: {annotation_file} has no '{key}' list (not a COCO instances file)")
     return coco
+
+
+def check_annotations(dataset: dict, where: str) -> int:
+    """Check a COCO instances file's lists once, when it is loaded: every image has an integer ``id`` and a
+    ``file_name``, every category an integer ``id``, and every annotation names a listed image and category
+    and has a ``bbox`` of 4 finite numbers, width and height >= 0. The first offence is a :class:`UserError`
+    naming the annotation (its index and id); returns the number of boxes without area (width or height 0),
+    which training leaves out, as DETR does."""
+
+    def whole(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    for index, image in enumerate(dataset["images"]):
+        if not isinstance(image, dict) or not whole(image.get("id")) or not isinstance(image.get("file_name"), str):
+            raise UserError(f"{where}: image {index} ({str(image)[:80]}) needs an integer 'id' and a 'file_name'")
+    for index, category in enumerate(dataset["categories"]):
+        if not isinstance(category, dict) or not whole(category.get("id")) or category["id"] < 0:
+            raise UserError(f"{where}: category {index} ({str(category)[:80]}) needs an integer 'id' >= 0")
+    image_ids = {image["id"] for image in dataset["images"]}
+    category_ids = {category["id"] for category in dataset["categories"]}
+    without_area = 0
+    for index, annotation in enumerate(dataset["annotations"]):
+        name = f"annotation {index} (id {annotation.get('id', '?') if isinstance(annotation, dict) else '?'})"
+        if not isinstance(annotation, dict):
+            raise UserError(f"{where}: {name} is not an object")
+        if annotation.get("image_id") not in image_ids:
+            raise UserError(f"{where}: {name} names image_id {annotation.get('image_id')!r}, not among the images")
+        if annotation.get("category_id") not in category_ids:
+            raise UserError(
+                f"{where}: {name} has category_id {annotation.get('category_id')!r}, not among the categories "
+                f"({', '.join(map(str, sorted(category_ids)[:10]))}{', ...' if len(category_ids) > 10 else ''})"
+            )
+        box = annotation.get("bbox")
+        numbers = isinstance(box, list) and len(box) == 4
+        numbers = numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+        if not numbers or not all(math.isfinite(v) for v in box):
+            raise UserError(f"{where}: {name} has bbox {box!r}; expected [x, y, width, height], 4 finite numbers")
+        if box[2] < 0 or box[3] < 0:
+            raise UserError(f"{where}: {name} has bbox {box!r} with a negative width or height")
+        without_area += box[2] == 0 or box[3] == 0
+    return without_area
 
 
 def num_classes_of(coco) -> int:
@@ -109,9 +152,13 @@ def build_coco_split(root: str | Path, split: str, transforms, flag: str = "--co
     image_folder, annotation_file = split_paths(root, split)
     if not image_folder.is_dir():
         raise UserError(f"{flag}: {image_folder} does not exist (expected the COCO layout, see datasets/README.md)")
-    dataset = CocoDetection(image_folder, load_coco(annotation_file, flag), transforms)
+    coco = load_coco(annotation_file, flag)
+    dataset = CocoDetection(image_folder, coco, transforms)
     if len(dataset) == 0:
         raise UserError(f"{flag}: {annotation_file} lists no images")
+    without_area = check_annotations(coco.dataset, f"{flag}: {annotation_file}")
+    if without_area and int(os.environ.get("RANK", "0")) == 0:
+        print(f"{annotation_file}: {without_area} boxes without area (width or height 0) left out, as DETR does")
     return dataset
 
 
