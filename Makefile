@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml requirements.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python tests/run_timm_model_tests.py --fetch
 	touch $(STAMP)
 
 lint: $(STAMP)

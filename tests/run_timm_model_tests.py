@@ -1,10 +1,12 @@
 """Run timm's own model test suite on the LV-ViT models this project registers in timm (``make test``).
 
-timm's tests/test_models.py is not installed with timm: it is taken from the sdist of the installed version
-(``pip download --no-deps --no-binary :all: timm==<version>``, PyPI), cached in ``.cache/timm-<version>/`` of
-the repository, and run there with tests/timm_models_conftest.py as its conftest.py, ``-k lvvit``: forward,
-backward, default configuration, features_only, FX and TorchScript of lvvit_t/s/m/l (32 tests).
+timm's tests/test_models.py is not installed with timm: ``make install`` takes it once from the sdist of the
+installed version (``--fetch``: ``pip download --no-deps --no-binary :all: timm==<version>``, PyPI) into
+``.cache/timm-<version>/`` of the repository; the tests run it there, without the network, with
+tests/timm_models_conftest.py as its conftest.py, ``-k lvvit``: forward, backward, default configuration,
+features_only, FX and TorchScript of lvvit_t/s/m/l (32 tests).
 
+    python tests/run_timm_model_tests.py --fetch          # once (make install)
     python tests/run_timm_model_tests.py [extra pytest flags]
 """
 
@@ -23,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def fetch_test_models(version: str, cache: Path) -> Path:
-    """timm's tests/test_models.py of ``version``, from the cache or else from its sdist on PyPI."""
+    """timm's tests/test_models.py of ``version`` into ``cache``, from its sdist on PyPI unless cached."""
     target = cache / "test_models.py"
     if target.is_file():
         return target
@@ -44,7 +46,13 @@ def fetch_test_models(version: str, cache: Path) -> Path:
 def main(argv: list[str]) -> int:
     version = importlib.metadata.version("timm")
     cache = ROOT / ".cache" / f"timm-{version}"
-    tests = fetch_test_models(version, cache)
+    if argv == ["--fetch"]:
+        fetch_test_models(version, cache)
+        return 0
+    tests = cache / "test_models.py"
+    if not tests.is_file():
+        print(f"error: {tests} is missing: `make install` (or --fetch) fetches it once", file=sys.stderr)
+        return 2
     shutil.copyfile(ROOT / "tests" / "timm_models_conftest.py", cache / "conftest.py")
     command = [sys.executable, "-m", "pytest", str(tests), "-k", "lvvit", "-q", "-p", "no:cacheprovider"]
     return subprocess.run([*command, "-W", "ignore::DeprecationWarning", *argv], cwd=ROOT).returncode
