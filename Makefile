@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo gpu-check clean
 
 install: $(STAMP)
 
@@ -22,6 +22,9 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 	$(BIN)/python tests/run_timm_model_tests.py
+
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --out output/gpu_check
 
 demo: $(STAMP)
 	PYTHON=$(abspath $(BIN)/python) ToE/deit/run/demo.sh
