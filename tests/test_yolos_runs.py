@@ -100,6 +100,20 @@ def test_eval_reproduces_the_logged_metrics_and_report_shows_them(full_run, tiny
     assert float(analytic[0].rstrip("x")) > float(analytic[1].rstrip("x")) > float(analytic[2].rstrip("x")) == 1.0
 
 
+def test_eval_draws_the_predictions_and_the_figure_needs_eval(full_run, tiny_coco, tmp_path, capsys):
+    figure = tmp_path / "predictions.png"
+    flags = ["--eval", "--resume", full_run / "checkpoint.pth", "--predictions-figure", figure]
+    status, out, err = yolos_run(capsys, tiny_coco, tmp_path / "eval", *flags)
+    assert status == 0, err
+    assert f"wrote {figure}: predictions on 6 validation images" in out
+    assert figure.read_bytes().startswith(b"\x89PNG")
+    status, _, err = yolos_run(capsys, tiny_coco, tmp_path / "train", "--predictions-figure", figure)
+    assert_one_line_error(status, err, "--predictions-figure draws an evaluation's predictions: add --eval")
+    missing = tmp_path / "no" / "p.png"
+    status, _, err = yolos_run(capsys, tiny_coco, tmp_path / "x", *flags[:3], "--predictions-figure", missing)
+    assert_one_line_error(status, err, f"--predictions-figure {missing}: folder {missing.parent} does not exist")
+
+
 def test_eval_loads_an_upstream_yolos_checkpoint(full_run, tiny_coco, tmp_path, capsys):
     """Upstream YOLOS saves its argparse Namespace and optimizer next to the weights (same names as ours)."""
     ours = torch.load(full_run / "checkpoint.pth", weights_only=True)

@@ -20,12 +20,14 @@ from ..detection.backbone import load_backbone_weights
 from ..detection.coco import build_coco_split, collate_detection, num_classes_of
 from ..detection.criterion import SetCriterion
 from ..detection.evaluation import DetectionEvaluation
+from ..detection.figure import predictions_figure
 from ..detection.matcher import HungarianMatcher
 from ..detection.model import BACKBONES, YOLOS, create_backbone
 from ..detection.transforms import eval_transforms, train_transforms
 from ..engine import LRSchedule, RunLogger, evaluate_run, find_checkpoint, init_distributed, load_weights
 from ..engine.distributed import cleanup
 from ..errors import UserError
+from ..figures import check_output, save_figure
 from ..flag_types import device as device_name
 from ..flag_types import non_negative
 from ..models.factory import parse_model_kwargs
@@ -117,6 +119,12 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--resume", default="", help="checkpoint to resume from")
     g.add_argument("--start_epoch", default=0, type=int, help="first epoch when not resuming")
     g.add_argument("--eval", action="store_true", help="evaluation only")
+    g.add_argument(
+        "--predictions-figure",
+        default=None,
+        metavar="PNG",
+        help="with --eval: also draw the predictions (score >= 0.5) on the first 6 validation images into PNG",
+    )
     g.add_argument("--num_workers", default=2, type=int)
     g.add_argument("--world_size", default=1, type=int, help="set by torchrun (WORLD_SIZE)")
     g.add_argument("--dist_url", default="env://", help="distributed rendezvous")
@@ -168,6 +176,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--coco_path {args.coco_path} does not exist")
     if not args.resume and not args.eval and args.start_epoch >= args.epochs:
         raise UserError(f"--start_epoch {args.start_epoch} leaves nothing to train: --epochs is {args.epochs}")
+    if args.predictions_figure:
+        if not args.eval:
+            raise UserError("--predictions-figure draws an evaluation's predictions: add --eval")
+        check_output(Path(args.predictions_figure), "--predictions-figure")
     args.init_pe_size = pe_size(args.init_pe_size, "--init_pe_size", (800, 1344))
     args.mid_pe_size = pe_size(args.mid_pe_size, "--mid_pe_size", None)
     args.clip_grad = args.clip_max_norm or None  # the engine's name; 0 turns clipping off, as upstream
@@ -331,6 +343,11 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
             f"COCO box AP on the {len(val_set)} validation images: {metrics['test_ap']:.1f} "
             f"(AP50 {metrics['test_ap50']:.1f}, AP75 {metrics['test_ap75']:.1f}, loss {metrics['test_loss']:.4f})"
         )
+        if args.predictions_figure and dist.is_main:
+            written = save_figure(
+                predictions_figure(model, val_set), Path(args.predictions_figure), "--predictions-figure"
+            )
+            say(f"wrote {written}: predictions on {min(6, len(val_set))} validation images")
         return metrics
     found = find_checkpoint(args.resume, args.auto_resume, output_dir, clean=dist.is_main)
     if message := resume_run(run, found, free=FREE_ON_RESUME, spell=spelling(build_parser())):
