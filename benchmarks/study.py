@@ -287,6 +287,10 @@ def parse(argv: list[str]) -> Study:
             raise UserError(f"--backbone {args.backbone}: no such file (make demo trains the default one)")
         recipe = Recipe(recipe.script, [*recipe.base_flags, "--finetune", str(args.backbone)], recipe.data,
                         recipe.generator_flags)  # fmt: skip
+    if args.data is not None and not args.data.exists() and args.data != recipe.data:
+        raise UserError(
+            f"--data {args.data} does not exist (only the default, {recipe.data}, is generated when missing)"
+        )
     args.data = args.data or recipe.data
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} is a file, not a folder")

@@ -286,6 +286,7 @@ def test_a_failed_holdout_evaluation_names_the_cause_and_writes_nothing(tmp_path
         (["--holdout", "/no/such/data"], ["--holdout /no/such/data", "no val/ folder"]),
         (["--report-only"], ["does not exist"]),
         (["--dry-run", "--report-only"], ["--report-only"]),
+        (["--data", "/no/such/dataa"], ["--data /no/such/dataa does not exist", "only the default, data/demo,"]),
     ],
 )
 def test_bad_input_is_one_line(argv, fragments, tmp_path, capsys):
