@@ -344,7 +344,12 @@ def check_pass_through(recipe: Recipe, flags: list[str]) -> None:
 
 def check_settings(study: Study) -> dict:
     """The study's recorded settings; refuse other recipe flags than those it was started with."""
-    settings = {"base_flags": study.recipe.base_flags, "pass_through": study.pass_through, "data": str(study.data)}
+    settings = {
+        "script": str(study.recipe.script.relative_to(ROOT)),
+        "base_flags": study.recipe.base_flags,
+        "pass_through": study.pass_through,
+        "data": str(study.data),
+    }
     path = study.out / SETTINGS_FILE
     if path.is_file():
         try:

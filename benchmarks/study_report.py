@@ -348,7 +348,7 @@ def markdown(study: dict) -> str:
         f"Written {study['date']} by benchmarks/study.py at commit {study['commit'] or 'unknown'}, "
         f"torch {study['torch']}; the cells ran with {_attempts(cells)}.",
         "",
-        f"Every cell: `ToE/deit/main.py {' '.join(settings['base_flags'])}"
+        f"Every cell: `{settings.get('script', 'ToE/deit/main.py')} {' '.join(settings['base_flags'])}"
         + (f" {' '.join(settings['pass_through'])}" if settings["pass_through"] else "")
         + " --seed S --epochs E`, data "
         f"`{settings['data']}`; ToE variants add `--toe --token-reduction V --expansion-step 0 E/3 2E/3 "

@@ -316,7 +316,9 @@ def test_a_vpt_grid_prompt_tunes_the_backbone_in_every_cell(tiny_data, tiny_runs
     toe, baseline = read_log(out / "e3" / "toe" / "seed0"), read_log(out / "e3" / "baseline" / "seed0")
     assert [r["toe_tokens"] for r in toe] == [1 + 8 + 32, 1 + 8 + 48, 1 + 8 + 64]  # 8 prompt tokens kept apart
     assert [r["toe_tokens"] for r in baseline] == [73] * 3 and all(r["vpt"] == "deep" for r in baseline)
-    base_flags = json.loads((out / "study-settings.json").read_text())["base_flags"]
+    settings = json.loads((out / "study-settings.json").read_text())
+    base_flags = settings["base_flags"]
+    assert settings["script"] == "ToE/vpt/main.py"
     assert base_flags[-2:] == ["--finetune", str(backbone)] and "--prompt-tokens" in base_flags
     assert (out / "study.md").is_file()
     status, _, err = run_cli(study.main, [*grid[:2], "--backbone", tmp_path / "none.pth", "--out", out], capsys)
