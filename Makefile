@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo gpu-check clean
+.PHONY: install test test-fast lint demo gpu-check clean
 
 install: $(STAMP)
 
@@ -19,9 +19,13 @@ $(STAMP): pyproject.toml requirements.txt
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# one pytest worker per core (pytest-xdist): the tests spend much of their time starting processes
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 	$(BIN)/python tests/run_timm_model_tests.py
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n auto -m "not slow"
 
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py --out output/gpu_check
