@@ -171,3 +171,29 @@ def test_splits_may_leave_a_class_without_images(tiny_data, backbone, tmp_path, 
         folder.mkdir()
     status, _, err = run_cli(vpt.main, [*TINY, "--data-path", data, "--finetune", backbone], capsys)
     assert_one_line_error(status, err, f"data folder {data / 'val'} holds no images")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_prompt_tune_in_sync(tiny_data, backbone, tmp_path):
+    """DDP over a frozen backbone: only prompts and head have gradients to average; both ranks end equal."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+    from test_distributed import free_port
+
+    flags = [*TINY, *TOE, "--batch-size", "8", "--data-path", tiny_data, "--finetune", backbone]
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"),
+            *("--master_port", str(free_port()), ROOT / "ToE" / "vpt" / "main.py", *flags, "--output_dir", tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = records(tmp_path)
+    assert all(r["replicas_in_sync"] is True for r in log) and [r["toe_tokens"] for r in log] == [36, 52, 68]
