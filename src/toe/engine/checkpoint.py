@@ -53,10 +53,11 @@ def save_checkpoint(state: dict, path: str | Path, keep_previous: bool = False) 
         if keep_previous and path.exists():
             os.replace(path, previous_path(path))
         os.replace(temp, path)
-    except OSError as error:
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError ("unexpected pos")
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0][:200]
         raise UserError(
-            f"cannot write {path} ({error.strerror or error}); the checkpoints written before are kept: "
-            "once the folder can be written again, continue with --auto-resume"
+            f"cannot write {path} ({reason}); the checkpoints written before are kept: "
+            "once the folder can be written again (is the disk full?), continue with --auto-resume"
         ) from None
     finally:
         temp.unlink(missing_ok=True)
