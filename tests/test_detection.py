@@ -651,3 +651,17 @@ def test_boxes_without_area_are_left_out_and_counted(shapes_coco, tmp_path, caps
     image_index = train.ids.index(first["image_id"])
     kept = len([a for a in data["annotations"] if a["image_id"] == first["image_id"] and not a.get("iscrowd")])
     assert len(train[image_index][1]["boxes"]) == kept - 1
+
+
+def test_nan_outputs_stop_with_one_line_instead_of_a_scipy_error():
+    """A diverging run (or NaN weights) gives NaN predictions; the matcher says so instead of scipy's
+    'matrix contains invalid numeric entries'."""
+    matcher = HungarianMatcher(1, 5, 2)
+    logits, boxes = torch.randn(2, 4, 6), torch.rand(2, 4, 4)
+    logits[1, 2, 0] = float("nan")
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}] * 2
+    with pytest.raises(UserError, match="outputs became NaN or infinite"):
+        matcher(logits, boxes, targets)
+    boxes[0, 0, 0] = float("inf")
+    with pytest.raises(UserError, match="--lr"):
+        matcher(torch.randn(2, 4, 6), boxes, targets)

@@ -13,6 +13,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
+from ..engine.loop import TrainingDiverged
+
 
 class HungarianMatcher(nn.Module):
     """Match the ``Q`` predictions of each image to its ``n`` targets (``min(Q, n)`` pairs).
@@ -48,6 +50,11 @@ class HungarianMatcher(nn.Module):
         Returns, per image, ``(prediction_index, target_index)``: two int64 tensors of length
         ``min(Q, n)``, prediction indices ascending.
         """
+        if not (torch.isfinite(logits).all() and torch.isfinite(boxes).all()):  # scipy would fail on NaN costs
+            raise TrainingDiverged(
+                "the detector's outputs became NaN or infinite (a diverging run, e.g. too high a --lr, or weights "
+                "that hold NaN); stopped, the last checkpoint is kept: try a lower --lr or --clip_max_norm"
+            )
         matches = []
         for image_logits, image_boxes, target in zip(logits, boxes, targets):
             cost = self.cost_matrix(image_logits, image_boxes, target["labels"], target["boxes"])
