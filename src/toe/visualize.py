@@ -293,9 +293,15 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, dict, str]:
     return model, recorded, f"a freshly initialised {recorded['model']} (seed {args.seed})"
 
 
+MAX_IMAGES = 64  # rows of one picture
+
+
 def visualize_main(args: argparse.Namespace) -> Path:
     """The ``toe visualize`` command: write the selection picture and return its path."""
-    check_at_least(("--num-images", args.num_images, 1))
+    check_at_least(("--num-images", args.num_images, 1), ("--input-size", args.input_size, 1))
+    check_at_least(("--patch-size", args.patch_size, 1))
+    if args.num_images > MAX_IMAGES:
+        raise UserError(f"--num-images {args.num_images}: the picture has a row per image; draw at most {MAX_IMAGES}")
     default_folder = Path(args.checkpoint).parent if args.checkpoint else Path(".")
     out = check_output(Path(args.out) if args.out else default_folder / "toe_selection.png")
     model, recorded, source = load_model(args)
