@@ -185,3 +185,23 @@ def test_python_dash_m_toe_is_the_toe_command(capsys):
     assert status == 0 and result.stdout == out
     bare = subprocess.run([sys.executable, "-m", "toe"], capture_output=True, text=True, timeout=120)
     assert bare.returncode == 2 and bare.stderr.startswith("toe: error: the following arguments are required")
+
+
+def test_stages_after_the_end_of_the_run_are_named(capsys, tiny_data, tmp_path):
+    """The paper's stages 0 100 200 over 100 epochs never reach full tokens: toe flops and the recipes say so."""
+    from helpers import TINY_DEIT, run_cli
+
+    from toe.recipes import deit
+    from toe.schedule import ToESchedule
+
+    schedule = ToESchedule([0, 100, 200], [0.5, 0.75, 1.0], 0.25, 2)
+    assert schedule.unreached_warning(300) is None
+    assert "stage 2 (epoch 100), stage 3 (epoch 200)" in schedule.unreached_warning(100)
+    assert "ends in stage 1 (keep rate 0.5)" in schedule.unreached_warning(100)
+    status, out, err = run_cli(main, ["flops", "--model", "deit_small_patch16_224", "--epochs", "100"], capsys)
+    assert status == 0, err
+    assert "warning: stage 2 (epoch 100), stage 3 (epoch 200) of --expansion-step 0 100 200" in out
+    argv = [*TINY_DEIT, "--epochs", "2", "--expansion-step", "0", "1", "5", "--data-path", tiny_data]
+    status, out, err = run_cli(deit.main, [*argv, "--output_dir", tmp_path / "run"], capsys)
+    assert status == 0, err
+    assert "warning: stage 3 (epoch 5) of --expansion-step 0 1 5 start after the run's 2 epochs" in out

@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Sequence
 
 from .errors import UserError
-from .options import ArgumentParser, add_toe_arguments, check_at_least, run_main, token_select_from_args
+from .options import ArgumentParser, add_toe_arguments, check_at_least, flag_names, run_main, token_select_from_args
 from .schedule import REDUCTIONS
 
 
@@ -115,6 +115,8 @@ def flops_main(args: argparse.Namespace) -> None:
         name, model = _build_flops_model(args)
         shape, schedule = vit_shape(model), model.token_select.schedule
     print(format_costs(name, shape, schedule_costs(shape, schedule, args.epochs)))
+    if warning := schedule.unreached_warning(args.epochs):
+        print(flag_names(warning))
     print(
         f"token reduction {REDUCTIONS[args.token_reduction]}: every variant keeps the same tokens, "
         "so the counts above hold for all of them"

@@ -90,6 +90,20 @@ class ToESchedule:
         bounds = sorted(set(starts)) + [epochs]
         return [(self.stage(a), a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
+    def unreached_warning(self, epochs: int) -> str | None:
+        """A warning when stages start at or after the end of a run of ``epochs`` epochs (the run never trains
+        in them, e.g. the paper's 0 100 200 over 100 epochs never reaches full tokens), else None."""
+        late = [(stage, start) for stage, start in enumerate(self.expansion_step, start=1) if start >= epochs]
+        if not late:
+            return None
+        listed = ", ".join(f"stage {stage} (epoch {start})" for stage, start in late)
+        last = self.stage(epochs - 1)
+        ends = f"keep rate {self.keep_rate[last - 1]}" if last else "no reduction"
+        return (
+            f"warning: {listed} of expansion_step {' '.join(map(str, self.expansion_step))} start after the run's "
+            f"{epochs} epochs: the run never trains in them and ends in stage {last} ({ends})"
+        )
+
     def token_counts(self, num_patches: int) -> TokenCounts:
         """Seeds, sub-step sizes and kept tokens per stage for ``num_patches`` patch tokens (spec 4); a
         ValueError when the schedule keeps no token of so few patches (no seed)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..integration import has_toe, prefix_tokens
+from ..options import flag_names
 from ..schedule import REDUCTIONS
 
 
@@ -14,6 +15,11 @@ def describe_toe(model: nn.Module, epochs: int) -> str:
         return "ToE: off (full-token training)"
     select = model.token_select
     schedule = select.schedule
+    warning = schedule.unreached_warning(epochs)
+    return _describe(model, select, schedule, epochs) + (f"\n{flag_names(warning)}" if warning else "")
+
+
+def _describe(model: nn.Module, select, schedule, epochs: int) -> str:
     patch_embed = getattr(model, "patch_embed", None)
     if patch_embed is None:  # the input size changes from batch to batch (YOLOS): the keep rates
         parts = [
