@@ -665,3 +665,22 @@ def test_nan_outputs_stop_with_one_line_instead_of_a_scipy_error():
     boxes[0, 0, 0] = float("inf")
     with pytest.raises(UserError, match="--lr"):
         matcher(torch.randn(2, 4, 6), boxes, targets)
+
+
+def test_sixteen_bit_images_read_as_the_classification_loader_reads_them(shapes_coco, tmp_path):
+    """YOLOS reads images with the classification loader's reader: a 16-bit greyscale PNG at half scale is mid
+    grey, not clipped to white."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "coco"
+    shutil.copytree(shapes_coco, root)
+    train = build_coco_split(root, "train", None)
+    path, _ = train.samples[0]
+    width, height = Image.open(path).size
+    Image.fromarray(np.full((height, width), 32768, dtype=np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I")
+    image, _ = train[0]
+    assert image.mode == "RGB" and set(np.asarray(image).ravel().tolist()) == {128}

@@ -20,9 +20,9 @@ import os
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from ..data.image_files import read_rgb
 from ..errors import UserError
 from .boxes import coco_to_xyxy
 
@@ -120,8 +120,7 @@ class CocoDetection(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         path, image_id = self.samples[index]
-        with Image.open(path) as file:
-            image = file.convert("RGB")
+        image = read_rgb(path)  # the classification reader: 16-bit greyscale scaled, not clipped to white
         target = self.target(image_id, image.width, image.height)
         if self.transforms is not None:
             image, target = self.transforms(image, target)

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from PIL import Image
 from torch import nn
 
+from ..data.image_files import read_rgb
 from .coco import CocoDetection, collate_detection
 from .evaluation import detections
 
@@ -30,8 +30,7 @@ def predictions_figure(model: nn.Module, dataset: CocoDetection, count: int = 6,
     for index in range(count):
         path, image_id = dataset.samples[index]
         axis = figure.add_subplot(rows, columns, index + 1)
-        with Image.open(path) as file:
-            axis.imshow(np.asarray(file.convert("RGB")))
+        axis.imshow(np.asarray(read_rgb(path)))
         for annotation in dataset.coco.imgToAnns.get(image_id, []):
             x, y, w, h = annotation["bbox"]
             axis.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="white", linestyle="--", linewidth=1))
