@@ -684,3 +684,21 @@ def test_sixteen_bit_images_read_as_the_classification_loader_reads_them(shapes_
     assert Image.open(path).mode.startswith("I")
     image, _ = train[0]
     assert image.mode == "RGB" and set(np.asarray(image).ravel().tolist()) == {128}
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_split_without_a_usable_box_is_refused(shapes_coco, tmp_path, split):
+    """All crowd (or no annotation at all): training would learn "no object" only, and COCO's AP of a
+    validation set without boxes is -1, which would then pick the "best" checkpoint."""
+    import json
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(shapes_coco, root)
+    path = root / "annotations" / f"instances_{split}2017.json"
+    data = json.loads(path.read_text())
+    for annotation in data["annotations"]:
+        annotation["iscrowd"] = 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="has no usable box"):
+        build_coco_split(root, split, None)

@@ -156,6 +156,14 @@ def build_coco_split(root: str | Path, split: str, transforms, flag: str = "--co
     if len(dataset) == 0:
         raise UserError(f"{flag}: {annotation_file} lists no images")
     without_area = check_annotations(coco.dataset, f"{flag}: {annotation_file}")
+    usable = [
+        a for a in coco.dataset["annotations"] if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0
+    ]
+    if not usable:
+        use = "train on" if split == "train" else "evaluate against (COCO's AP would be -1)"
+        raise UserError(
+            f"{flag}: {annotation_file} has no usable box (none, or all crowd or without area): nothing to {use}"
+        )
     if without_area and int(os.environ.get("RANK", "0")) == 0:
         print(f"{annotation_file}: {without_area} boxes without area (width or height 0) left out, as DETR does")
     return dataset
