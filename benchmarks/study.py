@@ -505,8 +505,13 @@ def run_cells(study: Study, commit: str | None) -> tuple[list[Cell], list[Cell]]
             while todo and len(running) < study.parallel:
                 cell, state = todo.pop(0)
                 folder = study.out / cell.name
-                folder.mkdir(parents=True, exist_ok=True)
-                lock = try_lock(folder)
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    lock = try_lock(folder)
+                except OSError as error:  # a file in the folder's place, no permission, a full disk: this cell only
+                    failed.append(cell)
+                    print(f"{cell.name}: FAILED: cannot use {folder} ({error.strerror or error})", flush=True)
+                    continue
                 if lock is None:
                     busy.append(cell)
                     print(f"{cell.name}: being trained by another process, left alone", flush=True)

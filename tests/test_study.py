@@ -323,3 +323,16 @@ def test_a_vpt_grid_prompt_tunes_the_backbone_in_every_cell(tiny_data, tiny_runs
     assert (out / "study.md").is_file()
     status, _, err = run_cli(study.main, [*grid[:2], "--backbone", tmp_path / "none.pth", "--out", out], capsys)
     assert_one_line_error(status, err, f"--backbone {tmp_path / 'none.pth'}: no such file")
+
+
+def test_a_cell_whose_folder_is_taken_by_a_file_fails_alone(tiny_data, tmp_path, capsys):
+    """The docs' promise: that cell FAILED, the others go on (it was a FileExistsError ending the whole grid)."""
+    out = tmp_path / "study"
+    (out / "e3" / "baseline").mkdir(parents=True)
+    (out / "e3" / "baseline" / "seed0").write_text("not a folder")
+    grid = ["--out", out, "--data", tiny_data, "--epochs", "3", "--seeds", "0", "--threads", "1"]
+    argv = [*grid, "--variants", "baseline", "toe", "--", *TINY_DEIT]
+    status, printed, _ = run_cli(study.main, argv, capsys)
+    assert status == 1
+    assert f"e3/baseline/seed0: FAILED: cannot use {out / 'e3' / 'baseline' / 'seed0'}" in printed
+    assert "e3/toe/seed0: done in" in printed and "1 cell(s) failed: e3/baseline/seed0" in printed
