@@ -62,6 +62,11 @@ def test_bench_measures_every_stage_next_to_the_analytic_ratio(tmp_path, capsys)
         (["--input-size", "4"], ["1 patch token gives 0 seeds"]),
         (["--input-size", "30"], ["--input-size 30 is not divisible by the patch size 4"]),
         (["--device", "foo"], ["argument --device: 'foo' is not a device"]),
+        (["--input-size", "100000"], ["--input-size 100000 is beyond 4096 px"]),
+        (["--batch-size", "1000000000"], ["out of memory at --batch-size 1000000000", "smaller batch"]),
+        (["--model-kwargs", "num_heads=0"], ["cannot be built with", "num_heads=0"]),
+        (["--model-kwargs", "depth=-1"], ["cannot be built with", "depth=-1"]),
+        (["--vpt", "deep", "--prompt-tokens", "0"], ["--prompt-tokens must be at least 1"]),
     ],
 )
 def test_bench_bad_input_is_one_line(extra, fragments, tmp_path, capsys):
@@ -104,3 +109,19 @@ def test_saved_tensor_meter_counts_activations_once_and_not_the_weights():
     assert meter.bytes == 2 * 4 * 8 * 4
     z.sum().backward()  # the saved tensors unpack unchanged
     torch.testing.assert_close(x.grad, (2 * y @ layer.weight).detach())
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_the_timing(tmp_path, capsys, monkeypatch):
+    """A read-only (or full) folder for --json: one line before any step is timed (root may write anywhere, so
+    the file system's refusal is simulated)."""
+    import tempfile
+
+    from toe import bench
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(bench, "measure", lambda *a: pytest.fail("timed before checking the output"))
+    status, _, err = run_cli(toe_main, ["bench", *TINY, "--json", tmp_path / "b.json"], capsys)
+    assert_one_line_error(status, err, f"--json {tmp_path / 'b.json'} cannot be written (Read-only file system)")

@@ -125,16 +125,26 @@ def bench_main(args: argparse.Namespace) -> list[Variant]:
     variants = plan_variants(shape, schedule)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp_dtype]
     graphs_before = counters["stats"]["unique_graphs"]
-    plain_trainer = _Trainer(plain, device, dtype, args)
-    toe_trainer = _Trainer(with_toe, device, dtype, args)
-    steps = {v.name: plain_trainer.step if v.stage is None else partial(toe_trainer.step, v.stage) for v in variants}
-    measure(variants, steps, args.batch_size, args.warmup, args.rounds)
-    if args.memory:
-        measure_memory(variants, plain_trainer, toe_trainer, shape)
-    for variant in variants:
-        if variant.stage is not None:  # ToE off: the inactive selector's own cost
-            op_time = _op_time(select, variant.stage, args.batch_size, shape, device, dtype)
-            variant.op_share = op_time / (args.batch_size / variant.images_per_sec)
+    try:
+        plain_trainer = _Trainer(plain, device, dtype, args)
+        toe_trainer = _Trainer(with_toe, device, dtype, args)
+        steps = {
+            v.name: plain_trainer.step if v.stage is None else partial(toe_trainer.step, v.stage) for v in variants
+        }
+        measure(variants, steps, args.batch_size, args.warmup, args.rounds)
+        if args.memory:
+            measure_memory(variants, plain_trainer, toe_trainer, shape)
+        for variant in variants:
+            if variant.stage is not None:  # ToE off: the inactive selector's own cost
+                op_time = _op_time(select, variant.stage, args.batch_size, shape, device, dtype)
+                variant.op_share = op_time / (args.batch_size / variant.images_per_sec)
+    except RuntimeError as error:  # torch.OutOfMemoryError on CUDA; the CPU allocator's "can't allocate memory"
+        if not isinstance(error, torch.OutOfMemoryError) and "allocate" not in str(error):
+            raise
+        raise UserError(
+            f"out of memory at --batch-size {args.batch_size} and --input-size {args.input_size} on {args.device}: "
+            "use a smaller batch"
+        ) from None
     print(format_bench(args, variants))
     if args.compile:
         graphs = counters["stats"]["unique_graphs"] - graphs_before

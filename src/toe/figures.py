@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -19,6 +20,11 @@ def check_output(path: Path, flag: str = "--out") -> Path:
     path = path if path.suffix else path.with_name(f"{path.name}.png")
     if not path.parent.is_dir():
         raise UserError(f"{flag} {path}: folder {path.parent} does not exist")
+    try:  # a read-only or full file system, no permission: found now, not after the work
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as error:
+        raise UserError(f"{flag} {path} cannot be written ({error.strerror or error})") from None
     return path
 
 

@@ -29,11 +29,17 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     """``timm.create_model(name, num_classes=..., **kwargs)`` with user mistakes as :class:`UserError`."""
     if not timm.is_model(name):
         raise UserError(f"--model {name} is not a timm model name (see timm.list_models())")
+    size = kwargs.get("img_size")
+    if size is not None and max(size if isinstance(size, (tuple, list)) else [size]) > MAX_INPUT_SIZE:
+        raise UserError(f"--input-size {size} is beyond {MAX_INPUT_SIZE} px per side (an image size, in pixels)")
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    except (TypeError, AssertionError, ValueError) as error:
+    except (TypeError, AssertionError, ValueError, ZeroDivisionError, RuntimeError) as error:  # e.g. num_heads=0
         given = ", ".join(f"{k}={v}" for k, v in kwargs.items())
         raise UserError(f"--model {name} cannot be built with {given}: {error}") from None
+
+
+MAX_INPUT_SIZE = 4096  # pixels per side: 65536 patches of 16 px, far beyond what any device trains
 
 
 def check_input_size(model: nn.Module, input_size: int) -> None:
