@@ -35,13 +35,14 @@ def reference_seeds(num_patches, r0, seeding="reference"):
 
 
 def _similarities(u, selected, distance):
-    """Similarity of token u [C] to each row of ``selected`` [S, C], as a Python list (higher = closer)."""
+    """Similarity of token u [C] to each row of ``selected`` [S, C], as a Python list (higher = closer); the
+    tokens are L2-normalised first for every distance (spec section 6, step 1)."""
+    unit = u / u.norm().clamp_min(1e-12)
+    rows = selected / selected.norm(dim=1, keepdim=True).clamp_min(1e-12)
     if distance == "cosine":
-        unit = u / u.norm().clamp_min(1e-12)
-        rows = selected / selected.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return (rows @ unit).tolist()
     p = 2 if distance == "euclidean" else 1
-    return (-(selected - u).abs().pow(p).sum(dim=1).pow(1 / p)).tolist()
+    return (-(rows - unit).abs().pow(p).sum(dim=1).pow(1 / p)).tolist()
 
 
 def reference_token_select(x, keep_rate, r0, k, stage, distance="cosine", num_prefix_tokens=1, seeding="reference"):

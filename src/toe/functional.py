@@ -81,7 +81,8 @@ def select_tokens(
         patches: [B, P, C] patch tokens (prefix tokens excluded).
         seeds: [n0] and rest: [P - n0] patch positions, from :func:`initial_tokens`.
         substeps: tokens added by each greedy sub-step, all > 0 (``TokenCounts.replayed_substeps``).
-        distance: ``"cosine"``, ``"euclidean"`` or ``"manhattan"`` (similarity = minus the distance).
+        distance: ``"cosine"``, ``"euclidean"`` or ``"manhattan"`` (similarity = minus the distance), all
+            between L2-normalised tokens.
     Returns:
         kept: [B, M] patch positions, M = n0 + sum(substeps), in output order (seeds, then each
         sub-step's tokens in the order they were added); slot: [B, P] the output slot (0..M-1) of every
@@ -92,8 +93,7 @@ def select_tokens(
     batch, num_patches, _ = patches.shape
     with torch.autocast(patches.device.type, enabled=False):
         features = patches if patches.dtype in (torch.float32, torch.float64) else patches.float()
-        if distance == "cosine":
-            features = F.normalize(features, dim=-1)
+        features = F.normalize(features, dim=-1)  # every distance compares directions (spec section 6, step 1)
         kept = seeds.expand(batch, -1)
         unselected = rest.expand(batch, -1)
         # best[b, p]: similarity of patch p to its most similar kept token; owner: that token's slot
