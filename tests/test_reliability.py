@@ -280,3 +280,24 @@ def test_torchrun_restarts_a_killed_worker_from_the_last_checkpoint(signal_name,
     b = torch.load(elastic / "checkpoint.pth", weights_only=True)["model"]
     for name in a:  # two processes against one: measured float noise (tests/layout_noise.md)
         torch.testing.assert_close(b[name], a[name], **LAYOUT_NOISE["deit"]["weights"])
+
+
+@pytest.mark.slow
+def test_torchrun_without_restarts_the_survivor_of_a_killed_worker_says_so_in_one_line(tiny_data, tmp_path):
+    """Rank 1 is killed (SIGKILL) in epoch 0; no --max-restarts. Rank 0's collective fails: one line from it (the
+    lines after it are torchrun's own report of the failed child), not a 40-line gloo traceback."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOE_FAILPOINT": "train-step:3:1"}
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"),
+            *("--master_port", str(free_port()), ROOT / "ToE" / "deit" / "main.py", *FLAGS, *LAYOUT_FREE),
+            *("--data-path", tiny_data, "--batch-size", "8", "--output_dir", tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode != 0
+    assert "error: process 0 lost another process of this torchrun job (" in result.stderr
+    assert "--auto-resume" in result.stderr and "[rank0]: Traceback" not in result.stderr

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -50,11 +51,36 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+    except RuntimeError as error:
+        if not _lost_a_peer(error):
+            raise
+        rank = os.environ.get("RANK", "?")
+        detail = str(error).splitlines()[0].split("] ", 1)[-1][:160]
+        sys.stderr.write(
+            f"error: process {rank} lost another process of this torchrun job ({detail}); the checkpoints written "
+            "before are kept: look at the other process's output, then restart with --auto-resume (torchrun "
+            "--max-restarts N restarts the processes by itself)\n"
+        )
+        sys.exit(1)
     except Preempted as stop:
         sys.stderr.write(f"stopped: {stop}\n")
         sys.exit(REQUEUE_STATUS)
     finally:
         release_run_folders()
+
+
+def _lost_a_peer(error: RuntimeError) -> bool:
+    """Whether ``error`` is a collective that failed because another process of a torchrun job went away."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    text = str(error)
+    peer_gone = (
+        "Connection reset by peer",
+        "Connection closed by peer",
+        "Broken pipe",
+        "NCCL communicator was aborted",
+    )
+    return isinstance(error, torch.distributed.DistError) or any(phrase in text for phrase in peer_gone)
 
 
 @dataclass(frozen=True)
