@@ -22,7 +22,8 @@ from pathlib import Path
 
 from study_holdout import read_holdout
 
-from toe.engine import read_log
+from toe.engine import read_epoch_records
+from toe.errors import UserError
 from toe.flops import ViTShape, forward_macs
 from toe.report import run_args, run_shape
 
@@ -61,14 +62,18 @@ def cells_on_disk(out: Path) -> list[Cell]:
 
 
 def epoch_records(folder: Path) -> list[dict]:
-    """The epoch records of a cell's log.txt, in epoch order (no log: [])."""
-    records = [r for r in read_log(folder) if isinstance(r, dict) and isinstance(r.get("epoch"), int)]
-    return sorted(records, key=lambda r: r["epoch"])
+    """The epoch records of a cell's log.txt, in epoch order (no log: []; a damaged log: a UserError)."""
+    return read_epoch_records(folder)
 
 
 def cell_status(folder: Path, length: int) -> tuple[str, int]:
-    """("done" | "partial" | "new", epochs finished): done when log.txt holds every epoch 0..length-1."""
-    finished = {r["epoch"] for r in epoch_records(folder)}
+    """("done" | "partial" | "new" | "damaged", epochs finished): done when log.txt holds every epoch
+    0..length-1; damaged when it holds a damaged or repeated record (training the cell again with
+    --auto-resume rewrites the log from its checkpoint)."""
+    try:
+        finished = {r["epoch"] for r in epoch_records(folder)}
+    except UserError:
+        return "damaged", 0
     if all(epoch in finished for epoch in range(length)):
         return "done", length
     if finished or (folder / "checkpoint.pth").exists():
@@ -77,7 +82,9 @@ def cell_status(folder: Path, length: int) -> tuple[str, int]:
 
 
 def describe_status(status: str, finished: int, length: int) -> str:
-    """``done``, ``partial at epoch k of E`` or ``new``."""
+    """``done``, ``partial at epoch k of E``, ``new`` or why the log is damaged."""
+    if status == "damaged":
+        return "damaged log.txt (resumed from its checkpoint, which rewrites the log)"
     return f"partial at epoch {finished} of {length}" if status == "partial" else status
 
 
@@ -114,7 +121,7 @@ def collect_cell(out: Path, cell: Cell, shapes: ShapeCache, holdout: Path | None
     finished cell, its holdout result (on ``holdout``; None: on whatever data it names)."""
     folder = out / cell.name
     status, finished = cell_status(folder, cell.length)
-    records = epoch_records(folder)
+    records = epoch_records(folder) if status != "damaged" else []
     shape = shapes(folder) if records else None
     epochs = []
     for record in records:

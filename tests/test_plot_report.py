@@ -170,3 +170,34 @@ def test_demo_baseline_is_the_same_training_without_the_toe_flags(tmp_path):
     result, calls = demo_calls(tmp_path / "bad", TOE="yes")
     assert result.returncode == 2 and calls == []
     assert result.stderr.strip() == "demo.sh: TOE must be 1 (with ToE) or 0 (the baseline), got 'yes'"
+
+
+def test_damaged_or_repeated_records_are_named_not_counted(tiny_runs, tiny_data, tmp_path, capsys):
+    """toe report and toe plot read log.txt strictly: a damaged line or an epoch written twice is one line naming
+    it (it was skipped, or counted twice in the totals); an unfinished last line (a run writing it) is left out;
+    --auto-resume of the run rewrites the log from its checkpoint, one record per epoch."""
+    import shutil
+
+    from helpers import TINY_DEIT
+
+    from toe.options import run_main
+    from toe.recipes import deit
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_runs["toe"], run)
+    log = run / "log.txt"
+    lines = log.read_text().splitlines()
+    log.write_text(lines[0] + '\n{"epoch": 1, "train_l')  # a run writing its second record now
+    status, out, err = run_cli(toe_main, ["report", run], capsys)
+    assert status == 0 and "run " in out and "1 epochs" in out, err
+    for damaged, fragment in [
+        ([lines[0], "garbage", lines[1]], "line 2 is damaged"),
+        ([lines[0], lines[0], lines[1]], "line 2 records epoch 0 again or out of order (after line 1)"),
+    ]:
+        log.write_text("\n".join(damaged) + "\n")
+        for command in (["report", run], ["plot", run, "--out", tmp_path / "c.png"]):
+            status, _, err = run_cli(toe_main, command, capsys)
+            assert_one_line_error(status, err, f"{log} {fragment}")
+    flags = ["--epochs", "2", "--toe", "--expansion-step", "0", "1", "--keep-rate", "0.5", "1.0", "--auto-resume"]
+    run_main(deit.main, [*TINY_DEIT, *flags, "--data-path", str(tiny_data), "--output_dir", str(run)])
+    assert log.read_text().splitlines() == lines  # one record per epoch again, as the uninterrupted run wrote them

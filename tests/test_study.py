@@ -336,3 +336,16 @@ def test_a_cell_whose_folder_is_taken_by_a_file_fails_alone(tiny_data, tmp_path,
     assert status == 1
     assert f"e3/baseline/seed0: FAILED: cannot use {out / 'e3' / 'baseline' / 'seed0'}" in printed
     assert "e3/toe/seed0: done in" in printed and "1 cell(s) failed: e3/baseline/seed0" in printed
+
+
+def test_a_damaged_cell_log_is_named_and_the_cell_resumed_not_counted(tmp_path):
+    """A repeated epoch record (or a damaged line) marks the cell damaged: it is trained again with --auto-resume
+    (which rewrites its log from the checkpoint) and left out of the tables meanwhile."""
+    folder = tmp_path / "e3" / "toe" / "seed0"
+    folder.mkdir(parents=True)
+    record = {"epoch": 0, "train_compute_time": 1.0, "epoch_time": 1.0, "test_acc1": 10.0}
+    (folder / "log.txt").write_text(json.dumps(record) + "\n" + json.dumps(record) + "\n")
+    assert report.cell_status(folder, 3) == ("damaged", 0)
+    assert "damaged log.txt" in report.describe_status("damaged", 0, 3)
+    entry = report.collect_cell(tmp_path, report.Cell(3, "toe", 0), report.ShapeCache())
+    assert entry["status"] == "damaged" and entry["epochs"] == [] and entry["totals"] is None

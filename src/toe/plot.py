@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from .engine.logger import read_log
+from .engine.logger import read_epoch_records
 from .errors import UserError
 from .figures import save_figure
 
@@ -27,7 +27,7 @@ def load_runs(output_dirs: list[str | Path]) -> list[tuple[str, list[dict]]]:
     names = [f.resolve().name for f in folders]
     runs = []
     for folder, name in zip(folders, names):
-        records = [r for r in read_log(folder) if isinstance(r, dict) and "epoch" in r]
+        records = read_epoch_records(folder)
         if not records:
             raise UserError(f"{folder} has no log.txt with epoch records (is it a training output folder?)")
         runs.append((name if names.count(name) == 1 else str(folder), records))

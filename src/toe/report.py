@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .engine.logger import read_log
+from .engine.logger import read_epoch_records
 from .errors import UserError
 from .flops import ViTShape, at_tokens, forward_macs, kept_patches, vit_shape, yolos_shape
 from .saved_run import build_model, read_run_args
@@ -145,7 +145,7 @@ def whole_run_speedups(
 def format_report(output_dir: str | Path) -> str:
     """The run's table of stages (tokens, time per epoch, measured and analytic speedup) and its top-1."""
     output_dir = Path(output_dir)
-    records = read_log(output_dir)
+    records = read_epoch_records(output_dir)
     if not records:
         raise UserError(f"{output_dir} has no log.txt with epoch records (is it a training output folder?)")
     missing = [key for key in REQUIRED_KEYS if any(key not in record for record in records)]
@@ -251,7 +251,7 @@ def format_side_by_side(output_dirs: list[str | Path]) -> str:
     ]
     first_time = None
     for folder in output_dirs:
-        records = read_log(Path(folder))
+        records = read_epoch_records(Path(folder))
         if not records or any("train_compute_time" not in r for r in records):
             raise UserError(f"{folder} has no log.txt of this project's recipes")
         last = records[-1]

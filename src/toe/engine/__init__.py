@@ -7,7 +7,7 @@ It imports nothing from the data, the recipes or the command line; recipes build
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .distributed import DistInfo, init_distributed
 from .evaluation import Classification, Evaluation, evaluate
-from .logger import RunLogger, read_log
+from .logger import RunLogger, read_epoch_records, read_log
 from .loop import EpochStats, StepHooks, TrainingDiverged, train_one_epoch
 from .lr import LRSchedule
 from .precision import AMP_DTYPES, Precision
@@ -54,6 +54,7 @@ __all__ = [
     "load_checkpoint",
     "load_weights",
     "read_log",
+    "read_epoch_records",
     "restore",
     "resume_message",
     "save_checkpoint",

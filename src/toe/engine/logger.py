@@ -85,6 +85,49 @@ def read_log(output_dir: Path) -> list[dict]:
     return records
 
 
+def read_epoch_records(output_dir: Path) -> list[dict]:
+    """The epoch records of a run's log.txt for a reader that reports on them (``toe report``, ``toe plot``, the
+    study): every line a JSON object with an integer ``epoch``, epochs strictly increasing. A damaged line or a
+    repeated or out-of-order epoch is a :class:`UserError` naming the line, not a record counted twice or
+    skipped without a word; an unfinished last line (a run writing it now) is left out. A file without a single
+    epoch record (not a log of a run) gives []."""
+    path = Path(output_dir) / "log.txt"
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    lines = data.splitlines()
+    parsed = [_epoch_record(line) for line in lines]
+    if not any(parsed):
+        return []
+    records: list[dict] = []
+    seen: dict[int, int] = {}
+    for number, record in enumerate(parsed, start=1):
+        epoch = record["epoch"] if record else None
+        if epoch is None:
+            if number == len(lines) and not data.endswith(b"\n"):
+                break  # being written
+            raise UserError(f"{path} line {number} is damaged (not an epoch record): repair or remove that line")
+        if epoch in seen or (records and epoch < records[-1]["epoch"]):
+            first = seen.get(epoch, number - 1)
+            raise UserError(
+                f"{path} line {number} records epoch {epoch} again or out of order (after line {first}): a log "
+                "written twice; --auto-resume of the run rewrites it from its checkpoint"
+            )
+        seen[epoch] = number
+        records.append(record)
+    return records
+
+
+def _epoch_record(line: bytes) -> dict | None:
+    """The JSON object of a log line if it has an integer ``epoch``, else None."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    epoch = record.get("epoch") if isinstance(record, dict) else None
+    return record if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
 def progress(iterable, total: int, description: str, enabled: bool):
     """A tqdm bar on the main process when stderr is a terminal (log files get the epoch lines only)."""
     return tqdm(

@@ -444,8 +444,10 @@ def _save_epoch(run: TrainingRun, epoch: int, record: dict, improved: list[str])
 
 
 def _restore_log(output_dir: Path, epoch: int, record_json: str | None) -> None:
-    """Make log.txt hold exactly the records of epochs <= ``epoch`` (the resumed checkpoint's)."""
-    records = [r for r in read_log(output_dir) if r.get("epoch", -1) < epoch]
+    """Make log.txt hold exactly the records of epochs <= ``epoch`` (the resumed checkpoint's), one per epoch in
+    epoch order (of a record written twice, the later one; damaged lines dropped)."""
+    kept = {r["epoch"]: r for r in read_log(output_dir) if isinstance(r.get("epoch"), int) and r["epoch"] < epoch}
+    records = [kept[e] for e in sorted(kept)]
     if record_json:
         records.append(json.loads(record_json))
     temp = output_dir / ".log.txt.tmp"
