@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo gpu-check clean
+.PHONY: install test test-fast lint format demo gpu-check clean
+PY_SOURCES := src tests benchmarks datasets ToE
 
 install: $(STAMP)
 
@@ -18,6 +19,11 @@ $(STAMP): pyproject.toml requirements.txt
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check $(PY_SOURCES)
+
+format: $(STAMP)
+	$(BIN)/ruff format $(PY_SOURCES)
+	$(BIN)/ruff check --fix .
 
 # one pytest worker per core (pytest-xdist): the tests spend much of their time starting processes
 test: lint
