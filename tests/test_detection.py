@@ -560,21 +560,19 @@ def test_toe_flops_for_yolos_bad_input_is_one_line(capsys, flags, fragment):
     assert_one_line_error(status, err, fragment)
 
 
-def test_token_counts_average_the_training_forwards_of_an_epoch():
+def test_each_training_forward_reports_its_token_counts():
+    """The engine averages them over an epoch (and keeps the sums in mid-epoch checkpoints)."""
     model = tiny_yolos(det_tokens=4, mid=False)
     model.token_select = TokenSelect([0, 5], [0.5, 1.0], 0.25, 2)
     model.train()
-    assert model.token_counts() is None
+    assert model.last_token_counts() is None
     model(torch.randn(1, 3, 40, 40))  # 25 patches -> 12 kept
-    model(torch.randn(1, 3, 56, 72))  # 63 patches -> 31 kept
-    fed = (1 + 12 + 4 + 1 + model.token_select.token_counts(63).kept[0] + 4) / 2
-    full = (1 + 25 + 4 + 1 + 63 + 4) / 2
-    assert model.token_counts() == (fed, full)
+    assert model.last_token_counts() == (1 + 12 + 4, 1 + 25 + 4)
+    model(torch.randn(1, 3, 56, 72))  # 63 patches
+    assert model.last_token_counts() == (1 + model.token_select.token_counts(63).kept[0] + 4, 1 + 63 + 4)
     model.eval()
     model(torch.randn(1, 3, 40, 40))  # evaluation does not count
-    assert model.token_counts() == (fed, full)
-    model.train()  # a new epoch
-    assert model.token_counts() is None
+    assert model.last_token_counts()[1] == 1 + 63 + 4
 
 
 def test_detection_evaluation_gathers_every_image_once(shapes_coco):

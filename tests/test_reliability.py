@@ -301,3 +301,37 @@ def test_torchrun_without_restarts_the_survivor_of_a_killed_worker_says_so_in_on
     assert result.returncode != 0
     assert "error: process 0 lost another process of this torchrun job (" in result.stderr
     assert "--auto-resume" in result.stderr and "[rank0]: Traceback" not in result.stderr
+
+
+def torchrun_deit(tiny_data, output, env_extra: dict, *extra) -> subprocess.CompletedProcess:
+    """The tiny DeiT under torchrun, 2 CPU processes of batch 8, one restart allowed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts", "1"),
+            *("--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}"),
+            *(ROOT / "ToE" / "deit" / "main.py", *FLAGS, *LAYOUT_FREE, "--data-path", tiny_data, "--batch-size", "8"),
+            *("--output_dir", output, "--auto-resume", *extra),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+@pytest.mark.slow
+def test_a_preempted_torchrun_job_ends_with_the_uninterrupted_log_and_weights(tiny_data, tmp_path):
+    """SIGTERM to rank 1 mid-epoch: both processes write one mid-epoch checkpoint with each process's own
+    partial sums (it held only rank 0's: the resumed epoch's train_loss differed in the fifth digit), and the
+    restarted job ends with log.txt and weights equal to those of an uninterrupted 2-process job."""
+    whole = torchrun_deit(tiny_data, tmp_path / "whole", {})
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    signal = {"TOE_FAILPOINT": "train-step:8:1", "TOE_FAILPOINT_SIGNAL": "SIGTERM"}
+    preempted = torchrun_deit(tiny_data, tmp_path / "preempted", signal)
+    assert preempted.returncode == 0, preempted.stderr[-2000:]
+    assert "continuing at epoch 1, step 4" in preempted.stdout
+    assert records(tmp_path / "preempted") == records(tmp_path / "whole")
+    a = torch.load(tmp_path / "whole" / "checkpoint.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "preempted" / "checkpoint.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

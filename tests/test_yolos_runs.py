@@ -195,3 +195,43 @@ def test_torchrun_two_processes_train_and_evaluate_every_image_once(tiny_coco, t
     # the 2-process evaluation (a shard each, gathered, each image once) equals one process evaluating all
     metrics = evaluate(tiny_coco, output / "checkpoint.pth")
     assert all(metrics[key] == log[-1][key] for key in COCO_KEYS)
+
+
+def test_odd_images_train_and_a_missing_one_is_named(tiny_coco, tmp_path, capsys):
+    """RGBA, greyscale and tiny (3 x 3 px, boxes clipped away) images train; a listed image that is missing is
+    one line naming it, with --skip-corrupt as the way out."""
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "coco"
+    shutil.copytree(tiny_coco, data)
+    images = sorted((data / "train2017").iterdir())
+    Image.fromarray(np.full((60, 70, 4), 200, np.uint8)).save(images[0])  # RGBA
+    Image.fromarray(np.full((64, 64), 90, np.uint8)).save(images[1])  # greyscale
+    Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(images[2])  # tiny
+    status, out, err = yolos_run(capsys, data, tmp_path / "odd", "--epochs", "1")
+    assert status == 0, err
+    images[3].unlink()
+    status, _, err = yolos_run(capsys, data, tmp_path / "missing", "--epochs", "1")
+    assert_one_line_error(status, err, f"cannot read image {images[3]}", "FileNotFoundError", "--skip-corrupt")
+
+
+@pytest.mark.slow
+def test_a_sigterm_stops_with_a_mid_epoch_checkpoint_and_the_rerun_ends_bit_for_bit(full_run, tiny_coco, tmp_path):
+    """A scheduler's SIGTERM after the 6th update (in epoch 1): exit 143 with a mid-epoch checkpoint;
+    --auto-resume continues from that step and ends with the uninterrupted run's weights and log."""
+    output = tmp_path / "preempted"
+    command = [sys.executable, ROOT / "ToE" / "YOLOS" / "main.py", *TINY_YOLOS, *TOE_3_EPOCHS]
+    command += ["--coco_path", tiny_coco, "--output_dir", output]
+    env = {**os.environ, "TOE_FAILPOINT": "train-step:6", "TOE_FAILPOINT_SIGNAL": "SIGTERM"}
+    stopped = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert stopped.returncode == 143, stopped.stderr
+    assert "Traceback" not in stopped.stderr and "pre-empted" in stopped.stdout + stopped.stderr
+    resumed = subprocess.run([*command, "--auto-resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "continuing at epoch 1, step" in resumed.stdout
+    a = torch.load(full_run / "checkpoint.pth", weights_only=True)["model"]
+    b = torch.load(output / "checkpoint.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    keys = ("train_loss", "train_lr", "test_ap", "toe_tokens")
+    assert [[r[k] for k in keys] for r in read_log(output)] == [[r[k] for k in keys] for r in read_log(full_run)]

@@ -77,8 +77,8 @@ class YOLOS(nn.Module):
 
     ToE: assign a :class:`TokenSelect` to ``token_select`` (None: off); the model calls it itself
     (``apply_toe`` is for plain ViTs), and the engine sets its stage. Since batches differ in size,
-    :meth:`token_counts` reports the mean sequence lengths of the training forwards since the model was
-    last put in training mode (an epoch, for the engine).
+    :meth:`last_token_counts` reports the sequence lengths of the last training forward (the engine averages
+    them over an epoch).
     """
 
     selects_tokens_itself = True
@@ -101,7 +101,7 @@ class YOLOS(nn.Module):
         self.patch_size = tuple(backbone.patch_embed.patch_size)
         self.use_checkpoint = use_checkpoint
         self.token_select: TokenSelect | None = None
-        self._token_totals = [0, 0, 0]  # training forwards, tokens fed to blocks 1.., full-token lengths
+        self._last_tokens: tuple[int, int] | None = None  # the last training forward's (fed, full) lengths
         dim = backbone.embed_dim
 
         pretrain = backbone.pos_embed.detach()
@@ -126,16 +126,10 @@ class YOLOS(nn.Module):
         """The [DET] tokens: in every block, never reduced by ToE."""
         return self.det_token_num
 
-    def train(self, mode: bool = True) -> YOLOS:
-        if mode:
-            self._token_totals = [0, 0, 0]
-        return super().train(mode)
-
-    def token_counts(self) -> tuple[float, float] | None:
-        """Mean (tokens fed to blocks 1.., tokens without ToE) per training forward since the last
-        ``train()``, [DET] tokens included; None before the first."""
-        forwards, fed, full = self._token_totals
-        return (round(fed / forwards, 1), round(full / forwards, 1)) if forwards else None
+    def last_token_counts(self) -> tuple[int, int] | None:
+        """(tokens fed to blocks 1.., tokens without ToE) of the last training forward, [DET] tokens included;
+        None before the first."""
+        return self._last_tokens
 
     def grid_of(self, size: Sequence[int]) -> tuple[int, int]:
         """Patch grid (rows, columns) of an image of ``size`` (H, W) pixels."""
@@ -189,9 +183,7 @@ class YOLOS(nn.Module):
             if mid is not None and i < last:
                 x = x + self.gather_position(mid[i], index)
         if self.training:
-            full = 1 + grid[0] * grid[1] + self.det_token_num
-            totals = self._token_totals
-            totals[0], totals[1], totals[2] = totals[0] + 1, totals[1] + x.shape[1], totals[2] + full
+            self._last_tokens = (int(x.shape[1]), 1 + grid[0] * grid[1] + self.det_token_num)
         return backbone.norm(x)[:, -self.det_token_num :]
 
     def select_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

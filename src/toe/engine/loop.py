@@ -41,7 +41,9 @@ class EpochStats:
     wall_time: float = 0.0
     updates: int = 0  # optimizer updates since the start of training
     lr: float = 0.0
-    tokens: int | None = None  # sequence length fed to blocks 1.. in the last step
+    tokens_fed: float = 0.0  # sum over steps of the sequence length fed to blocks 1.. (mean: / token_steps)
+    tokens_full: float = 0.0  # sum over steps of the length without ToE
+    token_steps: int = 0  # steps counted in the two sums (0: the model reports no token counts)
     memory: int | None = None  # bytes: the CUDA peak, or on the CPU the activations saved for backward in a step
 
     @property
@@ -93,7 +95,7 @@ def train_one_epoch(
     model_ema=None,
     hooks: StepHooks | None = None,
     lr_schedule: LRSchedule | None = None,
-    tokens_of: Callable[[], int | None] | None = None,
+    tokens_of: Callable[[], tuple[float, float] | None] | None = None,
     synchronize_step: bool = False,
     show_progress: bool = True,
     resume_from: EpochStats | None = None,
@@ -107,7 +109,8 @@ def train_one_epoch(
     optimizer update but the epoch's last (mid-epoch checkpoints). ``synchronize_step``: also wait for
     the device at the end of every step (exact per-step compute times; one more host sync per step).
     ``train_mode=False``: the model trains in eval mode (no dropout or drop path, BatchNorm statistics frozen;
-    DeiT's ``--no-train-mode``), ToE still reduces the tokens.
+    DeiT's ``--no-train-mode``), ToE still reduces the tokens. ``tokens_of``: (tokens fed to blocks 1.., tokens
+    without ToE) of the last forward, summed in the stats (a mid-epoch checkpoint keeps the sums).
     """
     hooks = hooks or StepHooks()
     device = dist.device
@@ -141,12 +144,14 @@ def train_one_epoch(
             samples, targets = hooks.prepare(samples, targets)
         if hooks.mixup is not None:
             samples, targets = hooks.mixup(samples, targets)
+        counted = None
         update = (step + 1) % accum_steps == 0 or step + 1 == total_steps
         sync = contextlib.nullcontext() if update or not hasattr(model, "no_sync") else model.no_sync()
         measured = meter.measure() if meter is not None and step == first_step else contextlib.nullcontext()
         with sync:
             with precision.autocast(), measured:
                 outputs = model(samples)
+                counted = tokens_of() if tokens_of is not None else None
                 loss = criterion(samples, outputs, targets)
             precision.backward(loss / accumulation_divisor(step, total_steps, accum_steps))
         if update:
@@ -172,6 +177,12 @@ def train_one_epoch(
         stats.compute_time += last - ready
         stats.loss_sum += loss_value
         stats.images += samples.shape[0]
+        if counted is not None:
+            stats.tokens_fed, stats.tokens_full, stats.token_steps = (
+                stats.tokens_fed + counted[0],
+                stats.tokens_full + counted[1],
+                stats.token_steps + 1,
+            )
         stats.steps = step + 1
         stats.wall_time = wall_before + last - start
         stats.lr = optimizer.param_groups[0]["lr"]
@@ -179,7 +190,6 @@ def train_one_epoch(
             if on_update is not None and step + 1 < total_steps:
                 on_update(stats)
             failpoint("train-step")
-    stats.tokens = tokens_of() if tokens_of is not None else None
     if meter is not None:
         stats.memory = meter.bytes
     elif device.type == "cuda":

@@ -116,26 +116,43 @@ def set_toe_stage(run: TrainingRun, epoch: int) -> int | None:
     return stage
 
 
-def full_token_count(module: nn.Module) -> float | None:
-    """Sequence length of the model without ToE: prefix tokens + patches (None if it has no patch embedding).
-    Models whose inputs change size (YOLOS) report the epoch's mean through ``token_counts()``."""
-    if hasattr(module, "token_counts"):
-        counts = module.token_counts()
-        return counts[1] if counts is not None else None
+EPOCH_STAT_FIELDS = {f.name for f in dataclasses.fields(EpochStats)}  # checkpoints of older versions hold others
+
+
+def _own_stats(partial: dict, rank: int) -> EpochStats:
+    """This process's statistics of a mid-epoch checkpoint's unfinished epoch (older checkpoints hold only the
+    main process's, which every process then continues from)."""
+    stats = (partial.get("rank_stats") or [partial["stats"]] * (rank + 1))[rank]
+    return EpochStats(**{k: v for k, v in stats.items() if k in EPOCH_STAT_FIELDS})
+
+
+def full_token_count(module: nn.Module) -> int | None:
+    """Sequence length of a ViT without ToE: prefix (and prompt) tokens + patches; None for a model without a
+    fixed patch grid (YOLOS reports its own per forward, :func:`step_tokens`)."""
     patch_embed = getattr(module, "patch_embed", None)
     if patch_embed is None or not hasattr(patch_embed, "num_patches"):
         return None
     return int(prefix_tokens(module) + patch_embed.num_patches)
 
 
-def tokens_fed_to_blocks(module: nn.Module) -> float | None:
-    """Sequence length fed to blocks 1.. in the last training forward (full length without ToE); the
-    epoch's mean for models that report ``token_counts()`` (YOLOS)."""
-    if hasattr(module, "token_counts"):
-        counts = module.token_counts()
-        return counts[0] if counts is not None else None
+def step_tokens(module: nn.Module) -> tuple[float, float] | None:
+    """(tokens fed to blocks 1.., tokens without ToE) of the model's last training forward: a model whose input
+    size changes per batch (YOLOS) reports them (``last_token_counts()``); for a ViT, ToE's last index tells."""
+    if hasattr(module, "last_token_counts"):
+        return module.last_token_counts()
+    full = full_token_count(module)
+    if full is None:
+        return None
     index = module.token_select.last_index if has_toe(module) else None
-    return int(index.shape[1]) if index is not None else full_token_count(module)
+    return (int(index.shape[1]) if index is not None else full, full)
+
+
+def mean_tokens(total: float, steps: int) -> float | int | None:
+    """An epoch's mean sequence length: a whole number when every step had the same, else to 0.1 token."""
+    if not steps:
+        return None
+    mean = round(total / steps, 1)
+    return int(mean) if mean.is_integer() else mean
 
 
 def checkpoint_state(run: TrainingRun, epoch: int, record: dict | None, partial: dict | None = None) -> dict:
@@ -272,7 +289,7 @@ def _fit(run: TrainingRun, log: RunLogger, watch: PreemptionWatch) -> dict | Non
     for epoch in range(state.start_epoch, settings.epochs):
         seed_epoch(settings.seed, epoch, parts.dist.rank)
         partial = state.partial if state.partial is not None and state.partial["epoch"] == epoch else None
-        done = EpochStats(**partial["stats"]) if partial else None
+        done = _own_stats(partial, parts.dist.rank) if partial else None
         loader = parts.train_loader
         loader.sampler.set_epoch(epoch, skip=done.steps * loader.batch_size if done else 0)
         if partial:
@@ -301,7 +318,7 @@ def _fit(run: TrainingRun, log: RunLogger, watch: PreemptionWatch) -> dict | Non
             model_ema=parts.model_ema,
             hooks=parts.hooks,
             lr_schedule=parts.lr_schedule,
-            tokens_of=lambda: tokens_fed_to_blocks(parts.module),
+            tokens_of=lambda: step_tokens(parts.module),
             synchronize_step=settings.synchronize_step,
             show_progress=settings.show_progress,
             resume_from=done,
@@ -348,10 +365,11 @@ def _save_mid_epoch(run: TrainingRun, epoch: int, stats: EpochStats, force: bool
     if not force and (not settings.save_every_steps or updates_in_epoch % settings.save_every_steps):
         return False
     rng = gather_objects(capture_rng(), dist)  # one entry per process
+    rank_stats = gather_objects(dataclasses.asdict(stats), dist)  # each process's own sums (losses, tokens)
     if settings.output_dir is None or not dist.is_main:
         return True
     now = dataclasses.replace(run, state=dataclasses.replace(run.state, num_updates=stats.updates))
-    partial = {"epoch": epoch, "stats": dataclasses.asdict(stats), "rng": rng}
+    partial = {"epoch": epoch, "stats": dataclasses.asdict(stats), "rng": rng, "rank_stats": rank_stats}
     save_checkpoint(
         checkpoint_state(now, epoch - 1, run.state.last_record, partial),
         settings.output_dir / "checkpoint.pth",
@@ -394,6 +412,7 @@ def _epoch_record(run: TrainingRun, epoch: int, stage: int | None, stats: EpochS
     parts, dist = run.parts, run.parts.dist
     loss_sum, images = all_reduce_sum([stats.loss_sum, stats.images], dist, dist.device)
     steps = all_reduce_sum([stats.steps], dist, dist.device)[0]
+    fed, full, token_steps = all_reduce_sum([stats.tokens_fed, stats.tokens_full, stats.token_steps], dist, dist.device)
     record = {
         "epoch": epoch,
         "train_lr": stats.lr,
@@ -401,8 +420,8 @@ def _epoch_record(run: TrainingRun, epoch: int, stage: int | None, stats: EpochS
         **evaluate_run(run),
         "toe_stage": stage,
         "token_reduction": parts.module.token_select.reduction if has_toe(parts.module) else None,
-        "toe_tokens": stats.tokens,
-        "full_tokens": full_token_count(parts.module),
+        "toe_tokens": mean_tokens(fed, int(token_steps)),
+        "full_tokens": mean_tokens(full, int(token_steps)),
         "train_compute_time": stats.compute_time,
         "train_memory_mb": mebibytes(stats.memory),
         "train_data_time": stats.data_time,
