@@ -349,3 +349,35 @@ def test_a_damaged_cell_log_is_named_and_the_cell_resumed_not_counted(tmp_path):
     assert "damaged log.txt" in report.describe_status("damaged", 0, 3)
     entry = report.collect_cell(tmp_path, report.Cell(3, "toe", 0), report.ShapeCache())
     assert entry["status"] == "damaged" and entry["epochs"] == [] and entry["totals"] is None
+
+
+def test_a_second_runner_leaves_a_cell_another_runner_trains_alone(tiny_data, tmp_path, capsys):
+    """Two study.py on one --out: a cell whose lock another process holds is left to it (no second training of
+    the same folder); the rest of the grid goes on."""
+    out = tmp_path / "study"
+    folder = out / "e3" / "baseline" / "seed0"
+    folder.mkdir(parents=True)
+    held = study.try_lock(folder)  # what the other runner's training process holds
+    assert held is not None
+    grid = ["--out", out, "--data", tiny_data, "--epochs", "3", "--seeds", "0", "--threads", "1"]
+    status, printed, _ = run_cli(study.main, [*grid, "--variants", "baseline", "toe", "--", *TINY_DEIT], capsys)
+    os.close(held)
+    assert status == 0, printed
+    assert "e3/baseline/seed0: being trained by another process, left alone" in printed
+    assert "1 cell(s) left to the other process training them: e3/baseline/seed0" in printed
+    assert not (folder / "log.txt").exists() and "e3/toe/seed0: done in" in printed
+
+
+def test_report_only_on_a_half_written_study(tmp_path, capsys):
+    """--report-only while cells are being written: an unfinished last log line is left out, the cell is
+    reported as partial."""
+    out = tmp_path / "study"
+    folder = out / "e3" / "toe" / "seed0"
+    folder.mkdir(parents=True)
+    record = {"epoch": 0, "train_compute_time": 1.0, "epoch_time": 1.5, "test_acc1": 12.0, "toe_tokens": 33}
+    (folder / "log.txt").write_text(json.dumps(record) + '\n{"epoch": 1, "train_comp')
+    status, printed, err = run_cli(study.main, ["--out", out, "--epochs", "3", "--seeds", "0", "--report-only"], capsys)
+    assert status == 0, err
+    cells = {c["cell"]: c for c in json.loads((out / "study.json").read_text())["cells"]}
+    assert (cells["e3/toe/seed0"]["status"], cells["e3/toe/seed0"]["epochs_finished"]) == ("partial", 1)
+    assert cells["e3/baseline/seed0"]["status"] == "new"
