@@ -9,10 +9,9 @@ PY_SOURCES := src tests benchmarks datasets ToE
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.txt
+$(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	$(BIN)/python tests/run_timm_model_tests.py --fetch
 	touch $(STAMP)

@@ -7,6 +7,9 @@ Public API::
     from toe.functional import select_tokens, merge_tokens, gather_tokens, random_tokens
 """
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
 from . import functional, models  # noqa: F401  (models: registers the LV-ViT family in timm's registry)
 from .functional import seed_positions
 from .integration import apply_toe, has_toe, remove_toe
@@ -27,4 +30,7 @@ __all__ = [
     "seed_positions",
     "functional",
 ]
-__version__ = "0.1.0"
+try:  # written once, in pyproject.toml
+    __version__ = _version("toe")
+except PackageNotFoundError:  # run from the source tree (PYTHONPATH=src) without installing
+    __version__ = "0+source"
