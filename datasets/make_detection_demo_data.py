@@ -3,10 +3,10 @@
     python datasets/make_detection_demo_data.py --out data/demo_coco     # 400 train + 100 val images
 
 Writes OUT/train2017/*.png, OUT/val2017/*.png and OUT/annotations/instances_{train,val}2017.json.
-Every image (56-80 px per side, so the patch grid varies) holds 1 to --max-objects (default 4) objects of
-five categories (ids 1-5: rectangle, ellipse, triangle, cross, ring), each --object-size (default 12 32)
-pixels per side, in random colours over a noisy background; each box is the object's exact extent. The
-same arguments always give the same bytes. Needs only numpy and Pillow.
+Every image (56-80 px per side, so the patch grid varies; --image-size N: N x N px) holds 1 to
+--max-objects (default 4) objects of five categories (ids 1-5: rectangle, ellipse, triangle, cross,
+ring), each --object-size (default 12 32) pixels per side, in random colours over a noisy background;
+each box is the object's exact extent. The same arguments always give the same bytes. Needs only numpy and Pillow.
 An existing complete output is kept; one made with other arguments stops the script.
 """
 
@@ -45,11 +45,16 @@ def _draw(draw: ImageDraw.ImageDraw, category: str, box: tuple[int, int, int, in
         draw.ellipse((x0, y0, x1 - 1, y1 - 1), outline=fill, width=max(2, min(x1 - x0, y1 - y0) // 5))
 
 
-def render(seed: int, max_objects: int = 4, object_size: tuple[int, int] = (12, 32)) -> tuple[Image.Image, list[dict]]:
-    """One image and its 1 to ``max_objects`` objects of ``object_size`` (smallest, largest side in pixels):
-    ``category_id`` 1-5, COCO ``bbox`` [x, y, w, h], ``area``."""
+def render(
+    seed: int, max_objects: int = 4, object_size: tuple[int, int] = (12, 32), image_size: int | None = None
+) -> tuple[Image.Image, list[dict]]:
+    """One image (``image_size`` px square, or 56-80 px per side when None) and its 1 to ``max_objects``
+    objects of ``object_size`` (smallest, largest side in pixels): ``category_id`` 1-5, COCO ``bbox``
+    [x, y, w, h], ``area``."""
     rng = np.random.default_rng(seed)
     width, height = (int(v) for v in rng.integers(56, 81, size=2))
+    if image_size is not None:
+        width = height = image_size
     image = Image.new("RGB", (width, height), _colour(rng, 0, 100))
     draw = ImageDraw.Draw(image)
     objects = []
@@ -70,6 +75,7 @@ def generate(
     seed: int = 0,
     max_objects: int = 4,
     object_size: tuple[int, int] = (12, 32),
+    image_size: int | None = None,
 ) -> int:
     """Write the dataset under ``out``; returns the number of images written (existing ones are kept).
 
@@ -78,6 +84,8 @@ def generate(
     settings = {"train_images": train_images, "val_images": val_images, "seed": seed}
     if (max_objects, tuple(object_size)) != (4, (12, 32)):  # folders made before these options stay valid
         settings |= {"max_objects": max_objects, "object_size": list(object_size)}
+    if image_size is not None:
+        settings["image_size"] = image_size
     manifest = out / "demo.json"
     if manifest.exists() and json.loads(manifest.read_text()) != settings:
         raise ValueError(
@@ -93,7 +101,7 @@ def generate(
         images, annotations = [], []
         for i in range(count):
             image_id = offset + i + 1
-            image, objects = render(seed * 10**7 + image_id, max_objects, object_size)
+            image, objects = render(seed * 10**7 + image_id, max_objects, object_size, image_size)
             name = f"{image_id:012d}.png"
             path = out / folder / name
             if not path.exists():
@@ -123,18 +131,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--object-size", type=int, nargs=2, default=[12, 32], metavar=("LOW", "HIGH"), help="side in px (12 32)"
     )
+    parser.add_argument(
+        "--image-size", type=int, default=None, metavar="N", help="square images of N px (default: 56-80 px per side)"
+    )
     args = parser.parse_args(argv)
     if args.train_images < 1 or args.val_images < 1:
         parser.error("--train-images and --val-images must be at least 1")
     if args.max_objects < 1:
         parser.error(f"--max-objects must be at least 1, got {args.max_objects}")
-    if not 2 <= args.object_size[0] <= args.object_size[1] <= 56:
+    if args.image_size is not None and not 8 <= args.image_size <= 1024:
+        parser.error(f"--image-size must be between 8 and 1024 px, got {args.image_size}")
+    smallest = 56 if args.image_size is None else args.image_size
+    if not 2 <= args.object_size[0] <= args.object_size[1] <= smallest:
         parser.error(
-            f"--object-size must satisfy 2 <= LOW <= HIGH <= 56 (the smallest image side), got {args.object_size}"
+            f"--object-size must satisfy 2 <= LOW <= HIGH <= {smallest} (the smallest image side), "
+            f"got {args.object_size}"
         )
     try:
         written = generate(
-            args.out, args.train_images, args.val_images, args.seed, args.max_objects, tuple(args.object_size)
+            args.out,
+            args.train_images,
+            args.val_images,
+            args.seed,
+            args.max_objects,
+            tuple(args.object_size),
+            args.image_size,
         )
     except ValueError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")

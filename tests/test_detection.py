@@ -18,7 +18,14 @@ from toe.detection.criterion import SetCriterion
 from toe.detection.evaluation import coco_metrics, detections
 from toe.detection.matcher import HungarianMatcher
 from toe.detection.model import YOLOS, create_backbone
-from toe.detection.transforms import crop, eval_transforms, hflip, resized_size, train_transforms
+from toe.detection.transforms import (
+    crop,
+    eval_transforms,
+    hflip,
+    resized_size,
+    single_scale_train_transforms,
+    train_transforms,
+)
 from toe.engine import load_weights
 from toe.options import UserError
 from toe.token_select import TokenSelect
@@ -210,6 +217,28 @@ def _reference_forward(model: YOLOS, images: torch.Tensor) -> tuple[torch.Tensor
     return b.norm(x)[:, -d:], index
 
 
+def test_sincos_position_embedding_start_replaces_only_the_patch_positions():
+    """--pos_embed_init sincos: the patch positions start as timm's 2-D sine-cosine embedding of the
+    init_pe_size grid (distinct per position, unlike a briefly trained one), still a trained parameter;
+    the class position comes from the backbone, the [DET] positions are drawn as before."""
+    from timm.layers import build_sincos2d_pos_embed
+
+    torch.manual_seed(0)
+    backbone = create_backbone("tiny", **TINY)
+    class_position = backbone.pos_embed[:, :1].detach().clone()
+    model = YOLOS(backbone, 6, 4, init_pe_size=(48, 64), pos_embed_init="sincos")
+    pos = model.backbone.pos_embed
+    assert pos.requires_grad and pos.shape == (1, 1 + 6 * 8 + 4, TINY["embed_dim"])
+    assert torch.equal(pos[0, 1:-4].detach(), build_sincos2d_pos_embed([6, 8], TINY["embed_dim"]))
+    assert torch.equal(pos[:, :1].detach(), class_position)
+    torch.manual_seed(0)
+    pretrained = tiny_yolos(mid=False)
+    assert torch.equal(pretrained.backbone.pos_embed[:, :1], pos[:, :1])
+    assert not torch.allclose(pretrained.backbone.pos_embed[:, 1:-4], pos[:, 1:-4])
+    with pytest.raises(ValueError, match="pos_embed_init must be one of pretrained, sincos"):
+        YOLOS(create_backbone("tiny", **TINY), 6, 4, init_pe_size=(48, 64), pos_embed_init="learned")
+
+
 @pytest.mark.parametrize("reduction", ["toe", "toe-drop", "random"])
 def test_toe_skips_det_tokens_and_gathers_mid_position_embeddings(reduction):
     model = tiny_yolos()
@@ -362,6 +391,32 @@ def test_resize_rounds_to_whole_patches_and_honours_max_size():
     assert resized_size(20, 20, 3, None, 8) == (8, 8)  # never below one patch
 
 
+def test_single_scale_training_resizes_like_evaluation_and_flips_boxes_with_the_image():
+    """--single-scale: every training image at the evaluation size (square images: one shape, no padding in
+    a batch), mirrored half of the time with its boxes."""
+    import random
+
+    from PIL import Image
+
+    image = Image.new("RGB", (80, 80))
+    target = {
+        "boxes": torch.tensor([[8.0, 16.0, 40.0, 48.0]]),
+        "labels": torch.tensor([1]),
+        "area": torch.tensor([1024.0]),
+        "size": torch.tensor([80, 80]),
+    }
+    transform = single_scale_train_transforms(64, 8)
+    seen = set()
+    random.seed(0)
+    for _ in range(20):
+        tensor, out = transform(image, target)
+        assert tensor.shape == (3, 64, 64) and out["size"].tolist() == [64, 64]
+        assert torch.allclose(out["area"], torch.tensor([1024.0 * 0.64]))
+        seen.add(tuple(round(v, 4) for v in out["boxes"][0].tolist()))
+    # normalised cx, cy, w, h: the box as it is (cx 0.3) and mirrored (cx 0.7)
+    assert seen == {(0.3, 0.4, 0.4, 0.4), (0.7, 0.4, 0.4, 0.4)}
+
+
 def test_flip_and_crop_move_boxes_with_the_image():
     from PIL import Image
 
@@ -481,6 +536,31 @@ def test_shapes_generator_is_deterministic_with_boxes_inside_the_images(shapes_c
         assert 0 <= x and 0 <= y and x + w <= width and y + h <= height and w >= 12 and h >= 12
     with pytest.raises(ValueError, match="other arguments"):
         generator.generate(again, train_images=5, val_images=6)
+
+
+def test_shapes_generator_makes_square_images_of_image_size(tmp_path, capsys):
+    """--image-size N: every image N x N px, the objects inside; sizes that cannot hold them are one line."""
+    import json
+
+    generator = detection_demo_generator()
+    out = tmp_path / "square"
+    generator.generate(out, train_images=6, val_images=2, max_objects=2, object_size=(24, 40), image_size=64)
+    annotations = json.loads((out / "annotations" / "instances_train2017.json").read_text())
+    assert {(image["width"], image["height"]) for image in annotations["images"]} == {(64, 64)}
+    assert all(
+        1 <= sum(a["image_id"] == i["id"] for a in annotations["annotations"]) <= 2 for i in annotations["images"]
+    )
+    for annotation in annotations["annotations"]:
+        x, y, w, h = annotation["bbox"]
+        assert 0 <= x and 0 <= y and x + w <= 64 and y + h <= 64 and 24 <= min(w, h) and max(w, h) <= 40
+    for flags, fragment in (
+        (["--image-size", "4"], "--image-size must be between 8 and 1024 px, got 4"),
+        (["--image-size", "32", "--object-size", "24", "40"], "2 <= LOW <= HIGH <= 32 (the smallest image side)"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            generator.main(["--out", str(tmp_path / "bad"), *flags])
+        assert stop.value.code == 2 and fragment in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 # ---------------------------------------------------------------- analytic cost

@@ -201,3 +201,33 @@ def test_damaged_or_repeated_records_are_named_not_counted(tiny_runs, tiny_data,
     flags = ["--epochs", "2", "--toe", "--expansion-step", "0", "1", "--keep-rate", "0.5", "1.0", "--auto-resume"]
     run_main(deit.main, [*TINY_DEIT, *flags, "--data-path", str(tiny_data), "--output_dir", str(run)])
     assert log.read_text().splitlines() == lines  # one record per epoch again, as the uninterrupted run wrote them
+
+
+def test_side_by_side_shows_each_runs_accuracy_compute_and_memory(tiny_runs, tmp_path, capsys):
+    """Classification runs: final and best top-1; detection runs: final AP50 and AP; compute time and its
+    ratio to the first run; a mix of the two kinds is one line."""
+    status, out, err = run_cli(toe_main, ["report", "--side-by-side", tiny_runs["baseline"], tiny_runs["toe"]], capsys)
+    assert status == 0, err
+    header, *rows = out.splitlines()
+    assert header.split()[2:4] == ["top-1", "best"]
+    for row, name in zip(rows, ("baseline", "toe")):
+        last, log = read_log(tiny_runs[name])[-1], read_log(tiny_runs[name])
+        compute = sum(r["train_compute_time"] for r in log)
+        assert row.split()[2:5] == [f"{last['test_acc1']:.2f}%", f"{last['best_test_acc1']:.2f}%", f"{compute:.1f}"]
+    base_compute = sum(r["train_compute_time"] for r in read_log(tiny_runs["baseline"]))
+    toe_compute = sum(r["train_compute_time"] for r in read_log(tiny_runs["toe"]))
+    assert rows[1].split()[5] == f"{base_compute / toe_compute:.2f}x" and rows[0].split()[5] == "1.00x"
+
+    detection = tmp_path / "detection"
+    detection.mkdir()
+    records = [
+        {"epoch": e, "train_loss": 3.0 - e, "train_compute_time": 2.0, "test_ap": 10.0 + e, "test_ap50": 30.0 + e}
+        for e in range(2)
+    ]
+    (detection / "log.txt").write_text("".join(json.dumps(r) + "\n" for r in records))
+    status, out, err = run_cli(toe_main, ["report", "--side-by-side", detection], capsys)
+    assert status == 0, err
+    header, row = out.splitlines()
+    assert header.split()[2:4] == ["AP50", "AP"] and row.split()[1:5] == ["off", "31.00%", "11.00%", "4.0"]
+    status, _, err = run_cli(toe_main, ["report", "--side-by-side", detection, tiny_runs["toe"]], capsys)
+    assert_one_line_error(status, err, "these mix detection and classification runs")

@@ -144,8 +144,9 @@ def test_resume_refuses_other_flags_and_eval_needs_weights(full_run, tiny_coco, 
 
 @pytest.mark.slow
 def test_demo_script_killed_and_resumed(tiny_coco, tmp_path):
-    """demo.sh on the tiny data with a tiny backbone checkpoint: killed in epoch 1, run again, it resumes
-    and ends with the report (stages, tokens, speedups, AP)."""
+    """demo.sh on the tiny data with a tiny backbone checkpoint: killed in epoch 1 of its ToE run, run again,
+    it resumes, trains the baseline, draws the ToE model's predictions and ends with the ToE run's report and
+    both runs side by side (AP50 and AP of each)."""
     import timm
 
     backbone = tmp_path / "deit.pth"
@@ -160,20 +161,30 @@ def test_demo_script_killed_and_resumed(tiny_coco, tmp_path):
         "DATA": str(tiny_coco),
         "BACKBONE": str(backbone),
         "OUTPUT": str(tmp_path / "demo"),
+        "EPOCHS": "3",
         "OMP_NUM_THREADS": "1",
     }
     demo = ROOT / "ToE/YOLOS/run/demo.sh"
-    command = ["bash", str(demo), "--epochs", "3", "--expansion-step", "0", "1", "2", "--batch_size", "4"]
+    command = ["bash", str(demo), "--batch_size", "4"]
     killed = subprocess.run(
         command, env={**env, "TOE_FAILPOINT": "train-step:6"}, capture_output=True, text=True, timeout=600
     )
     assert killed.returncode != 0
-    assert [r["epoch"] for r in read_log(tmp_path / "demo" / "yolos")] == [0]
+    assert [r["epoch"] for r in read_log(tmp_path / "demo" / "yolos_toe")] == [0]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "continuing at epoch 1" in done.stdout
-    assert [r["epoch"] for r in read_log(tmp_path / "demo" / "yolos")] == [0, 1, 2]
+    toe_log, baseline_log = (read_log(tmp_path / "demo" / name) for name in ("yolos_toe", "yolos"))
+    assert [r["toe_stage"] for r in toe_log] == [1, 2, 3] and [r["epoch"] for r in baseline_log] == [0, 1, 2]
+    assert all(r.get("toe_stage") is None for r in baseline_log)
     assert "speedup vs full-token" in done.stdout and "COCO box AP: final" in done.stdout
+    lines = done.stdout.splitlines()
+    side_by_side = lines[next(i for i, line in enumerate(lines) if line.startswith("run ") and "AP50" in line) :]
+    assert side_by_side[1].split()[1:3] == ["off", f"{baseline_log[-1]['test_ap50']:.2f}%"]
+    assert side_by_side[2].split()[1:3] == ["on", f"{toe_log[-1]['test_ap50']:.2f}%"]
+    assert (tmp_path / "demo" / "predictions.png").stat().st_size > 0
+    bad = subprocess.run(command, env={**env, "EPOCHS": "2"}, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "EPOCHS must be a whole number of at least 3" in bad.stderr
 
 
 @pytest.mark.slow

@@ -242,18 +242,30 @@ def format_report(output_dir: str | Path) -> str:
 
 
 def format_side_by_side(output_dirs: list[str | Path]) -> str:
-    """One line per run: final and best top-1, train compute time (and its ratio to the first run's), the
-    largest training memory of a step and its mean over the epochs (the CUDA peak, or on the CPU the
-    activations saved for backward; ``-`` where the log did not record it)."""
-    lines = [
-        f"{'run':<28} {'ToE':>4} {'top-1':>7} {'best':>7} {'compute s':>10} {'speedup':>8} "
-        f"{'memory MiB: peak':>16} {'mean':>6}"
-    ]
-    first_time = None
+    """One line per run: the final accuracy (classification: final and best top-1; detection: final COCO
+    AP50 and AP, in percent), train compute time (and its ratio to the first run's), the largest training
+    memory of a step and its mean over the epochs (the CUDA peak, or on the CPU the activations saved for
+    backward; ``-`` where the log did not record it)."""
+    runs = []
     for folder in output_dirs:
         records = read_epoch_records(Path(folder))
         if not records or any("train_compute_time" not in r for r in records):
             raise UserError(f"{folder} has no log.txt of this project's recipes")
+        runs.append((folder, records))
+    detection = ["test_ap50" in records[-1] for _, records in runs]
+    if any(detection) and not all(detection):
+        raise UserError("--side-by-side compares runs of one kind: these mix detection and classification runs")
+    metrics = (
+        (("AP50", "test_ap50"), ("AP", "test_ap"))
+        if detection[0]
+        else (("top-1", "test_acc1"), ("best", "best_test_acc1"))
+    )
+    lines = [
+        f"{'run':<28} {'ToE':>4} {metrics[0][0]:>7} {metrics[1][0]:>7} {'compute s':>10} {'speedup':>8} "
+        f"{'memory MiB: peak':>16} {'mean':>6}"
+    ]
+    first_time = None
+    for folder, records in runs:
         last = records[-1]
         compute = sum(r["train_compute_time"] for r in records)
         first_time = first_time or compute
@@ -261,9 +273,9 @@ def format_side_by_side(output_dirs: list[str | Path]) -> str:
         peak = f"{max(memory):.0f}" if memory else "-"
         mean = f"{sum(memory) / len(memory):.0f}" if memory else "-"
         toe = "on" if any(r.get("toe_stage") is not None for r in records) else "off"
+        values = " ".join(f"{last.get(key, float('nan')):>6.2f}%" for _, key in metrics)
         lines.append(
-            f"{str(folder)[-28:]:<28} {toe:>4} {last.get('test_acc1', float('nan')):>6.2f}% "
-            f"{last.get('best_test_acc1', float('nan')):>6.2f}% {compute:>10.1f} {first_time / compute:>7.2f}x "
+            f"{str(folder)[-28:]:<28} {toe:>4} {values} {compute:>10.1f} {first_time / compute:>7.2f}x "
             f"{peak:>16} {mean:>6}"
         )
     return "\n".join(lines)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed, trunc_normal_
+from timm.layers import build_sincos2d_pos_embed, resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -35,6 +35,8 @@ BACKBONES: dict[str, tuple[str, dict]] = {
     "base": ("deit_base_patch16_384", {}),
     "small_dWr": ("deit_small_patch16_224", {"img_size": 240, "embed_dim": 330, "depth": 14, "num_heads": 6}),
 }
+
+POS_EMBED_INITS = ("pretrained", "sincos")  # --pos_embed_init
 
 
 def create_backbone(name: str, **kwargs) -> VisionTransformer:
@@ -74,6 +76,10 @@ class YOLOS(nn.Module):
         init_pe_size: (H, W) in pixels of the grid the position embedding is stored at.
         mid_pe_size: (H, W) of the mid position embeddings' grid, or None for none.
         use_checkpoint: recompute the blocks in the backward pass (less memory, more time).
+        pos_embed_init: ``"pretrained"`` (upstream: the backbone's patch position embedding, interpolated
+            to ``init_pe_size``) or ``"sincos"`` (a fixed 2-D sine-cosine embedding of that grid as the
+            start, still trained: for a backbone whose position embedding carries no layout, such as a
+            small model pre-trained briefly on classification, which needs no positions).
 
     ToE: assign a :class:`TokenSelect` to ``token_select`` (None: off); the model calls it itself
     (``apply_toe`` is for plain ViTs), and the engine sets its stage. Since batches differ in size,
@@ -92,8 +98,11 @@ class YOLOS(nn.Module):
         init_pe_size: Sequence[int] = (800, 1344),
         mid_pe_size: Sequence[int] | None = None,
         use_checkpoint: bool = False,
+        pos_embed_init: str = "pretrained",
     ) -> None:
         super().__init__()
+        if pos_embed_init not in POS_EMBED_INITS:
+            raise ValueError(f"pos_embed_init must be one of {', '.join(POS_EMBED_INITS)}, got {pos_embed_init!r}")
         if backbone.num_prefix_tokens != 1 or not backbone.has_class_token:
             raise ValueError("YOLOS needs a backbone with exactly one class token (no distillation or register tokens)")
         self.backbone = backbone
@@ -106,9 +115,12 @@ class YOLOS(nn.Module):
 
         pretrain = backbone.pos_embed.detach()
         self.init_grid = self.grid_of(init_pe_size)
-        patches = resample_abs_pos_embed(
-            pretrain[:, 1:], list(self.init_grid), _square_grid(pretrain.shape[1] - 1), 0, antialias=False
-        )
+        if pos_embed_init == "sincos":
+            patches = build_sincos2d_pos_embed(list(self.init_grid), dim).to(pretrain.dtype).unsqueeze(0)
+        else:
+            patches = resample_abs_pos_embed(
+                pretrain[:, 1:], list(self.init_grid), _square_grid(pretrain.shape[1] - 1), 0, antialias=False
+            )
         det_pos = trunc_normal_(torch.zeros(1, det_token_num, dim), std=0.02)
         backbone.pos_embed = nn.Parameter(torch.cat((pretrain[:, :1], patches, det_pos), dim=1))
         backbone.det_token = nn.Parameter(trunc_normal_(torch.zeros(1, det_token_num, dim), std=0.02))

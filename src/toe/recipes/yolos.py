@@ -22,8 +22,8 @@ from ..detection.criterion import SetCriterion
 from ..detection.evaluation import DetectionEvaluation
 from ..detection.figure import predictions_figure
 from ..detection.matcher import HungarianMatcher
-from ..detection.model import BACKBONES, YOLOS, create_backbone
-from ..detection.transforms import eval_transforms, train_transforms
+from ..detection.model import BACKBONES, POS_EMBED_INITS, YOLOS, create_backbone
+from ..detection.transforms import eval_transforms, single_scale_train_transforms, train_transforms
 from ..engine import LRSchedule, RunLogger, evaluate_run, find_checkpoint, init_distributed, load_weights
 from ..engine.distributed import cleanup
 from ..errors import UserError
@@ -94,6 +94,14 @@ def build_parser() -> ArgumentParser:
         metavar="H W",
         help="mid position embeddings' grid (default: none)",
     )
+    g.add_argument(
+        "--pos_embed_init",
+        default="pretrained",
+        choices=POS_EMBED_INITS,
+        help="start of the patch position embedding: the backbone's, interpolated to --init_pe_size "
+        "(default, upstream), or a 2-D sine-cosine one of that grid, for a backbone whose position "
+        "embedding learned no layout (the demo's; not upstream)",
+    )
 
     g = p.add_argument_group("matcher and loss")
     g.add_argument("--set_cost_class", default=1, type=non_negative, help="class weight in the matching cost")
@@ -112,6 +120,12 @@ def build_parser() -> ArgumentParser:
         type=float,
         default=1.0,
         help="multiply every pixel size of the training augmentation (scales, crop sizes) by this, for small images",
+    )
+    g.add_argument(
+        "--single-scale",
+        action="store_true",
+        help="train at --eval_size (random horizontal flip only), not with DETR's multi-scale resize and crop: "
+        "for tiny data, where the padding of mixed sizes in a batch hides where each image ends (not upstream)",
     )
     g.add_argument("--output_dir", default="", help="where to save checkpoints and logs (nothing saved if empty)")
     g.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
@@ -170,6 +184,8 @@ def check_args(args: argparse.Namespace) -> None:
     )
     if not args.aug_scale > 0:
         raise UserError(f"--aug-scale must be positive, got {args.aug_scale}")
+    if args.single_scale and args.aug_scale != 1.0:
+        raise UserError("--aug-scale scales the multi-scale augmentation, which --single-scale turns off: give one")
     if not args.coco_path:
         raise UserError("--coco_path is required: a COCO-layout folder (train2017/, val2017/, annotations/)")
     if not Path(args.coco_path).is_dir():
@@ -203,7 +219,13 @@ def build_model(
             raise UserError(f"{flag} {size[0]} {size[1]} is smaller than one {patch[0]} px patch")
     try:
         model = YOLOS(
-            backbone, num_classes, args.det_token_num, args.init_pe_size, args.mid_pe_size, args.use_checkpoint
+            backbone,
+            num_classes,
+            args.det_token_num,
+            args.init_pe_size,
+            args.mid_pe_size,
+            args.use_checkpoint,
+            args.pos_embed_init,
         )
     except ValueError as error:
         raise UserError(f"--backbone_name {args.backbone_name}: {error}") from None
@@ -216,7 +238,10 @@ def build_datasets(args: argparse.Namespace, patch_size: int, train: bool = True
     val_set = build_coco_split(args.coco_path, "val", eval_transforms(args.eval_size, patch_size))
     train_set = None
     if train:
-        transforms = train_transforms(args.backbone_name, patch_size, args.aug_scale)
+        if args.single_scale:
+            transforms = single_scale_train_transforms(args.eval_size, patch_size)
+        else:
+            transforms = train_transforms(args.backbone_name, patch_size, args.aug_scale)
         train_set = build_coco_split(args.coco_path, "train", transforms)
     num_classes = num_classes_of(train_set.coco if train_set is not None else val_set.coco)
     return train_set, val_set, num_classes
