@@ -217,6 +217,20 @@ def _reference_forward(model: YOLOS, images: torch.Tensor) -> tuple[torch.Tensor
     return b.norm(x)[:, -d:], index
 
 
+def test_a_square_grid_with_the_stored_token_count_is_still_resampled():
+    """Stored at a 4 x 9 grid, a batch at 6 x 6 (also 36 patches) gets the interpolated embedding, not the
+    stored one in the wrong layout. timm before 1.0.29 skipped this case (pyproject.toml requires 1.0.29)."""
+    torch.manual_seed(0)
+    model = YOLOS(create_backbone("tiny", **TINY), 6, 4, init_pe_size=(32, 72))
+    assert model.init_grid == (4, 9)
+    pos = model.backbone.pos_embed.detach()
+    patches = pos[:, 1:-4].transpose(1, 2).reshape(1, -1, 4, 9)
+    patches = F.interpolate(patches, size=(6, 6), mode="bicubic", align_corners=False).flatten(2).transpose(1, 2)
+    got = model.position_embedding((6, 6))
+    assert torch.allclose(got, torch.cat((pos[:, :1], patches, pos[:, -4:]), 1), atol=1e-6)
+    assert not torch.allclose(got, pos, atol=1e-3)
+
+
 def test_sincos_position_embedding_start_replaces_only_the_patch_positions():
     """--pos_embed_init sincos: the patch positions start as timm's 2-D sine-cosine embedding of the
     init_pe_size grid (distinct per position, unlike a briefly trained one), still a trained parameter;

@@ -172,3 +172,30 @@ def test_a_full_disk_while_training_is_one_line_and_the_run_continues_later(
     status, _, err = run_cli(deit.main, [*argv, "--auto-resume"], capsys)
     assert status == 0, err
     assert [json.loads(line)["epoch"] for line in (output / "log.txt").read_text().splitlines()] == [0, 1]
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_is_held_until_the_write_is_whole(
+    tiny_data, tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C arrives inside torch.save (while epoch 1's checkpoint is being pickled): the write finishes,
+    then the run ends with "interrupted" and 130, no traceback; every file is whole (the epoch-1 checkpoint in
+    place, epoch 0's kept as -prev) and --auto-resume finishes the run."""
+    real_save = torch.save
+
+    def save(obj, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("epoch") == 1 and "optimizer" in obj:
+            os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler at its next instruction, inside the save
+        return real_save(obj, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    output = tmp_path / "out"
+    argv = [*FLAGS, "--data-path", tiny_data, "--output_dir", output]
+    status, _, err = run_cli(deit.main, argv, capsys)
+    monkeypatch.undo()
+    assert (status, err) == (130, "interrupted\n")
+    assert torch.load(output / "checkpoint.pth", weights_only=True)["epoch"] == 1
+    assert torch.load(output / "checkpoint-prev.pth", weights_only=True)["epoch"] == 0
+    assert not list(output.glob(".*.tmp-*"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    status, _, err = run_cli(deit.main, [*argv, "--auto-resume"], capsys)
+    assert status == 0, err

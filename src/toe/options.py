@@ -11,6 +11,7 @@ import argparse
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
@@ -38,35 +39,56 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
     for a requeue. The run folders the command locked are released at its end (in-process callers run
     several commands)."""
     try:
-        main(argv)
-    except UserError as error:
-        sys.stderr.write(f"error: {error}\n")
-        sys.exit(2)
-    except torch.OutOfMemoryError:
-        sys.stderr.write(
-            "error: out of memory: use a smaller batch per process (with more gradient accumulation to keep "
-            "the effective batch, e.g. --batch-size and --accum-iter) or bf16 autocast (--amp-dtype bf16)\n"
-        )
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.exit(130)
-    except RuntimeError as error:
-        if not _lost_a_peer(error):
-            raise
-        rank = os.environ.get("RANK", "?")
-        detail = str(error).splitlines()[0].split("] ", 1)[-1][:160]
-        sys.stderr.write(
-            f"error: process {rank} lost another process of this torchrun job ({detail}); the checkpoints written "
-            "before are kept: look at the other process's output, then restart with --auto-resume (torchrun "
-            "--max-restarts N restarts the processes by itself)\n"
-        )
-        sys.exit(1)
-    except Preempted as stop:
-        sys.stderr.write(f"stopped: {stop}\n")
-        sys.exit(REQUEUE_STATUS)
+        status = _status_of(main, argv)
     finally:
         release_run_folders()
+    if status:
+        sys.exit(status)
+
+
+def _status_of(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None) -> int:
+    """Run ``main``; 0, or the exit status of the error it ended with (its one line written to stderr).
+
+    The failed call's frames are cleared before returning, so that a DataLoader iterator in them shuts its
+    workers down at once; kept alive until interpreter exit, its workers were killed there and torch's
+    SIGCHLD handler printed an "Exception ignored in atexit callback" traceback after the error line."""
+    try:
+        main(argv)
+    except (UserError, KeyboardInterrupt, Preempted, RuntimeError) as error:
+        explained = _explain(error)
+        if explained is None:
+            raise
+        traceback.clear_frames(error.__traceback__)
+        message, status = explained
+        sys.stderr.write(message + "\n")
+        return status
+    return 0
+
+
+def _explain(error: BaseException) -> tuple[str, int] | None:
+    """The line and exit status for an error a user can act on; None for a bug (its traceback is shown)."""
+    if isinstance(error, UserError):
+        return f"error: {error}", 2
+    if isinstance(error, torch.OutOfMemoryError):
+        return (
+            "error: out of memory: use a smaller batch per process (with more gradient accumulation to keep "
+            "the effective batch, e.g. --batch-size and --accum-iter) or bf16 autocast (--amp-dtype bf16)",
+            2,
+        )
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted", 130
+    if isinstance(error, Preempted):
+        return f"stopped: {error}", REQUEUE_STATUS
+    if isinstance(error, RuntimeError) and _lost_a_peer(error):
+        rank = os.environ.get("RANK", "?")
+        detail = str(error).splitlines()[0].split("] ", 1)[-1][:160]
+        return (
+            f"error: process {rank} lost another process of this torchrun job ({detail}); the checkpoints written "
+            "before are kept: look at the other process's output, then restart with --auto-resume (torchrun "
+            "--max-restarts N restarts the processes by itself)",
+            1,
+        )
+    return None
 
 
 def _lost_a_peer(error: RuntimeError) -> bool:

@@ -3,8 +3,9 @@
 A checkpoint is a dict written with ``torch.save`` to a temporary file in the same folder, flushed to
 disk and renamed over the target, so a reader never sees half a file. With ``keep_previous`` the file
 it replaces is first renamed to ``<name>-prev.pth``, so a checkpoint damaged later (a bad copy, a
-full disk elsewhere) still leaves the one before it. It holds only plain data (state_dicts, numbers,
-strings), so it loads with ``weights_only=True``.
+full disk elsewhere) still leaves the one before it. Ctrl-C during a write is held until the write is
+done (then raised as usual), so an interrupt never leaves a write half made. It holds only plain data
+(state_dicts, numbers, strings), so it loads with ``weights_only=True``.
 
 Files of the upstream projects load too: DeiT, the ToE reference repo and EfficientTrain save their flags as
 an ``argparse.Namespace`` (the one type besides plain data that ``weights_only`` loading is allowed here);
@@ -15,8 +16,12 @@ bare state_dict, and its LV-ViT stem keys are renamed to ours (:func:`toe.models
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
+import threading
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -44,6 +49,32 @@ def save_checkpoint(state: dict, path: str | Path, keep_previous: bool = False) 
     that fails (full disk, read-only file system) is a :class:`UserError`; the file it would replace stays."""
     path = Path(path)
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with _ctrl_c_held():
+        _write_atomically(state, path, temp, keep_previous)
+    _fsync_folder(path.parent)
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold SIGINT (Ctrl-C) until the block is done, then act on it as the handler in place would have
+    (KeyboardInterrupt by default). Only the main thread can change signal handlers: elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
+def _write_atomically(state: dict, path: Path, temp: Path, keep_previous: bool) -> None:
     try:
         with open(temp, "wb") as handle:
             torch.save({"format": FORMAT, **state}, handle)
@@ -61,7 +92,6 @@ def save_checkpoint(state: dict, path: str | Path, keep_previous: bool = False) 
         ) from None
     finally:
         temp.unlink(missing_ok=True)
-    _fsync_folder(path.parent)
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
