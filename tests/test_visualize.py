@@ -207,3 +207,22 @@ def test_visualize_mistakes_are_one_line(argv, fragments, files, tiny_runs, caps
     argv = [a.format(files=files, run=tiny_runs["toe"] / "checkpoint.pth") for a in argv]
     status, _, err = run_cli(toe_main, ["visualize", *argv], capsys)
     assert_one_line_error(status, err, *fragments)
+
+
+def test_visualize_refuses_a_checkpoint_whose_weights_are_not_finite(tiny_runs, tmp_path, capsys):
+    """A diverged run's checkpoint (NaN weights) is named with its first broken tensor, nothing drawn."""
+    state = torch.load(tiny_runs["toe"] / "checkpoint.pth", weights_only=True)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point() and k.startswith("blocks.0"))
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    broken = tmp_path / "diverged.pth"
+    torch.save(state, broken)
+    out = tmp_path / "grid.png"
+    status, _, err = run_cli(toe_main, ["visualize", "--checkpoint", broken, "--out", out], capsys)
+    assert_one_line_error(status, err, f"--checkpoint {broken}: its model weights hold NaN or infinite values ({name}")
+    assert not out.exists()
+    image = tmp_path / "image.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    status, _, err = run_cli(
+        toe_main, ["visualize", "--checkpoint", broken, "--ema", "--image", image, "--out", out], capsys
+    )
+    assert status == 0, err  # the EMA weights are whole

@@ -122,6 +122,16 @@ def model_from_checkpoint(
     if not isinstance(state.get(key), dict):
         raise UserError(f"{flag} {path} holds no EMA weights (trained with --no-model-ema); leave out --ema")
     weights = state[key]
+    broken = next(
+        (
+            name
+            for name, t in weights.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.isfinite().all()
+        ),
+        None,
+    )
+    if broken is not None:
+        raise UserError(f"{flag} {path}: its {key} weights hold NaN or infinite values ({broken}; a diverged run?)")
     head = weights.get("head.weight")
     model = build_model(args, num_classes=head.shape[0] if isinstance(head, torch.Tensor) else 0)
     try:
