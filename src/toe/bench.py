@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import torch
 from matplotlib.figure import Figure
@@ -106,7 +107,7 @@ def bench_main(args: argparse.Namespace) -> list[Variant]:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {args.device} was asked for but this machine has no CUDA device")
-    select = token_select_from_args(args)
+    select = cast(TokenSelect, token_select_from_args(args))  # ToE always on (toe bench): never None
     schedule = select.schedule
     torch.manual_seed(0)
     plain = create_model(args.model, 1000, img_size=args.input_size, **parse_model_kwargs(args.model_kwargs))
@@ -128,7 +129,7 @@ def bench_main(args: argparse.Namespace) -> list[Variant]:
     try:
         plain_trainer = _Trainer(plain, device, dtype, args)
         toe_trainer = _Trainer(with_toe, device, dtype, args)
-        steps = {
+        steps: dict[str, Callable[[], float]] = {
             v.name: plain_trainer.step if v.stage is None else partial(toe_trainer.step, v.stage) for v in variants
         }
         measure(variants, steps, args.batch_size, args.warmup, args.rounds)

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import cast
 
 from .errors import UserError
 from .options import ArgumentParser, add_toe_arguments, check_at_least, flag_names, run_main, token_select_from_args
 from .schedule import REDUCTIONS
+from .token_select import TokenSelect
 
 
 def _build_flops_model(args: argparse.Namespace):
@@ -31,6 +33,7 @@ def _build_flops_model(args: argparse.Namespace):
     )
     if args.mlp_ratio <= 0:
         raise UserError(f"--mlp-ratio must be above 0, got {args.mlp_ratio}")
+    model: torch.nn.Module
     with torch.device("meta"):
         if args.embed_dim is not None:
             if args.model_kwargs:
@@ -93,7 +96,7 @@ def _yolos_flops(args: argparse.Namespace):
             raise UserError(f"--input-size {height} {width} is smaller than one {patch[0]} px patch")
         model = YOLOS(backbone, args.num_classes, args.det_token_num, (height, width))
     shape = yolos_shape(model, height, width)
-    selector = token_select_from_args(args)
+    selector = cast(TokenSelect, token_select_from_args(args))  # ToE always on (toe flops): never None
     try:
         selector.token_counts(shape.num_patches)
     except ValueError as error:

@@ -51,13 +51,14 @@ class StageCost:
         return self.end_epoch - self.first_epoch
 
 
-def block_macs(embed_dim: int, mlp_ratio: float, tokens: int) -> float:
+def block_macs(embed_dim: int, mlp_ratio: float, tokens: float) -> float:
     """MACs of one pre-norm transformer block on ``tokens`` tokens."""
     return (4 + 2 * mlp_ratio) * tokens * embed_dim**2 + 2 * tokens**2 * embed_dim
 
 
-def forward_macs(shape: ViTShape, kept: int | None = None) -> float:
-    """MACs of one image's forward with ``kept`` patch tokens after block 0 (None = all)."""
+def forward_macs(shape: ViTShape, kept: float | None = None) -> float:
+    """MACs of one image's forward with ``kept`` patch tokens after block 0 (None = all; an epoch's mean may
+    be a fraction)."""
     full = shape.num_prefix_tokens + shape.num_patches + shape.num_extra_tokens
     reduced = shape.num_prefix_tokens + (shape.num_patches if kept is None else kept) + shape.num_extra_tokens
     blocks = block_macs(shape.embed_dim, shape.mlp_ratio, full)

@@ -41,7 +41,7 @@ class StageRow:
 
 def stage_rows(records: list[dict]) -> list[StageRow]:
     """Group epoch records by (input size, ToE stage), in order of appearance."""
-    groups: dict[object, list[dict]] = {}
+    groups: dict[tuple[int | None, int | None], list[dict]] = {}  # by (input size, stage)
     for record in records:
         groups.setdefault((record.get("input_size"), record.get("toe_stage")), []).append(record)
     rows = []
@@ -173,9 +173,9 @@ def format_report(output_dir: str | Path) -> str:
     for row, measured in zip(rows, speedups):
         shape = shapes[row.input_size]
         analytic = None if shape is None else analytic_speedup(shape, row.tokens, row.full_tokens)
-        size = f"{row.input_size if row.input_size is not None else '-':>5}  " if show_size else ""
+        size_cell = f"{row.input_size if row.input_size is not None else '-':>5}  " if show_size else ""
         lines.append(
-            f"{size}{'-' if row.stage is None else row.stage:>5}  {f'{row.first_epoch}-{row.last_epoch}':>9}  "
+            f"{size_cell}{'-' if row.stage is None else row.stage:>5}  {f'{row.first_epoch}-{row.last_epoch}':>9}  "
             f"{_patch_tokens(row.tokens, row.full_tokens, shape):>14}  {row.compute_time:>15.2f}  "
             f"{row.images_per_sec:>9.1f}  {_times(measured):>10}  {_times(analytic):>9}"
         )

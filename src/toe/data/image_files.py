@@ -30,7 +30,7 @@ FINGERPRINT_BYTES = 1 << 16
 def read_rgb(path: str | Path) -> Image.Image:
     """The image at ``path`` as an 8-bit RGB PIL image (16-bit greyscale scaled by 255/65535)."""
     with open(path, "rb") as handle:
-        image = Image.open(handle)
+        image: Image.Image = Image.open(handle)
         if image.mode in _SIXTEEN_BIT_MODES:
             values = np.asarray(image, dtype=np.float64)
             image = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
@@ -135,7 +135,7 @@ def dataset_identity(dataset) -> dict:
     class folders (``samples``, ``classes``, ``root``), :func:`data_fingerprint` (paths taken below the root,
     so that the same images mounted elsewhere agree)."""
     classes = list(getattr(dataset, "classes", []))
-    identity = {"images": len(dataset), "classes": len(classes)}
+    identity: dict[str, int | str] = {"images": len(dataset), "classes": len(classes)}
     samples, root = getattr(dataset, "samples", None), getattr(dataset, "root", None)
     if samples is not None and root is not None:
         identity["fingerprint"] = data_fingerprint(classes, samples, root)

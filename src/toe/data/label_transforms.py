@@ -38,7 +38,9 @@ SPATIAL_OPS = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "Transl
 class RandomResizedCropWithBox(RandomResizedCropAndInterpolation):
     """timm's random resized crop that also narrows ``box`` to the cropped region."""
 
-    def __call__(self, img: Image.Image, label_map: torch.Tensor, box: Box) -> tuple[Image.Image, torch.Tensor, Box]:
+    def __call__(  # type: ignore[override]  # timm's takes the image alone; this one the label map and box too
+        self, img: Image.Image, label_map: torch.Tensor, box: Box
+    ) -> tuple[Image.Image, torch.Tensor, Box]:
         top, left, height, width = self.get_params(img, self.scale, self.ratio)
         interpolation = self.interpolation
         if isinstance(interpolation, (tuple, list)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from timm.data.distributed_sampler import RepeatAugSampler
@@ -32,6 +33,7 @@ def build_train_loader(
     next readable image and counted (see :func:`skipped_images`). ``collate_fn``: how samples form a
     batch (default: torch's stacking; e.g. padding with masks for images of different sizes).
     """
+    base: RepeatAugSampler | DistributedSampler | EpochRandomSampler
     if dist.enabled and repeated_aug:
         base = RepeatAugSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True)
     elif dist.enabled:
@@ -67,6 +69,7 @@ def build_eval_loader(
     collate_fn: Callable | None = None,
 ) -> DataLoader:
     """Batches in order; with ``dist_eval`` each process evaluates a shard (padded to equal size)."""
+    sampler: DistributedSampler | SequentialSampler
     if dist.enabled and dist_eval:
         sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=False)
     else:
@@ -86,7 +89,7 @@ def build_eval_loader(
 
 def skipped_images(loader: DataLoader) -> int:
     """How many unreadable images the loader's dataset replaced so far (``--skip-corrupt``)."""
-    dataset = loader.dataset
+    dataset: Any = loader.dataset  # a wrapper of a wrapper ... of the GuardedDataset
     while not isinstance(dataset, GuardedDataset):
         dataset = dataset.dataset
     return dataset.skipped

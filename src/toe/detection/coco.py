@@ -85,9 +85,12 @@ def check_annotations(dataset: dict, where: str) -> int:
                 f"({', '.join(map(str, sorted(category_ids)[:10]))}{', ...' if len(category_ids) > 10 else ''})"
             )
         box = annotation.get("bbox")
-        numbers = isinstance(box, list) and len(box) == 4
-        numbers = numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
-        if not numbers or not all(math.isfinite(v) for v in box):
+        if not (
+            isinstance(box, list)
+            and len(box) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+            and all(math.isfinite(v) for v in box)
+        ):
             raise UserError(f"{where}: {name} has bbox {box!r}; expected [x, y, width, height], 4 finite numbers")
         if box[2] < 0 or box[3] < 0:
             raise UserError(f"{where}: {name} has bbox {box!r} with a negative width or height")

@@ -33,6 +33,8 @@ class SetCriterion(nn.Module):
         ce_coef, bbox_coef, giou_coef: weights of the three losses in ``loss``.
     """
 
+    class_weight: torch.Tensor  # a buffer
+
     def __init__(
         self,
         num_classes: int,

@@ -47,7 +47,7 @@ def detections(outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.T
     boxes = xyxy_to_coco(denormalize_cxcywh(outputs["pred_boxes"].float(), sizes).flatten(0, 1)).view(
         scores.shape + (4,)
     )
-    results = []
+    results: list[dict] = []
     for target, image_scores, image_labels, image_boxes in zip(targets, scores.cpu(), labels.cpu(), boxes.cpu()):
         image_id = int(target["image_id"])
         results.extend(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -47,9 +48,10 @@ def create_backbone(name: str, **kwargs) -> VisionTransformer:
     if name not in BACKBONES:
         raise ValueError(f"backbone_name must be one of {', '.join(BACKBONES)}, got {name!r}")
     model_name, defaults = BACKBONES[name]
-    return timm.create_model(
+    model = timm.create_model(
         model_name, pretrained=False, num_classes=0, dynamic_img_size=True, **{**defaults, **kwargs}
     )
+    return cast(VisionTransformer, model)  # a DeiT
 
 
 class MLP(nn.Module):

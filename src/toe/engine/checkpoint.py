@@ -21,8 +21,9 @@ import os
 import signal
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeGuard, cast
 
 import torch
 
@@ -31,7 +32,7 @@ from ..models.lvvit import rename_upstream_keys
 from .failpoints import failpoint
 
 # the types upstream checkpoints hold besides plain data: their flags (DeiT, ToE reference, EfficientTrain, timm)
-UPSTREAM_SAFE_GLOBALS = [argparse.Namespace]
+UPSTREAM_SAFE_GLOBALS: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [argparse.Namespace]
 # timm's CheckpointSaver (TokenLabeling) -> our names
 TIMM_SAVER_KEYS = {"state_dict": "model", "state_dict_ema": "model_ema", "amp_scaler": "scaler"}
 
@@ -189,7 +190,7 @@ def check_position(state: dict, source: str) -> None:
             raise UserError(f"{source} holds a damaged mid-epoch record (epoch {epoch}, part {partial!r:.80})")
 
 
-def _whole(value) -> bool:
+def _whole(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -200,6 +201,7 @@ def load_weights(path: str | Path, flag: str) -> dict:
     source = str(path)
     if source.endswith(".safetensors") and not source.startswith(("https://", "http://")):
         return _load_safetensors(Path(source), flag)
+    state: dict | None
     if source.startswith(("https://", "http://")):
         try:
             with torch.serialization.safe_globals(UPSTREAM_SAFE_GLOBALS):
@@ -233,7 +235,7 @@ def _load_safetensors(file: Path, flag: str) -> dict[str, torch.Tensor]:
         raise UserError(f"{flag} {file} is not a readable weights file ({type(error).__name__})") from None
     if not state:
         raise UserError(f"{flag} {file} does not hold model weights")
-    return as_our_layout(state)["model"]
+    return cast(dict, as_our_layout(state))["model"]  # a state_dict of tensors: never None
 
 
 def _is_state_dict(value: object) -> bool:

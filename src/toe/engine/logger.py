@@ -71,7 +71,7 @@ class RunLogger:
 def read_log(output_dir: Path) -> list[dict]:
     """The epoch records of a run's log.txt: its lines that are JSON objects (a torn last line, or a file
     that is not a log at all, gives fewer or none)."""
-    records = []
+    records: list[dict] = []
     path = Path(output_dir) / "log.txt"
     if not path.is_file():
         return records
@@ -103,7 +103,7 @@ def read_epoch_records(output_dir: Path) -> list[dict]:
     seen: dict[int, int] = {}
     for number, record in enumerate(parsed, start=1):
         epoch = record["epoch"] if record else None
-        if epoch is None:
+        if record is None or epoch is None:
             if number == len(lines) and not data.endswith(b"\n"):
                 break  # being written
             raise UserError(f"{path} line {number} is damaged (not an epoch record): repair or remove that line")

@@ -146,7 +146,8 @@ def train_one_epoch(
             samples, targets = hooks.mixup(samples, targets)
         counted = None
         update = (step + 1) % accum_steps == 0 or step + 1 == total_steps
-        sync = contextlib.nullcontext() if update or not hasattr(model, "no_sync") else model.no_sync()
+        no_sync = getattr(model, "no_sync", None)  # DistributedDataParallel's
+        sync = contextlib.nullcontext() if update or no_sync is None else no_sync()
         measured = meter.measure() if meter is not None and step == first_step else contextlib.nullcontext()
         with sync:
             with precision.autocast(), measured:

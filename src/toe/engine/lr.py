@@ -42,7 +42,7 @@ class LRSchedule:
     def start(self, epoch: int, num_updates: int, done_in_epoch: int = 0) -> None:
         """Training (re)starts at ``epoch`` with ``done_in_epoch`` of its updates already made (a mid-epoch
         checkpoint) and ``num_updates`` updates made so far: place a per-update schedule there."""
-        if not self.per_update:
+        if self.updates_per_epoch is None:  # not per_update
             return
         position = epoch * self.updates_per_epoch + done_in_epoch
         self.origin = position - num_updates

@@ -21,6 +21,9 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, cast
 
 import torch
 import torch.distributed as torch_dist
@@ -42,8 +45,8 @@ class PreemptionWatch:
     def __init__(self, dist: DistInfo) -> None:
         self.dist = dist
         self.signal_name: str | None = None
-        self._previous: dict[int, object] = {}
-        self._group = None
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
+        self._group: torch_dist.ProcessGroup | None = None
 
     def __enter__(self) -> PreemptionWatch:
         if threading.current_thread() is threading.main_thread():
@@ -51,7 +54,10 @@ class PreemptionWatch:
                 self._previous[number] = signal.signal(number, self._note)
         if self.dist.enabled:
             cpu_collectives = torch_dist.get_backend() == "gloo"
-            self._group = None if cpu_collectives else torch_dist.new_group(backend="gloo")
+            # every process is a member of the group: new_group gives it, not NON_GROUP_MEMBER
+            self._group = (
+                None if cpu_collectives else cast(torch_dist.ProcessGroup, torch_dist.new_group(backend="gloo"))
+            )
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -8,6 +8,7 @@ The captured states are converted to tensors, ints and lists so that checkpoints
 from __future__ import annotations
 
 import random
+from typing import cast
 
 import numpy as np
 import torch
@@ -15,7 +16,8 @@ import torch
 
 def capture_rng() -> dict:
     """The states of torch (CPU and CUDA), numpy and Python's ``random``."""
-    name, keys, position, has_gauss, cached = np.random.get_state()
+    # the legacy tuple (numpy's type information also allows the dict of get_state(legacy=False))
+    name, keys, position, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),

@@ -232,7 +232,8 @@ class LVViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.return_dense and self.training and not torch.jit.is_scripting():
-            return self.forward_dense(x)
+            # a tuple, in training with return_dense only; the annotation stays Tensor, TorchScript's view
+            return self.forward_dense(x)  # type: ignore[return-value]
         return self.forward_head(self.forward_features(x))
 
     @torch.jit.unused
