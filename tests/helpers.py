@@ -1,9 +1,12 @@
-"""Shared test helpers: the tiny model (and its flags), running a command in-process, reading checkpoints."""
+"""Shared test helpers: the tiny model (and its flags), running a command in-process, reading checkpoints and
+logs, a free port, run scripts with a recording stub."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
+import socket
 import struct
 import zlib
 from collections.abc import Iterator
@@ -118,6 +121,19 @@ def killed_before_epoch(epoch: int) -> Iterator[None]:
 
 def load_model_state(path: Path, key: str = "model") -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)[key]
+
+
+def read_log(output: Path) -> list[dict]:
+    """The records of the run in ``output``: its log.txt, every line one JSON object (strict, unlike
+    toe.engine.read_log, which skips a torn line)."""
+    return [json.loads(line) for line in (Path(output) / "log.txt").read_text().splitlines()]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (torchrun's --master_port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def demo_generator():

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import ROOT, demo_generator  # noqa: E402
+from helpers import ROOT, demo_generator, free_port  # noqa: E402
 from test_distributed import LAYOUT_FREE as DEIT_LAYOUT_FREE  # noqa: E402
 from test_distributed import TINY_DEIT  # noqa: E402
 from test_efficienttrain_distributed import COMMON as ET_COMMON  # noqa: E402
@@ -46,12 +45,6 @@ CODE_PATHS = {
     "ATen AVX2, oneDNN AVX2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
     "ATen default": {"ATEN_CPU_CAPABILITY": "default"},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(script: Path, *argv) -> list:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ from helpers import (
     assert_one_line_error,
     killed_before_epoch,
     load_model_state,
+    read_log,
     run_cli,
     tiny_vit,
 )
@@ -25,10 +25,6 @@ from toe.recipes.common import load_finetune_weights
 
 def deit_run(capsys, tiny_data, output, *extra):
     return run_cli(deit.main, [*TINY_DEIT, "--data-path", tiny_data, "--output_dir", output, *extra], capsys)
-
-
-def read_log(output):
-    return [json.loads(line) for line in (output / "log.txt").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import LAYOUT_NOISE, ROOT, TINY_DEIT, load_model_state
+from helpers import LAYOUT_NOISE, ROOT, TINY_DEIT, free_port, load_model_state, read_log
 
 from toe.options import run_main
 from toe.recipes import deit
@@ -31,12 +29,6 @@ LAYOUT_FREE = [
     "--seed",
     "5",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -74,7 +66,7 @@ def test_two_process_ddp_matches_one_process(tiny_data, tmp_path):
         env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((two / "log.txt").read_text().splitlines()[-1])
+    record = read_log(two)[-1]
     assert record["replicas_in_sync"] is True  # both ranks ended with identical weights
     assert record["train_images"] == 80 and record["toe_tokens"] == 33
     assert len(list((two / "tensorboard").iterdir())) == 1  # only rank 0 writes files
@@ -83,5 +75,5 @@ def test_two_process_ddp_matches_one_process(tiny_data, tmp_path):
     noise = LAYOUT_NOISE["deit"]  # measured float noise of this comparison (tests/layout_noise.md)
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], **noise["weights"], msg=f"{name} differs")
-    loss_one = json.loads((one / "log.txt").read_text().splitlines()[-1])["train_loss"]
+    loss_one = read_log(one)[-1]["train_loss"]
     assert abs(record["train_loss"] - loss_one) < noise["loss"]

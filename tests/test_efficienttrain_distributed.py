@@ -3,14 +3,13 @@ the checkpoint rank 0 wrote last, the ranks stay identical and match one process
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import LAYOUT_NOISE, ROOT, TINY_ET_MODEL, load_model_state
+from helpers import LAYOUT_NOISE, ROOT, TINY_ET_MODEL, load_model_state, read_log
 
 from toe.options import run_main
 from toe.recipes import et_training
@@ -44,12 +43,12 @@ def test_two_processes_match_one_across_the_stages(tiny_data, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "8 x 1 x 2" in result.stdout and "4 x 2 x 2" in result.stdout  # the plan for 2 processes
-    records = [json.loads(line) for line in (two / "log.txt").read_text().splitlines()]
+    records = read_log(two)
     assert [r["epoch"] for r in records] == [0, 1, 2, 3, 4]
     assert [r["input_size"] for r in records] == [16, 16, 16, 24, 32]
     assert all(r["replicas_in_sync"] is True and r["train_images"] == 80 for r in records)
 
-    single_log = [json.loads(line) for line in (one / "log.txt").read_text().splitlines()]
+    single_log = read_log(one)
     noise = LAYOUT_NOISE["efficienttrain"]  # measured float noise of this comparison (tests/layout_noise.md)
     assert [r["train_loss"] for r in records] == pytest.approx([r["train_loss"] for r in single_log], abs=noise["loss"])
 

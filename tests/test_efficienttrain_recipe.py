@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 import torch
-from helpers import ROOT, TINY_ET_MODEL, assert_one_line_error, run_cli
+from helpers import ROOT, TINY_ET_MODEL, assert_one_line_error, read_log, run_cli
 
 from toe.cli import main as toe_main
 from toe.engine import failpoints, trainer
@@ -37,10 +37,6 @@ TEN_EPOCHS = ["--epochs", "10", "--expansion-step", "0", "3", "7"]
 
 def et_run(capsys, data, output, *extra):
     return run_cli(et_training.main, [*TINY_ET, "--data_path", data, "--output_dir", output, *extra], capsys)
-
-
-def read_log(output):
-    return [json.loads(line) for line in (output / "log.txt").read_text().splitlines()]
 
 
 def checkpoint(path):

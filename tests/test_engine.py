@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from helpers import tiny_vit
+from helpers import read_log, tiny_vit
 from timm.scheduler import StepLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -217,7 +217,7 @@ def toy_run(
 def test_a_per_epoch_schedule_moves_after_each_epoch(offset, expected, tmp_path):
     run = toy_run(tmp_path, schedule=lambda o: LRSchedule(StepLRScheduler(o, decay_t=1, decay_rate=0.5), offset))
     fit(run, RunLogger(tmp_path, True, tensorboard=False))
-    records = [json.loads(line) for line in (tmp_path / "log.txt").read_text().splitlines()]
+    records = read_log(tmp_path)
     assert [r["train_lr"] for r in records] == pytest.approx(expected)
 
 
@@ -229,7 +229,7 @@ def test_a_per_update_schedule_moves_after_each_update(tmp_path):
 
     run = toy_run(tmp_path, epochs=2, accum_steps=2, schedule=schedule)
     fit(run, RunLogger(tmp_path, True, tensorboard=False))
-    records = [json.loads(line) for line in (tmp_path / "log.txt").read_text().splitlines()]
+    records = read_log(tmp_path)
     assert [r["train_lr"] for r in records] == pytest.approx([0.1 * 0.5**4, 0.1 * 0.5**8])
     assert run.state.num_updates == 8
 
@@ -249,7 +249,7 @@ class Scores:
 def test_the_evaluation_is_a_collaborator_that_names_the_metric_of_the_best_checkpoints(tmp_path):
     run = toy_run(tmp_path, epochs=2, evaluation=Scores([3.0, 1.0, 2.0, 5.0]))  # model, EMA per epoch
     fit(run, RunLogger(tmp_path, True, tensorboard=False))
-    records = [json.loads(line) for line in (tmp_path / "log.txt").read_text().splitlines()]
+    records = read_log(tmp_path)
     assert [(r["test_score"], r["test_ema_score"]) for r in records] == [(3.0, 1.0), (2.0, 5.0)]
     assert [(r["best_test_score"], r["best_test_ema_score"]) for r in records] == [(3.0, 1.0), (3.0, 5.0)]
     best = torch.load(tmp_path / "best_checkpoint.pth", weights_only=True)

@@ -3,7 +3,6 @@ labels -> resume -> eval, its flags (config file, local rank, AMP), and one-line
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from helpers import (
     ROOT,
     assert_one_line_error,
     killed_before_epoch,
+    read_log,
     run_cli,
     tiny_model_kwargs,
     tiny_vit,
@@ -52,10 +52,6 @@ TINY_LVVIT = [
 # 2 epochs: 1 + 1 cool-down; ToE stage 1 (keep .4) in epoch 0, stage 2 (keep .7) in epoch 1
 TRAIN = ["--epochs", "1", "--cooldown-epochs", "1", "--warmup-epochs", "1", "--model-ema", "--toe"]
 TRAIN += ["--expansion-step", "0", "1", "2", "--seed", "5"]
-
-
-def read_log(output):
-    return [json.loads(line) for line in (output / "log.txt").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ deliberate changes (--change-on-resume) are logged; checkpoints that record an i
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -11,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT, TINY_DEIT, assert_one_line_error, run_cli
+from helpers import ROOT, TINY_DEIT, assert_one_line_error, read_log, run_cli
 from PIL import Image
 
 from toe.engine import FoundCheckpoint
@@ -79,13 +78,13 @@ def test_extending_the_epochs_on_purpose_is_logged_and_the_schedule_follows(afte
     status, out, err = run_cli(deit.main, [*argv, "--change-on-resume", "epochs"], capsys)
     assert status == 0, err
     assert "changed on resume (--change-on-resume): --epochs 2 -> 3; the LR schedule follows the new flags" in out
-    log = [json.loads(line) for line in (after_epoch_0 / "log.txt").read_text().splitlines()]
+    log = read_log(after_epoch_0)
     assert [r["epoch"] for r in log] == [0, 1, 2]
     assert log[1]["resume_changes"] == {"epochs": [2, 3]} and "resume_changes" not in log[0] | log[2]
     # the learning rate of each later epoch is that of a run planned for 3 epochs from the start
     planned = tmp_path / "planned"
     run_main(deit.main, [str(a) for a in [*FLAGS, "--data-path", tiny_data, "--output_dir", planned, "--epochs", "3"]])
-    lrs = [json.loads(line)["train_lr"] for line in (planned / "log.txt").read_text().splitlines()]
+    lrs = [r["train_lr"] for r in read_log(planned)]
     assert [r["train_lr"] for r in log[1:]] == lrs[1:]
     # a checkpoint written in the middle of an epoch cannot change what the epoch's samples are
     state = torch.load(after_epoch_0 / "checkpoint.pth", weights_only=True)

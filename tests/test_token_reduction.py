@@ -16,7 +16,7 @@ import sys
 import pytest
 import timm
 import torch
-from helpers import ROOT, TINY_DEIT, run_cli, tiny_vit
+from helpers import ROOT, TINY_DEIT, read_log, run_cli, tiny_vit
 
 from toe import TokenSelect, apply_toe
 from toe.options import run_main
@@ -189,11 +189,11 @@ def test_random_variant_resumes_bit_exactly_after_a_kill(tiny_data, tmp_path, ca
     for key in ("model", "model_ema"):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
-    log = [json.loads(line) for line in (whole / "log.txt").read_text().splitlines()]
+    log = read_log(whole)
     assert [r["token_reduction"] for r in log] == ["random"] * 3
     assert [r["toe_tokens"] for r in log] == [33, 49, 65]
     losses = [r["train_loss"] for r in log]
-    resumed = [json.loads(line)["train_loss"] for line in (killed / "log.txt").read_text().splitlines()]
+    resumed = [r["train_loss"] for r in read_log(killed)]
     assert resumed == losses
 
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
-from helpers import assert_one_line_error, killed_before_epoch, load_model_state, run_cli, tiny_model_kwargs, tiny_vit
+from helpers import (
+    assert_one_line_error,
+    free_port,
+    killed_before_epoch,
+    load_model_state,
+    read_log,
+    run_cli,
+    tiny_model_kwargs,
+    tiny_vit,
+)
 from safetensors.torch import save_file
 
 from toe.options import run_main
@@ -37,10 +45,6 @@ def train(tiny_data, backbone, output, *extra):
     )
 
 
-def records(output):
-    return [json.loads(line) for line in (output / "log.txt").read_text().splitlines()]
-
-
 def test_only_prompts_and_head_train_and_the_schedule_is_vpts(tiny_data, backbone, tmp_path):
     train(tiny_data, backbone, tmp_path / "run", *TOE)
     loaded = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["model"]
@@ -51,7 +55,7 @@ def test_only_prompts_and_head_train_and_the_schedule_is_vpts(tiny_data, backbon
         if not name.startswith("head."):
             assert torch.equal(loaded[name], weight), f"{name} moved"  # the frozen backbone, bit for bit
     assert loaded["vpt.prompt_embeddings"].shape == (1, 3, 32) and "vpt.deep_prompt_embeddings" in loaded
-    log = records(tmp_path / "run")
+    log = read_log(tmp_path / "run")
     assert [r["toe_tokens"] for r in log] == [1 + 3 + 32, 1 + 3 + 48, 1 + 3 + 64]  # class + prompts + patches
     assert all(r["full_tokens"] == 68 and r["n_parameters"] == 2 * 3 * 32 + 3 * 32 + 10 * 33 for r in log)
     peak = 2.0 * 16 / 256  # VPT: the base LR scaled by batch / 256, warmed up from 0 over 1 epoch, then cosine
@@ -69,8 +73,8 @@ def test_a_killed_run_resumes_bit_for_bit_and_eval_repeats_the_log(tiny_data, ba
         load_model_state(tmp_path / "killed" / "checkpoint.pth"),
     )
     assert whole.keys() == killed.keys() and all(torch.equal(whole[k], killed[k]) for k in whole)
-    assert [r["train_loss"] for r in records(tmp_path / "killed")] == [
-        r["train_loss"] for r in records(tmp_path / "whole")
+    assert [r["train_loss"] for r in read_log(tmp_path / "killed")] == [
+        r["train_loss"] for r in read_log(tmp_path / "whole")
     ]
     status, out, err = run_cli(
         vpt.main,
@@ -89,7 +93,7 @@ def test_a_killed_run_resumes_bit_for_bit_and_eval_repeats_the_log(tiny_data, ba
         capsys,
     )
     assert status == 0, err
-    assert f"{records(tmp_path / 'whole')[-1]['test_acc1']:.2f}%" in out
+    assert f"{read_log(tmp_path / 'whole')[-1]['test_acc1']:.2f}%" in out
 
 
 def test_bad_input_is_one_line(tiny_data, backbone, tmp_path, capsys):
@@ -181,7 +185,6 @@ def test_torchrun_two_processes_prompt_tune_in_sync(tiny_data, backbone, tmp_pat
     import sys
 
     from helpers import ROOT
-    from test_distributed import free_port
 
     flags = [*TINY, *TOE, "--batch-size", "8", "--data-path", tiny_data, "--finetune", backbone]
     result = subprocess.run(
@@ -195,5 +198,5 @@ def test_torchrun_two_processes_prompt_tune_in_sync(tiny_data, backbone, tmp_pat
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    log = records(tmp_path)
+    log = read_log(tmp_path)
     assert all(r["replicas_in_sync"] is True for r in log) and [r["toe_tokens"] for r in log] == [36, 52, 68]
