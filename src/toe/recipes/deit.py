@@ -16,30 +16,25 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data import DATA_SETS, build_dataset, build_eval_transform, build_train_transform, check_same_classes
-from ..engine import RunLogger, StepHooks, evaluate_checkpoint, find_checkpoint, init_distributed, load_weights
-from ..engine.distributed import cleanup
+from ..engine import DistInfo, StepHooks, load_weights
 from ..engine.losses import DISTILLATION_TYPES, BaseLoss, DistillationLoss, classification_loss
 from ..errors import UserError
 from ..flag_types import below_one, non_negative, probability
 from ..flag_types import device as device_name
 from ..models.factory import check_input_size, create_model, parse_model_kwargs
-from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main, token_select_from_args
+from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main
 from .common import (
     add_engine_arguments,
     attach_toe,
     build_run,
-    check_eval_weights,
     check_model_kwargs,
     epoch_schedule,
     load_finetune_weights,
     mixup_active,
     mixup_from_args,
     n_parameters,
-    prepare_output_dir,
-    resume_run,
-    save_args,
-    train_and_log,
 )
+from .skeleton import Recipe, Say, run_recipe
 
 
 def build_parser() -> ArgumentParser:
@@ -246,18 +241,10 @@ def check_args(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> dict | None:
     args = build_parser().parse_args(argv)
     check_args(args)
-    token_select = token_select_from_args(args)
-    dist = init_distributed(args.device, args.dist_url)
-    try:
-        return _train_or_evaluate(args, dist, token_select)
-    finally:
-        cleanup(dist)
+    return run_recipe(args, _build, dist_url=args.dist_url)
 
 
-def _train_or_evaluate(args, dist, token_select) -> dict | None:
-    resuming = bool(args.resume) or args.auto_resume or args.eval
-    output_dir = prepare_output_dir(args.output_dir, resuming, dist, "--output_dir")
-    say = print if dist.is_main else (lambda *_: None)
+def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: Path | None, say: Say) -> Recipe:
     datasets, num_classes = _datasets(args)
     model = _model(args, num_classes, token_select, say)
 
@@ -282,29 +269,25 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
         hooks=StepHooks(mixup=mixup_from_args(args, num_classes)),
         train_mode=args.train_mode,
     )
-    found = find_checkpoint(args.resume, args.auto_resume, output_dir, clean=dist.is_main)
-    if message := resume_run(run, found):
-        say(message)
-
     val_images = len(datasets[1])
-    if args.eval:
-        check_eval_weights(found, args.finetune)
-        metrics = evaluate_checkpoint(run)
-        say(
+
+    def eval_report(metrics: dict) -> list[str]:
+        lines = [
             f"Accuracy of the network on the {val_images} test images: {metrics['test_acc1']:.2f}% "
             f"(top-5 {metrics['test_acc5']:.2f}%, loss {metrics['test_loss']:.4f})"
-        )
+        ]
         if "test_ema_acc1" in metrics:
-            say(f"Accuracy of the EMA on the {val_images} test images: {metrics['test_ema_acc1']:.2f}%")
-        return metrics
+            lines.append(f"Accuracy of the EMA on the {val_images} test images: {metrics['test_ema_acc1']:.2f}%")
+        return lines
 
-    save_args(output_dir, args, dist)
-    header = (
-        f"{args.model}: {n_parameters(model) / 1e6:.2f}M parameters, {num_classes} classes, "
-        f"{len(datasets[0])} training images, {dist.world_size} process(es) on {dist.device}, "
-        f"{run.parts.precision.name}, lr {args.lr:.2e} at total batch {world_batch}"
-    )
-    return train_and_log(run, RunLogger(output_dir, dist.is_main), header)
+    def header() -> str:
+        return (
+            f"{args.model}: {n_parameters(model) / 1e6:.2f}M parameters, {num_classes} classes, "
+            f"{len(datasets[0])} training images, {dist.world_size} process(es) on {dist.device}, "
+            f"{run.parts.precision.name}, lr {args.lr:.2e} at total batch {world_batch}"
+        )
+
+    return Recipe(run, header, eval_report)
 
 
 def _datasets(args: argparse.Namespace) -> tuple[tuple[Dataset, Dataset], int]:

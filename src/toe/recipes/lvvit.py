@@ -22,30 +22,26 @@ from timm.data import create_transform
 from ..data import build_dataset, build_eval_transform, check_same_classes
 from ..data.label_transforms import build_token_label_transform
 from ..data.token_label import TokenLabelDataset, TokenLabelTargets
-from ..engine import RunLogger, StepHooks, evaluate_checkpoint, find_checkpoint, init_distributed
-from ..engine.distributed import cleanup
+from ..engine import DistInfo, StepHooks
 from ..engine.losses import BaseLoss, TokenLabelCrossEntropy, classification_loss
 from ..errors import UserError
 from ..flag_types import below_one, non_negative, probability
 from ..flag_types import device as device_name
 from ..models import LVViT
 from ..models.factory import create_model, parse_model_kwargs
-from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main, token_select_from_args
+from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main
 from .common import (
     add_engine_arguments,
     attach_toe,
     build_run,
-    check_eval_weights,
     check_model_kwargs,
     epoch_schedule,
     load_finetune_weights,
     mixup_active,
     mixup_from_args,
     n_parameters,
-    prepare_output_dir,
-    resume_run,
-    train_and_log,
 )
+from .skeleton import Recipe, Say, run_recipe
 from .yaml_config import parse_with_config, save_args_yaml
 
 
@@ -229,21 +225,15 @@ def check_args(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> dict | None:
     args = parse_args(argv)
     check_args(args)
-    token_select = token_select_from_args(args)
     if args.local_rank and "LOCAL_RANK" not in os.environ:  # torch.distributed.launch passes --local_rank
         os.environ["LOCAL_RANK"] = str(args.local_rank)
-    dist = init_distributed(args.device)
     try:
-        return _train_or_evaluate(args, dist, token_select)
+        return run_recipe(args, _build, output=(args.output, "--output"))
     except UserError as error:
         raise _without_worker_traceback(error) from None
-    finally:
-        cleanup(dist)
 
 
-def _train_or_evaluate(args, dist, token_select) -> dict | None:
-    resuming = bool(args.resume) or args.auto_resume or args.eval
-    output_dir = prepare_output_dir(args.output, resuming, dist, "--output")
+def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: Path | None, say: Say) -> Recipe:
     data = Path(args.data_dir)
 
     torch.manual_seed(args.seed)  # identical initial weights on every process
@@ -261,7 +251,6 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
     crop_pct = args.crop_pct or model.pretrained_cfg.get("crop_pct", 0.875)
     train_set, val_set = _datasets(args, data, input_size, crop_pct, num_classes)
 
-    say = print if dist.is_main else (lambda *_: None)
     if args.finetune:
         say(load_finetune_weights(model, args.finetune))
     attach_toe(model, token_select, args.model)
@@ -296,30 +285,26 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
         dist_eval=dist.enabled,
         hooks=hooks,
     )
-    found = find_checkpoint(args.resume, args.auto_resume, output_dir, clean=dist.is_main)
-    if message := resume_run(run, found):
-        say(message)
 
-    if args.eval:
-        check_eval_weights(found, args.finetune)
-        metrics = evaluate_checkpoint(run)
-        say(
+    def eval_report(metrics: dict) -> list[str]:
+        lines = [
             f"{args.model} on the {len(val_set)} validation images: top-1 {metrics['test_acc1']:.2f}%, "
             f"top-5 {metrics['test_acc5']:.2f}%, loss {metrics['test_loss']:.4f}"
-        )
+        ]
         if "test_ema_acc1" in metrics:
-            say(f"EMA on the {len(val_set)} validation images: top-1 {metrics['test_ema_acc1']:.2f}%")
-        return metrics
+            lines.append(f"EMA on the {len(val_set)} validation images: top-1 {metrics['test_ema_acc1']:.2f}%")
+        return lines
 
-    save_args_yaml(output_dir, args, dist)
-    epochs = run.settings.epochs
-    header = (
-        f"{args.model}: {n_parameters(model) / 1e6:.2f}M parameters, {num_classes} classes, {len(train_set)} "
-        f"training images at {input_size} px, {dist.world_size} process(es) on {dist.device}, "
-        f"{run.parts.precision.name}, lr {args.lr:.2e}, {epochs} epochs ({args.epochs} + {epochs - args.epochs} "
-        "cool-down), " + (f"token labels {label_size}x{label_size}" if args.token_label else "no token labels")
-    )
-    return train_and_log(run, RunLogger(output_dir, dist.is_main), header)
+    def header() -> str:
+        epochs = run.settings.epochs
+        return (
+            f"{args.model}: {n_parameters(model) / 1e6:.2f}M parameters, {num_classes} classes, {len(train_set)} "
+            f"training images at {input_size} px, {dist.world_size} process(es) on {dist.device}, "
+            f"{run.parts.precision.name}, lr {args.lr:.2e}, {epochs} epochs ({args.epochs} + {epochs - args.epochs} "
+            "cool-down), " + (f"token labels {label_size}x{label_size}" if args.token_label else "no token labels")
+        )
+
+    return Recipe(run, header, eval_report, save_flags=save_args_yaml)
 
 
 def _datasets(args: argparse.Namespace, data: Path, input_size: int, crop_pct: float, num_classes: int):

@@ -28,14 +28,13 @@ from torchvision import transforms as T
 
 from ..data import build_dataset, check_same_classes
 from ..data.datasets import image_folder
-from ..engine import LRSchedule, RunLogger, evaluate_checkpoint, find_checkpoint, init_distributed
-from ..engine.distributed import cleanup
+from ..engine import DistInfo, FoundCheckpoint, LRSchedule
 from ..engine.losses import BaseLoss, classification_loss
 from ..errors import UserError
 from ..flag_types import below_one, non_negative, probability
 from ..flag_types import device as device_name
 from ..models.factory import check_input_size, create_model, parse_model_kwargs
-from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main, token_select_from_args
+from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main
 from ..vpt import HEAD_PREFIXES, apply_vpt
 from .common import (
     add_engine_arguments,
@@ -44,11 +43,8 @@ from .common import (
     check_model_kwargs,
     load_finetune_weights,
     n_parameters,
-    prepare_output_dir,
-    resume_run,
-    save_args,
-    train_and_log,
 )
+from .skeleton import Recipe, Say, run_recipe
 
 DATA_SETS = ("IMNET", "CIFAR10", "CIFAR100")
 VTAB_LR_GRID = (50, 25, 10, 5, 2.5, 1, 0.5, 0.25, 0.1, 0.05)  # VPT's base LRs for VTAB (tune_vtab.py)
@@ -194,18 +190,10 @@ def check_args(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> dict | None:
     args = build_parser().parse_args(argv)
     check_args(args)
-    token_select = token_select_from_args(args)
-    dist = init_distributed(args.device, args.dist_url)
-    try:
-        return _train_or_evaluate(args, dist, token_select)
-    finally:
-        cleanup(dist)
+    return run_recipe(args, _build, dist_url=args.dist_url)
 
 
-def _train_or_evaluate(args, dist, token_select) -> dict | None:
-    resuming = bool(args.resume) or args.auto_resume or args.eval
-    output_dir = prepare_output_dir(args.output_dir, resuming, dist, "--output_dir")
-    say = print if dist.is_main else (lambda *_: None)
+def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: Path | None, say: Say) -> Recipe:
     datasets, num_classes = _datasets(args)
     model = _model(args, num_classes, token_select, say)
 
@@ -228,31 +216,29 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
         accum_steps=args.accum_iter,
         extra_log={"vpt": args.vpt, "prompt_tokens": args.prompt_tokens},
     )
-    found = find_checkpoint(args.resume, args.auto_resume, output_dir, clean=dist.is_main)
-    if message := resume_run(run, found):
-        say(message)
-    if found is None and not args.finetune:
-        raise UserError(
-            f"--auto-resume found no checkpoint in {output_dir}: a fresh start needs the backbone from --finetune"
-        )
 
-    if args.eval:
-        metrics = evaluate_checkpoint(run)
-        say(
+    def needs_a_backbone(found: FoundCheckpoint | None) -> None:
+        if found is None and not args.finetune:
+            raise UserError(
+                f"--auto-resume found no checkpoint in {output_dir}: a fresh start needs the backbone from --finetune"
+            )
+
+    def eval_report(metrics: dict) -> list[str]:
+        return [
             f"Accuracy of the network on the {len(datasets[1])} test images: "
             f"{metrics['test_acc1']:.2f}% (top-5 {metrics['test_acc5']:.2f}%, loss {metrics['test_loss']:.4f})"
-        )
-        return metrics
+        ]
 
-    save_args(output_dir, args, dist)
-    total = sum(p.numel() for p in model.parameters())
-    header = (
-        f"{args.model} + VPT-{args.vpt} ({args.prompt_tokens} prompt tokens): {n_parameters(model) / 1e6:.3f}M of "
-        f"{total / 1e6:.2f}M parameters train, {num_classes} classes, {len(datasets[0])} training images, "
-        f"{dist.world_size} process(es) on {dist.device}, {run.parts.precision.name}, lr {args.lr:.2e} at total "
-        f"batch {world_batch}"
-    )
-    return train_and_log(run, RunLogger(output_dir, dist.is_main), header)
+    def header() -> str:
+        total = sum(p.numel() for p in model.parameters())
+        return (
+            f"{args.model} + VPT-{args.vpt} ({args.prompt_tokens} prompt tokens): {n_parameters(model) / 1e6:.3f}M of "
+            f"{total / 1e6:.2f}M parameters train, {num_classes} classes, {len(datasets[0])} training images, "
+            f"{dist.world_size} process(es) on {dist.device}, {run.parts.precision.name}, lr {args.lr:.2e} at total "
+            f"batch {world_batch}"
+        )
+
+    return Recipe(run, header, eval_report, after_resume=needs_a_backbone)
 
 
 def vpt_schedule(args: argparse.Namespace):

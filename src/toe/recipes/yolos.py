@@ -24,25 +24,22 @@ from ..detection.figure import predictions_figure
 from ..detection.matcher import HungarianMatcher
 from ..detection.model import BACKBONES, POS_EMBED_INITS, YOLOS, create_backbone
 from ..detection.transforms import eval_transforms, single_scale_train_transforms, train_transforms
-from ..engine import LRSchedule, RunLogger, evaluate_run, find_checkpoint, init_distributed, load_weights
-from ..engine.distributed import cleanup
+from ..engine import DistInfo, LRSchedule, evaluate_run, find_checkpoint, load_weights
 from ..errors import UserError
 from ..figures import check_output, save_figure
 from ..flag_types import device as device_name
 from ..flag_types import non_negative
 from ..models.factory import parse_model_kwargs
-from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main, token_select_from_args
+from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main
 from ..token_select import TokenSelect
 from .common import (
     add_engine_arguments,
     build_run,
     n_parameters,
-    prepare_output_dir,
     resume_run,
-    save_args,
-    train_and_log,
 )
 from .resume_check import spelling
+from .skeleton import Recipe, Say, run_recipe
 
 SCHEDULES = ("warmupcos", "step")
 # flags besides the shared ones that may differ on resume: where the data is (the images are compared)
@@ -315,18 +312,10 @@ def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer):
 def main(argv: Sequence[str] | None = None) -> dict | None:
     args = build_parser().parse_args(argv)
     check_args(args)
-    token_select = token_select_from_args(args)
-    dist = init_distributed(args.device, args.dist_url)
-    try:
-        return _train_or_evaluate(args, dist, token_select)
-    finally:
-        cleanup(dist)
+    return run_recipe(args, _build, dist_url=args.dist_url)
 
 
-def _train_or_evaluate(args, dist, token_select) -> dict | None:
-    resuming = bool(args.resume) or args.auto_resume or args.eval
-    output_dir = prepare_output_dir(args.output_dir, resuming, dist, "--output_dir")
-    say = print if dist.is_main else (lambda *_: None)
+def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: Path | None, say: Say) -> Recipe:
     torch.manual_seed(args.seed)  # identical initial weights on every process
     patch = parse_model_kwargs(args.model_kwargs).get("patch_size", 16)  # every --backbone_name: 16 px
     train_set, val_set, num_classes = build_datasets(args, patch)
@@ -351,7 +340,11 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
         collate_fn=collate_detection,
         optimizer=lambda m: build_optimizer(m, args),
     )
-    if args.eval:
+    resume_options = {"free": FREE_ON_RESUME, "spell": spelling(build_parser())}
+
+    def evaluate() -> dict:
+        """--resume FILE: its weights as they are (ours or upstream YOLOS's); --auto-resume: the run folder's
+        checkpoint, resumed with its checks."""
         if args.resume:
             say(load_detector_weights(model, args.resume))
         else:
@@ -361,7 +354,7 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
                     "--eval needs weights to evaluate: --resume FILE, or --auto-resume with a checkpoint in "
                     "--output_dir"
                 )
-            if message := resume_run(run, found, free=FREE_ON_RESUME, spell=spelling(build_parser())):
+            if message := resume_run(run, found, **resume_options):
                 say(message)
         metrics = evaluate_run(run)
         say(
@@ -374,17 +367,17 @@ def _train_or_evaluate(args, dist, token_select) -> dict | None:
             )
             say(f"wrote {written}: predictions on {min(6, len(val_set))} validation images")
         return metrics
-    found = find_checkpoint(args.resume, args.auto_resume, output_dir, clean=dist.is_main)
-    if message := resume_run(run, found, free=FREE_ON_RESUME, spell=spelling(build_parser())):
-        say(message)
-    save_args(output_dir, args, dist)
-    world_batch = args.batch_size * dist.world_size
-    header = (
-        f"YOLOS-{args.backbone_name}: {n_parameters(model) / 1e6:.2f}M parameters, {args.det_token_num} [DET] tokens, "
-        f"{num_classes - 1} classes + no object, {len(train_set)} training images, {dist.world_size} process(es) "
-        f"on {dist.device}, {run.parts.precision.name}, lr {args.lr:.2e} at total batch {world_batch}"
-    )
-    return train_and_log(run, RunLogger(output_dir, dist.is_main), header)
+
+    def header() -> str:
+        return (
+            f"YOLOS-{args.backbone_name}: {n_parameters(model) / 1e6:.2f}M parameters, {args.det_token_num} [DET] "
+            f"tokens, {num_classes - 1} classes + no object, {len(train_set)} training images, {dist.world_size} "
+            f"process(es) on {dist.device}, {run.parts.precision.name}, lr {args.lr:.2e} at total batch "
+            f"{args.batch_size * dist.world_size}"
+        )
+
+    # evaluate() prints its own lines (the figure's after the metrics)
+    return Recipe(run, header, lambda metrics: [], resume_options=resume_options, evaluate=evaluate)
 
 
 def load_detector_weights(model: YOLOS, path: str, flag: str = "--resume") -> str:
