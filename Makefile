@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint format demo gpu-check clean
+.PHONY: install test test-fast lint typecheck format demo gpu-check clean
 PY_SOURCES := src tests benchmarks datasets ToE
 
 install: $(STAMP)
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check $(PY_SOURCES)
+	$(BIN)/python tests/check_types.py
+
+# mypy on src/toe against tests/mypy_baseline.txt: fails on a new error, or asks to shrink the baseline
+typecheck: $(STAMP)
+	$(BIN)/python tests/check_types.py
 
 format: $(STAMP)
 	$(BIN)/ruff format $(PY_SOURCES)
