@@ -6,8 +6,11 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
+import shlex
 import socket
 import struct
+import subprocess
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,20 +184,22 @@ def detection_demo_generator():
     return module
 
 
-def record_script_argv(script: Path, tmp_path: Path, stub: str = "torchrun", **variables: str) -> list[str]:
-    """Run the shell ``script`` with ``stub`` (a program it calls, e.g. torchrun) replaced by one that records
-    its arguments; returns them."""
-    import os
-    import shlex
-    import subprocess
-
+def recorded_calls(
+    script: Path, tmp_path: Path, *extra: str, stub: str = "torchrun", **variables: str
+) -> list[list[str]]:
+    """Run the shell ``script`` (with arguments ``extra`` and environment variables ``variables``) with the
+    program ``stub`` it calls (torchrun, python) replaced by one that records its arguments; returns the argument
+    list of every call, in order."""
     stub_dir = tmp_path / "bin"
     stub_dir.mkdir(exist_ok=True)
-    record = tmp_path / "argv.txt"
+    record = tmp_path / "calls.txt"
+    record.unlink(missing_ok=True)
     program = stub_dir / stub
-    program.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > {shlex.quote(str(record))}\n')
+    program.write_text(
+        f'#!/usr/bin/env bash\n{{ printf "%s\\n" "$@"; echo "--END--"; }} >> {shlex.quote(str(record))}\n'
+    )
     program.chmod(0o755)
     env = {**os.environ, "PATH": f"{stub_dir}:{os.environ['PATH']}", **variables}
-    result = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["bash", script, *extra], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    return record.read_text().splitlines()
+    return [call.splitlines() for call in record.read_text().split("--END--\n") if call]
