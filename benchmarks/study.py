@@ -74,10 +74,10 @@ from study_report import (
     collect,
     describe_status,
     markdown,
-    write_text,
 )
 
 from toe.figures import save_figure
+from toe.files import write_text_atomically
 from toe.options import ArgumentParser, UserError, check_at_least, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -557,8 +557,8 @@ def report(study: Study, settings: dict, commit: str | None) -> list[Path] | Non
         "cells": entries,
     }
     paths = [study.out / name for name in ("study.json", "study.md", "study_curves.png", "study_final.png")]
-    write_text(paths[0], json.dumps(result, indent=1) + "\n")
-    write_text(paths[1], markdown(result))
+    write_text_atomically(paths[0], json.dumps(result, indent=1) + "\n")
+    write_text_atomically(paths[1], markdown(result))
     save_figure(curves_figure(result), paths[2], "--out")
     save_figure(final_figure(result), paths[3], "--out")
     return paths

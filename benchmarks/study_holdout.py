@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from toe.files import write_text_atomically
+
 HOLDOUT_FILE = "holdout.json"
 MODEL_LINE = re.compile(r"Accuracy of the network on the (\d+) test images: ([0-9.]+)%")
 EMA_LINE = re.compile(r"Accuracy of the EMA on the \d+ test images: ([0-9.]+)%")
@@ -78,7 +80,5 @@ def evaluate_cell(
     if result["epoch"] != length - 1:
         return None, f"{folder / 'checkpoint.pth'} holds epoch {result['epoch']}, not the last one ({length - 1})"
     result = {"data": str(data.resolve()), **result}
-    temp = folder / f".{HOLDOUT_FILE}.tmp"
-    temp.write_text(json.dumps(result) + "\n")
-    temp.replace(folder / HOLDOUT_FILE)
+    write_text_atomically(folder / HOLDOUT_FILE, json.dumps(result) + "\n")
     return result, ""

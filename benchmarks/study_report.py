@@ -464,10 +464,3 @@ def collect(out: Path, cells: list[Cell], holdout: Path | None = None) -> list[d
     """study.json's cell entries for ``cells``, in run order (holdout results on ``holdout``, or any)."""
     shapes = ShapeCache()
     return [collect_cell(out, cell, shapes, holdout) for cell in sorted(cells, key=Cell.sort_key)]
-
-
-def write_text(path: Path, text: str) -> None:
-    """Replace ``path`` atomically (a reader never sees half a file)."""
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    temp.replace(path)

@@ -11,7 +11,7 @@ PACKAGE = ROOT / "src" / "toe"
 
 # lowest first; a module may import from its own layer and the layers before it, never from a later one
 LAYERS = [
-    ["toe.errors"],
+    ["toe.errors", "toe.files"],
     ["toe.schedule"],
     ["toe.functional"],
     ["toe.token_select"],

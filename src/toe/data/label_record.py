@@ -14,10 +14,10 @@ first bytes of some images, see :func:`~toe.data.image_files.data_fingerprint`).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import write_text_atomically
 from .image_files import dataset_identity
 
 RECORD_NAME = "token_labels.json"
@@ -45,9 +45,7 @@ def read_record(label_root: Path) -> dict | None:
 
 def write_record(label_root: Path, record: dict) -> None:
     """Write the record atomically."""
-    temp = Path(label_root) / f".{RECORD_NAME}.tmp"
-    temp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(temp, Path(label_root) / RECORD_NAME)
+    write_text_atomically(Path(label_root) / RECORD_NAME, json.dumps(record, indent=2) + "\n")
 
 
 def describe_data(data: dict) -> str:

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import UserError
+from ..files import write_text_atomically
 from ..integration import has_toe, prefix_tokens
 from .checkpoint import load_checkpoint, load_latest, remove_stale_temporaries, save_checkpoint
 from .distributed import DistInfo, all_reduce_sum, gather_objects, replicas_in_sync
@@ -469,9 +470,7 @@ def _restore_log(output_dir: Path, epoch: int, record_json: str | None) -> None:
     records = [kept[e] for e in sorted(kept)]
     if record_json:
         records.append(json.loads(record_json))
-    temp = output_dir / ".log.txt.tmp"
-    temp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    temp.replace(output_dir / "log.txt")
+    write_text_atomically(output_dir / "log.txt", "".join(json.dumps(r) + "\n" for r in records))
 
 
 def always_kept_tokens(module: nn.Module) -> int:

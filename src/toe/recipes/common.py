@@ -52,6 +52,7 @@ from ..engine.loop import batches_to_train
 from ..engine.precision import AMP_DTYPES
 from ..engine.run_lock import lock_run_folder
 from ..errors import UserError
+from ..files import write_text_atomically
 from ..integration import apply_toe
 from ..models.factory import parse_model_kwargs
 from ..token_select import TokenSelect
@@ -511,9 +512,7 @@ def plain_args(args: argparse.Namespace) -> dict:
 def save_args(path: Path | None, args: argparse.Namespace, dist: DistInfo, name: str = "args.json") -> None:
     """Write the flags to ``path/name`` (main process, atomically)."""
     if path is not None and dist.is_main:
-        temp = path / f".{name}.tmp"
-        temp.write_text(json.dumps(plain_args(args), indent=2) + "\n")
-        temp.replace(path / name)
+        write_text_atomically(path / name, json.dumps(plain_args(args), indent=2) + "\n")
 
 
 def n_parameters(model: nn.Module) -> int:

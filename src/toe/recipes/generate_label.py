@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from ..engine import Precision, load_weights
 from ..engine.checkpoint import as_our_layout, torch_load
 from ..engine.run_lock import lock_run_folder
 from ..errors import UserError
+from ..files import write_atomically
 from ..flag_types import device as device_name
 from ..models import LVViT
 from ..models.factory import create_model, parse_model_kwargs
@@ -321,12 +321,7 @@ def _saved_args(checkpoint: str) -> dict:
 
 def _save_atomic(tensor: torch.Tensor, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(tensor, temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    write_atomically(path, lambda temp: torch.save(tensor, temp))
 
 
 def cli() -> None:

@@ -22,6 +22,7 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..engine import DistInfo, FoundCheckpoint, RunLogger, evaluate_checkpoint, find_checkpoint, init_distributed
 from ..engine.distributed import cleanup
@@ -51,7 +52,7 @@ class Recipe:
     header: Callable[[], str]
     eval_report: Callable[[dict], list[str]]
     save_flags: Callable[[Path | None, argparse.Namespace, DistInfo], None] = save_args
-    resume_options: dict = field(default_factory=dict)
+    resume_options: dict[str, Any] = field(default_factory=dict)
     after_resume: Callable[[FoundCheckpoint | None], None] | None = None
     evaluate: Callable[[], dict] | None = None
 

@@ -11,6 +11,7 @@ import yaml
 
 from ..engine import DistInfo
 from ..errors import UserError
+from ..files import write_text_atomically
 from ..options import ArgumentParser
 from .common import plain_args
 
@@ -54,9 +55,7 @@ def save_args_yaml(output_dir: Path | None, args: argparse.Namespace, dist: Dist
     """Write the resolved flags to ``output_dir/args.yaml`` (main process, atomically)."""
     if output_dir is None or not dist.is_main:
         return
-    temp = output_dir / ".args.yaml.tmp"
-    temp.write_text(yaml.safe_dump(plain_args(args), sort_keys=False))
-    temp.replace(output_dir / "args.yaml")
+    write_text_atomically(output_dir / "args.yaml", yaml.safe_dump(plain_args(args), sort_keys=False))
 
 
 def _convert(action: argparse.Action, value, file: Path, key: str):

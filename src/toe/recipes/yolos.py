@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -340,7 +341,7 @@ def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: P
         collate_fn=collate_detection,
         optimizer=lambda m: build_optimizer(m, args),
     )
-    resume_options = {"free": FREE_ON_RESUME, "spell": spelling(build_parser())}
+    resume_options: dict[str, Any] = {"free": FREE_ON_RESUME, "spell": spelling(build_parser())}
 
     def evaluate() -> dict:
         """--resume FILE: its weights as they are (ours or upstream YOLOS's); --auto-resume: the run folder's
