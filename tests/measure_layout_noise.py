@@ -9,9 +9,9 @@ grow over a few epochs of training. This script measures them: each case's one- 
 several CPU code paths (MKL's, oneDNN's and ATen's instruction sets, as another CPU would pick them, and
 1 or 2 threads), and reports the largest difference of a logged train loss and of a weight, next to what a
 real change of the run (its learning rate 1% higher) moves them by. ``LAYOUT_NOISE`` in helpers.py holds
-the tolerances taken from its output; docs/layout-noise.md holds the last measurement.
+the tolerances taken from its output; tests/layout_noise.md holds the last measurement.
 
-    python tests/measure_layout_noise.py [--out docs/layout-noise.md]
+    python tests/measure_layout_noise.py [--out tests/layout_noise.md]
 """
 
 from __future__ import annotations
