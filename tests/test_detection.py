@@ -794,3 +794,25 @@ def test_a_split_without_a_usable_box_is_refused(shapes_coco, tmp_path, split):
     path.write_text(json.dumps(data))
     with pytest.raises(UserError, match="has no usable box"):
         build_coco_split(root, split, None)
+
+
+def test_yolos_offers_the_engine_the_documented_protocol_of_a_model_that_selects_tokens_itself():
+    """docs/architecture.md: a model with its own token handling implements ``SelectsTokensItself``; the
+    engine's token accounting and ``has_toe`` work from that protocol alone."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from toe.engine.trainer import always_kept_tokens, step_tokens
+    from toe.integration import SelectsTokensItself, has_toe
+
+    model = tiny_yolos(mid=False)
+    assert isinstance(model, SelectsTokensItself)
+    assert not isinstance(
+        VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2), SelectsTokensItself
+    )
+    assert not has_toe(model) and model.last_token_counts() is None and step_tokens(model) is None
+    model.token_select = TokenSelect(expansion_step=[0, 1], keep_rate=[0.5, 1.0], initialization_keep_rate=0.25)
+    model.token_select.update_current_stage(0)  # epoch 0: stage 1, half of the patches
+    model.train()(torch.randn(2, 3, 48, 64))
+    assert has_toe(model) and always_kept_tokens(model) == 1 + 4  # the class token and the [DET] tokens
+    fed, full = step_tokens(model)
+    assert full == 1 + 6 * 8 + 4 and fed == 1 + 24 + 4  # half of the 48 patches, class and [DET] on top

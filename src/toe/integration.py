@@ -11,6 +11,8 @@ the hook at the new selector (a module-registration hook of torch follows the as
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 from torch import nn
 from torch.nn.modules.module import register_module_module_registration_hook
@@ -39,6 +41,31 @@ def _follow_selector(module: nn.Module, name: str, submodule: nn.Module) -> None
     if name == "token_select" and isinstance(submodule, TokenSelect):
         for hook in _toe_hooks(module).values():
             hook.selector = submodule
+
+
+@runtime_checkable
+class SelectsTokensItself(Protocol):
+    """What a model that calls ToE itself offers the library and the engine, instead of ``apply_toe``'s hook
+    (YOLOS: its [DET] tokens bypass the selector and its input size changes per batch).
+
+    - ``selects_tokens_itself = True``: ``has_toe`` asks for ``token_select`` instead of a hook;
+    - ``token_select``: the :class:`TokenSelect` the model calls after block 0 on its prefix + patch tokens,
+      or None (ToE off); the engine sets its stage each epoch, as for a hooked ViT;
+    - ``num_prefix_tokens``: tokens before the patches that ToE keeps (the class token);
+    - ``num_extra_tokens``: tokens every block sees and ToE never reduces ([DET] tokens), counted with the
+      prefix by the engine's summary lines and ``toe report``;
+    - ``last_token_counts()``: (tokens fed to blocks 1.., tokens without ToE) of the last training forward,
+      None before the first: the engine averages them over an epoch (``toe_tokens`` / ``full_tokens``).
+    """
+
+    selects_tokens_itself: bool
+    token_select: TokenSelect | None
+    num_prefix_tokens: int
+
+    @property
+    def num_extra_tokens(self) -> int: ...
+
+    def last_token_counts(self) -> tuple[int, int] | None: ...
 
 
 _registration = None  # the process-wide handle of _follow_selector, registered by the first apply_toe
