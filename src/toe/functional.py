@@ -34,8 +34,18 @@ import torch.nn.functional as F
 
 from .schedule import DISTANCES, SEEDINGS
 
+__all__ = [
+    "seed_positions",
+    "initial_tokens",
+    "select_tokens",
+    "random_tokens",
+    "kept_slots",
+    "merge_tokens",
+    "gather_tokens",
+]
 
-def seed_list(num_patches: int, initialization_keep_rate: float, seeding: str = "reference") -> list[int]:
+
+def _seed_list(num_patches: int, initialization_keep_rate: float, seeding: str = "reference") -> list[int]:
     """Seed patch positions (ascending), n0 = floor(P * R0).
 
     ``reference``: the first n0 positions i with i % int(1 // R0) == 0 (the published behaviour;
@@ -50,8 +60,8 @@ def seed_list(num_patches: int, initialization_keep_rate: float, seeding: str = 
 
 
 def seed_positions(num_patches: int, initialization_keep_rate: float, seeding: str = "reference") -> torch.Tensor:
-    """Seed patch positions [n0] (int64, ascending), see :func:`seed_list`."""
-    return torch.tensor(seed_list(num_patches, initialization_keep_rate, seeding), dtype=torch.long)
+    """Seed patch positions [n0] (int64, ascending), see :func:`_seed_list`."""
+    return torch.tensor(_seed_list(num_patches, initialization_keep_rate, seeding), dtype=torch.long)
 
 
 def initial_tokens(
@@ -61,7 +71,7 @@ def initial_tokens(
 
     Computed on the host, so selecting never waits for the device.
     """
-    seeds = seed_list(num_patches, initialization_keep_rate, seeding)
+    seeds = _seed_list(num_patches, initialization_keep_rate, seeding)
     chosen = set(seeds)
     rest = [i for i in range(num_patches) if i not in chosen]
     return torch.tensor(seeds, device=device), torch.tensor(rest, device=device)
@@ -168,10 +178,10 @@ def gather_tokens(x: torch.Tensor, kept: torch.Tensor, num_prefix_tokens: int = 
     """
     prefix = torch.arange(num_prefix_tokens, device=x.device).expand(x.shape[0], -1)
     index = torch.cat((prefix, kept + num_prefix_tokens), dim=1)
-    return gather_rows(x, index), index
+    return _gather_rows(x, index), index
 
 
-def gather_rows(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def _gather_rows(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """x[b, positions[b]] for every b: [B, L, C], [B, n] -> [B, n, C], via a flat row gather."""
     batch, length, channels = x.shape
     flat = (positions + torch.arange(batch, device=x.device).unsqueeze(1) * length).reshape(-1)
@@ -180,7 +190,7 @@ def gather_rows(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 
 def _similarity(features: torch.Tensor, positions: torch.Tensor, distance: str) -> torch.Tensor:
     """Similarity [B, P, n] of every patch to the patches at ``positions`` [B, n] (higher = closer)."""
-    chosen = gather_rows(features, positions)
+    chosen = _gather_rows(features, positions)
     if distance == "cosine":
         return features @ chosen.transpose(1, 2)
     p = 2.0 if distance == "euclidean" else 1.0
