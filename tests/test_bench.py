@@ -75,6 +75,7 @@ def test_bench_bad_input_is_one_line(extra, fragments, tmp_path, capsys):
     assert_one_line_error(status, err, *[f.format(tmp=tmp_path) for f in fragments])
 
 
+@pytest.mark.slow  # over 8 s: compiles the models stage by stage
 def test_bench_compiles_one_graph_per_model_and_stage(monkeypatch, capsys):
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend="aot_eager"))  # no C++ build

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch._dynamo as dynamo
 from helpers import tiny_vit
@@ -20,6 +21,7 @@ def test_no_graph_breaks_on_a_cold_selector():
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
 
 
+@pytest.mark.slow  # over 8 s: compiles every stage
 def test_one_graph_per_stage_and_eager_equal_outputs():
     dynamo.reset()
     counters.clear()
@@ -37,6 +39,7 @@ def test_one_graph_per_stage_and_eager_equal_outputs():
     assert graphs == [1, 1, 2, 2, 3, 3]
 
 
+@pytest.mark.slow  # over 8 s: compiles two models
 def test_a_plain_model_compiled_first_does_not_hide_the_hook_of_a_toe_model():
     """torch.compile reuses graphs across instances of one class and skips hook guards by default."""
     dynamo.reset()

@@ -172,6 +172,7 @@ def test_toe_flops_takes_the_patch_size_and_model_kwargs_of_a_timm_model(capsys)
     ]
 
 
+@pytest.mark.slow  # over 8 s: two fresh Python processes
 def test_python_dash_m_toe_is_the_toe_command(capsys):
     """ncurses ships its own `toe` program, often first on PATH: `python -m toe` always reaches ours."""
     result = subprocess.run(

@@ -44,6 +44,7 @@ def test_the_dry_run_runs_every_step_and_writes_the_record(tmp_path):
     assert "| kill and resume | ok |" in summary and "## bench DeiT-S bf16" in summary
 
 
+@pytest.mark.slow  # over 8 s: a fresh process
 def test_a_budget_too_small_skips_steps_and_says_so(tmp_path):
     out = tmp_path / "check"
     result = subprocess.run(

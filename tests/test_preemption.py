@@ -72,6 +72,7 @@ print("workers started", flush=True)
 """
 
 
+@pytest.mark.slow  # over 8 s: a fresh process with loader workers
 def test_a_process_that_exits_with_its_loader_workers_running_ends():
     """At exit, multiprocessing ends the workers still running with SIGTERM from the main process: a worker
     that ignored every SIGTERM (a scheduler's) would make the process wait for it for ever."""

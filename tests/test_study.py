@@ -29,6 +29,7 @@ def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
     }
 
 
+@pytest.mark.slow  # trains its cells in fresh processes
 def test_tiny_grid_runs_resumes_and_skips(tiny_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "study"
     grid = ["--out", out, "--data", tiny_data, "--epochs", "3", "--seeds", "0", "--threads", "1"]
@@ -304,6 +305,7 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
     assert file.read_text() == "not a folder"
 
 
+@pytest.mark.slow  # trains its cells in fresh processes
 def test_a_vpt_grid_prompt_tunes_the_backbone_in_every_cell(tiny_data, tiny_runs, tmp_path, capsys):
     """--recipe vpt: every cell is the VPT recipe on --backbone (here a tiny DeiT run); the baseline is plain VPT."""
     out = tmp_path / "study"
@@ -325,6 +327,7 @@ def test_a_vpt_grid_prompt_tunes_the_backbone_in_every_cell(tiny_data, tiny_runs
     assert_one_line_error(status, err, f"--backbone {tmp_path / 'none.pth'}: no such file")
 
 
+@pytest.mark.slow  # trains a cell in a fresh process
 def test_a_cell_whose_folder_is_taken_by_a_file_fails_alone(tiny_data, tmp_path, capsys):
     """The docs' promise: that cell FAILED, the others go on (it was a FileExistsError ending the whole grid)."""
     out = tmp_path / "study"
@@ -351,6 +354,7 @@ def test_a_damaged_cell_log_is_named_and_the_cell_resumed_not_counted(tmp_path):
     assert entry["status"] == "damaged" and entry["epochs"] == [] and entry["totals"] is None
 
 
+@pytest.mark.slow  # trains a cell in a fresh process
 def test_a_second_runner_leaves_a_cell_another_runner_trains_alone(tiny_data, tmp_path, capsys):
     """Two study.py on one --out: a cell whose lock another process holds is left to it (no second training of
     the same folder); the rest of the grid goes on."""

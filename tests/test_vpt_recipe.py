@@ -117,6 +117,7 @@ def test_bad_input_is_one_line(tiny_data, backbone, tmp_path, capsys):
     assert_one_line_error(status, err, f"--finetune {heads_only} does not hold", "frozen backbone", "would stay random")
 
 
+@pytest.mark.slow  # over 8 s: the script twice, with a Python stub
 def test_the_vtab_script_tunes_on_800_200_then_trains_the_final_runs_with_the_best(tmp_path):
     """ToE/vpt/run/vtab.sh with torchrun replaced by a stub that logs 100 epochs whose top-1 peaks at lr 2.5,
     wd 0.001 on val200: the final runs on train800val200 / test use those, once per seed."""
