@@ -17,7 +17,7 @@ import yaml
 from torch import nn
 
 from .engine.checkpoint import load_checkpoint
-from .errors import UserError
+from .errors import UserError, state_dict_mismatch
 from .models.factory import create_model, parse_model_kwargs
 from .vpt import apply_vpt
 
@@ -137,8 +137,8 @@ def model_from_checkpoint(
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
-        detail = str(error).splitlines()[-1].strip()
         raise UserError(
-            f"{flag} {path}: its weights do not fit {args['model']} built from its recorded flags ({detail})"
+            f"{flag} {path}: its weights do not fit {args['model']} built from its recorded flags "
+            f"({state_dict_mismatch(error)})"
         ) from None
     return model, args

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..errors import UserError
+from ..errors import UserError, state_dict_mismatch
 from ..files import write_text_atomically
 from ..integration import has_toe, prefix_tokens
 from .checkpoint import load_checkpoint, load_latest, remove_stale_temporaries, save_checkpoint
@@ -234,8 +234,7 @@ def restore(run: TrainingRun, state: dict, source: str, weights_only: bool = Fal
     try:
         parts.module.load_state_dict(state["model"])
     except RuntimeError as error:
-        detail = str(error).splitlines()[-1].strip()
-        raise UserError(f"{source} was saved for a model of another shape: {detail}") from None
+        raise UserError(f"{source} was saved for a model of another shape: {state_dict_mismatch(error)}") from None
     if "optimizer" not in state:  # a bare model checkpoint: weights only
         return
     if not weights_only:

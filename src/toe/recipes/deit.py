@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from ..data import DATA_SETS, build_dataset, build_eval_transform, build_train_transform, check_same_classes
 from ..engine import DistInfo, StepHooks, load_weights
 from ..engine.losses import DISTILLATION_TYPES, BaseLoss, DistillationLoss, classification_loss
-from ..errors import UserError
+from ..errors import UserError, state_dict_mismatch
 from ..flag_types import below_one, non_negative, probability
 from ..flag_types import device as device_name
 from ..models.factory import check_input_size, create_model, parse_model_kwargs
@@ -359,10 +359,9 @@ def _build_teacher(args, num_classes: int, device: torch.device) -> torch.nn.Mod
     try:
         teacher.load_state_dict(state)
     except RuntimeError as error:
-        lines = str(error).splitlines()
-        detail = lines[1].strip() if len(lines) > 1 else str(error)
         raise UserError(
-            f"--teacher-path {args.teacher_path} does not fit --teacher-model {args.teacher_model} ({detail})"
+            f"--teacher-path {args.teacher_path} does not fit --teacher-model {args.teacher_model} "
+            f"({state_dict_mismatch(error)})"
         ) from None
     return teacher.to(device).eval()
 

@@ -36,7 +36,7 @@ from ..data.token_label import LABEL_SUFFIX, TOPK, label_file
 from ..engine import Precision, load_weights
 from ..engine.checkpoint import as_our_layout, torch_load
 from ..engine.run_lock import lock_run_folder
-from ..errors import UserError
+from ..errors import UserError, state_dict_mismatch
 from ..files import write_atomically
 from ..flag_types import device as device_name
 from ..models import LVViT
@@ -230,9 +230,9 @@ def build_annotator(args: argparse.Namespace, num_classes: int) -> tuple[nn.Modu
         try:
             model.load_state_dict(state)
         except RuntimeError as error:
-            detail = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
             raise UserError(
-                f"--checkpoint {args.checkpoint} does not fit --model {name} with {num_classes} classes ({detail})"
+                f"--checkpoint {args.checkpoint} does not fit --model {name} with {num_classes} classes "
+                f"({state_dict_mismatch(error)})"
             ) from None
     config = resolve_data_config({}, model=model)
     size = int(size or config["input_size"][-1])

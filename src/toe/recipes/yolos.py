@@ -26,7 +26,7 @@ from ..detection.matcher import HungarianMatcher
 from ..detection.model import BACKBONES, POS_EMBED_INITS, YOLOS, create_backbone
 from ..detection.transforms import eval_transforms, single_scale_train_transforms, train_transforms
 from ..engine import DistInfo, LRSchedule, evaluate_run, find_checkpoint, load_weights
-from ..errors import UserError
+from ..errors import UserError, state_dict_mismatch
 from ..figures import check_output, save_figure
 from ..flag_types import device as device_name
 from ..flag_types import non_negative
@@ -387,10 +387,9 @@ def load_detector_weights(model: YOLOS, path: str, flag: str = "--resume") -> st
     try:
         model.load_state_dict(load_weights(path, flag))
     except RuntimeError as error:
-        detail = " ".join(str(error).split("\n\t")[1:2]) or str(error).splitlines()[0]
         raise UserError(
             f"{flag} {path} does not fit the detector of these flags (--backbone_name, --det_token_num, "
-            f"--init_pe_size, --mid_pe_size, --model-kwargs): {detail}"
+            f"--init_pe_size, --mid_pe_size, --model-kwargs): {state_dict_mismatch(error)}"
         ) from None
     return f"evaluating the weights of {path}"
 
