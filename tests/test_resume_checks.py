@@ -15,9 +15,11 @@ from PIL import Image
 
 from toe.engine import FoundCheckpoint
 from toe.errors import UserError
-from toe.options import run_main
+from toe.options import flags_that_may_change_on_resume, run_main
 from toe.recipes import deit
 from toe.recipes.common import resume_changes
+
+DEIT_FREE = flags_that_may_change_on_resume(deit.build_parser())  # what DeiT's resume may change
 
 FLAGS = [*TINY_DEIT, "--epochs", "2", "--seed", "5", "--expansion-step", "0", "1", "--keep-rate", "0.5", "1.0"]
 
@@ -92,7 +94,7 @@ def test_extending_the_epochs_on_purpose_is_logged_and_the_schedule_follows(afte
     found = FoundCheckpoint(state, after_epoch_0 / "checkpoint.pth", "--resume mid.pth")
     current = {**state["args"], "batch_size": 8, "change_on_resume": ["batch_size"]}
     with pytest.raises(UserError, match="in the middle of an epoch continues only with the recorded values"):
-        resume_changes(current, state["identity"], found)
+        resume_changes(current, state["identity"], found, DEIT_FREE)
 
 
 def test_another_number_of_processes_is_refused_unless_asked(finished):
@@ -101,10 +103,10 @@ def test_another_number_of_processes_is_refused_unless_asked(finished):
     assert state["identity"]["world_size"] == 1
     two = {**state["identity"], "world_size": 2}
     with pytest.raises(UserError, match=r"other settings: processes 1 \(now 2\); .*--change-on-resume world_size"):
-        resume_changes(state["args"], two, found)
+        resume_changes(state["args"], two, found, DEIT_FREE)
     asked = {**state["args"], "change_on_resume": ["world_size"]}
-    assert resume_changes(asked, two, found) == {"world_size": (1, 2)}
-    assert resume_changes(state["args"], state["identity"], found) == {}
+    assert resume_changes(asked, two, found, DEIT_FREE) == {"world_size": (1, 2)}
+    assert resume_changes(state["args"], state["identity"], found, DEIT_FREE) == {}
 
 
 def test_the_same_flags_resume_and_a_finished_run_has_nothing_left(finished, tmp_path, tiny_data, capsys):
@@ -223,3 +225,17 @@ def test_a_checkpoint_written_as_deit_writes_it_evaluates_and_refuses_a_foreign_
     )
     assert_one_line_error(status, err, f"{deit_style}: its optimizer state does not fit", "--finetune")
     assert not (run / "log.txt").exists() and not (run / "checkpoint.pth").exists()
+
+
+@pytest.mark.parametrize("recipe", ["deit", "vpt", "lvvit", "yolos", "efficienttrain"])
+def test_the_flags_a_resume_may_change_are_marked_where_they_are_defined(recipe):
+    """Paths, workers, device, precision, progress and checkpoint interval may change on resume; what the run
+    trains may not. The marks sit on each flag's definition (may_change_on_resume); this is the list they give."""
+    import importlib
+
+    parser = importlib.import_module(f"toe.recipes.{recipe}").build_parser()
+    free = flags_that_may_change_on_resume(parser)
+    assert {"resume", "eval", "start_epoch", "device", "save_every_steps"} <= free
+    trains = {"epochs", "lr", "batch_size", "seed", "expansion_step", "keep_rate", "token_reduction", "model"}
+    assert not free & trains
+    assert free <= {a.dest for a in parser._actions}

@@ -125,6 +125,19 @@ PAPER_SETTINGS = {
 }
 
 
+def may_change_on_resume(action: argparse.Action) -> argparse.Action:
+    """Mark the flag ``action`` defines as one a resume may change: it says where or how the run executes
+    (paths, workers, device, precision, progress bars, checkpoint interval), not what it trains. Every other
+    flag must keep its recorded value on resume (:mod:`toe.recipes.resume_check`). Returns ``action``."""
+    action.may_change_on_resume = True  # type: ignore[attr-defined]
+    return action
+
+
+def flags_that_may_change_on_resume(parser: argparse.ArgumentParser) -> frozenset[str]:
+    """The destinations (``num_workers``, ...) of ``parser``'s flags marked by :func:`may_change_on_resume`."""
+    return frozenset(a.dest for a in parser._actions if getattr(a, "may_change_on_resume", False))
+
+
 def check_at_least(*checks: tuple[str, int | None, int]) -> None:
     """One :class:`UserError` for the first ``(flag, value, lowest)`` whose value is below its lowest
     (None values are not checked)."""

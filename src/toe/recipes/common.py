@@ -55,6 +55,7 @@ from ..errors import UserError
 from ..files import write_text_atomically
 from ..integration import apply_toe
 from ..models.factory import parse_model_kwargs
+from ..options import may_change_on_resume
 from ..token_select import TokenSelect
 from .resume_check import check_resume, dashed, differences, display, show
 from .summary import describe_toe
@@ -67,52 +68,66 @@ def add_engine_arguments(parser: argparse.ArgumentParser, upstream_switches: boo
     that has its own switches for them (EfficientTrain's ``--use_amp`` and ``--auto_resume``).
     """
     group = parser.add_argument_group("engine")
-    group.add_argument(
-        "--amp-dtype",
-        choices=AMP_DTYPES,
-        default="auto",
-        help="autocast dtype when mixed precision is on: auto = fp16 with a gradient scaler on CUDA (as upstream), "
-        "fp32 on the CPU; bf16 only when asked for",
+    may_change_on_resume(
+        group.add_argument(
+            "--amp-dtype",
+            choices=AMP_DTYPES,
+            default="auto",
+            help="autocast dtype when mixed precision is on: auto = fp16 with a gradient scaler on CUDA (as upstream), "
+            "fp32 on the CPU; bf16 only when asked for",
+        )
     )
     if upstream_switches:
-        group.add_argument("--no-amp", action="store_true", help="train in full fp32")
+        may_change_on_resume(group.add_argument("--no-amp", action="store_true", help="train in full fp32"))
+        may_change_on_resume(
+            group.add_argument(
+                "--apex-amp",
+                action="store_true",
+                help="apex O1's precision: fp16 autocast with a gradient scaler on CUDA (native AMP, apex is not used)",
+            )
+        )
+        may_change_on_resume(
+            group.add_argument(
+                "--auto-resume",
+                action="store_true",
+                help="resume from <output>/checkpoint.pth when it exists (checkpoint-prev.pth if it is damaged)",
+            )
+        )
+        may_change_on_resume(
+            group.add_argument(
+                "--change-on-resume",
+                nargs="+",
+                default=[],
+                metavar="FLAG",
+                help="flags (e.g. epochs) that may differ from the resumed checkpoint's, on purpose: the LR schedule "
+                "follows the new values and log.txt records the change (other differences are refused)",
+            )
+        )
+    may_change_on_resume(group.add_argument("--compile", action="store_true", help="torch.compile the model"))
+    may_change_on_resume(
         group.add_argument(
-            "--apex-amp",
+            "--save-every-steps",
+            type=int,
+            default=0,
+            metavar="N",
+            help="also write checkpoint.pth every N optimizer updates within an epoch (0: off)",
+        )
+    )
+    may_change_on_resume(
+        group.add_argument(
+            "--skip-corrupt",
             action="store_true",
-            help="apex O1's precision: fp16 autocast with a gradient scaler on CUDA (native AMP, apex is not used)",
+            help="replace unreadable images by the next readable one and count them, instead of stopping",
         )
+    )
+    may_change_on_resume(
         group.add_argument(
-            "--auto-resume",
+            "--synchronize-step",
             action="store_true",
-            help="resume from <output>/checkpoint.pth when it exists (checkpoint-prev.pth if it is damaged)",
+            help="wait for the GPU at the end of every training step (exact per-step compute times, slower)",
         )
-        group.add_argument(
-            "--change-on-resume",
-            nargs="+",
-            default=[],
-            metavar="FLAG",
-            help="flags (e.g. epochs) that may differ from the resumed checkpoint's, on purpose: the LR schedule "
-            "follows the new values and log.txt records the change (other differences are refused)",
-        )
-    group.add_argument("--compile", action="store_true", help="torch.compile the model")
-    group.add_argument(
-        "--save-every-steps",
-        type=int,
-        default=0,
-        metavar="N",
-        help="also write checkpoint.pth every N optimizer updates within an epoch (0: off)",
     )
-    group.add_argument(
-        "--skip-corrupt",
-        action="store_true",
-        help="replace unreadable images by the next readable one and count them, instead of stopping",
-    )
-    group.add_argument(
-        "--synchronize-step",
-        action="store_true",
-        help="wait for the GPU at the end of every training step (exact per-step compute times, slower)",
-    )
-    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    may_change_on_resume(group.add_argument("--no-progress", action="store_true", help="no progress bars"))
     group.add_argument(
         "--model-kwargs",
         nargs="*",

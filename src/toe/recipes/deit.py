@@ -22,7 +22,7 @@ from ..errors import UserError, state_dict_mismatch
 from ..flag_types import below_one, non_negative, probability
 from ..flag_types import device as device_name
 from ..models.factory import check_input_size, create_model, parse_model_kwargs
-from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main
+from ..options import ArgumentParser, add_toe_arguments, check_at_least, may_change_on_resume, run_main
 from .common import (
     add_engine_arguments,
     attach_toe,
@@ -125,14 +125,16 @@ def build_parser() -> ArgumentParser:
 
     g = p.add_argument_group("distillation")
     g.add_argument("--teacher-model", default="regnety_160", type=str)
-    g.add_argument("--teacher-path", type=str, default="", help="teacher weights (file or https URL)")
+    may_change_on_resume(
+        g.add_argument("--teacher-path", type=str, default="", help="teacher weights (file or https URL)")
+    )
     g.add_argument("--distillation-type", default="none", choices=DISTILLATION_TYPES)
     g.add_argument("--distillation-alpha", default=0.5, type=float)
     g.add_argument("--distillation-tau", default=1.0, type=float)
     g.add_argument("--cosub", action="store_true", help="not supported (DeiT III co-training); train without it")
 
     g = p.add_argument_group("fine-tuning")
-    g.add_argument("--finetune", default="", help="weights to fine-tune from (file or https URL)")
+    may_change_on_resume(g.add_argument("--finetune", default="", help="weights to fine-tune from (file or https URL)"))
     g.add_argument(
         "--attn-only",
         action="store_true",
@@ -140,7 +142,7 @@ def build_parser() -> ArgumentParser:
     )
 
     g = p.add_argument_group("data and run")
-    g.add_argument("--data-path", default="data/imagenet", type=str, help="dataset root")
+    may_change_on_resume(g.add_argument("--data-path", default="data/imagenet", type=str, help="dataset root"))
     g.add_argument(
         "--data-set",
         default="IMNET",
@@ -155,26 +157,34 @@ def build_parser() -> ArgumentParser:
         help="accepted for upstream's command lines; only iNaturalist uses it, which is read in ImageNet layout "
         "(--data-set IMNET)",
     )
-    g.add_argument("--download", action="store_true", help="download CIFAR into --data-path")
-    g.add_argument("--output_dir", default="", help="where to save checkpoints and logs (nothing saved if empty)")
-    g.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--seed", default=0, type=int)
-    g.add_argument(
-        "--resume",
-        default="",
-        help="checkpoint to resume from (the LR schedule continues where it was saved; upstream skips one value)",
+    may_change_on_resume(g.add_argument("--download", action="store_true", help="download CIFAR into --data-path"))
+    may_change_on_resume(
+        g.add_argument("--output_dir", default="", help="where to save checkpoints and logs (nothing saved if empty)")
     )
-    g.add_argument("--start_epoch", default=0, type=int, help="first epoch when not resuming")
-    g.add_argument(
-        "--eval",
-        action="store_true",
-        help="evaluate the --resume (or --auto-resume) checkpoint or the --finetune weights and stop; with "
-        "--sparse-eval at the ToE stage of the checkpoint's epoch",
+    may_change_on_resume(
+        g.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
+    )
+    g.add_argument("--seed", default=0, type=int)
+    may_change_on_resume(
+        g.add_argument(
+            "--resume",
+            default="",
+            help="checkpoint to resume from (the LR schedule continues where it was saved; upstream skips one value)",
+        )
+    )
+    may_change_on_resume(g.add_argument("--start_epoch", default=0, type=int, help="first epoch when not resuming"))
+    may_change_on_resume(
+        g.add_argument(
+            "--eval",
+            action="store_true",
+            help="evaluate the --resume (or --auto-resume) checkpoint or the --finetune weights and stop; with "
+            "--sparse-eval at the ToE stage of the checkpoint's epoch",
+        )
     )
     g.add_argument("--eval-crop-ratio", default=0.875, type=float)
-    g.add_argument("--dist-eval", action="store_true", help="distributed evaluation")
-    g.add_argument("--num_workers", default=10, type=int)
-    g.add_argument("--pin-mem", action=argparse.BooleanOptionalAction, default=True)
+    may_change_on_resume(g.add_argument("--dist-eval", action="store_true", help="distributed evaluation"))
+    may_change_on_resume(g.add_argument("--num_workers", default=10, type=int))
+    may_change_on_resume(g.add_argument("--pin-mem", action=argparse.BooleanOptionalAction, default=True))
     g.add_argument(
         "--train-mode",
         action=argparse.BooleanOptionalAction,
@@ -188,7 +198,7 @@ def build_parser() -> ArgumentParser:
         help="accepted for upstream's command lines: torchrun's environment decides whether the run is distributed",
     )
     g.add_argument("--world_size", default=1, type=int, help="set by torchrun (WORLD_SIZE)")
-    g.add_argument("--dist_url", default="env://", help="distributed rendezvous")
+    may_change_on_resume(g.add_argument("--dist_url", default="env://", help="distributed rendezvous"))
 
     add_engine_arguments(p)
     add_toe_arguments(p, "deit")
@@ -239,9 +249,10 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     check_args(args)
-    return run_recipe(args, _build, dist_url=args.dist_url)
+    return run_recipe(parser, args, _build, dist_url=args.dist_url)
 
 
 def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: Path | None, say: Say) -> Recipe:

@@ -31,7 +31,15 @@ from ..errors import UserError
 from ..flag_types import below_one, non_negative, probability
 from ..flag_types import device as device_name
 from ..models.factory import create_model, parse_model_kwargs
-from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main, token_select_from_args
+from ..options import (
+    ArgumentParser,
+    add_toe_arguments,
+    check_at_least,
+    flags_that_may_change_on_resume,
+    may_change_on_resume,
+    run_main,
+    token_select_from_args,
+)
 from .common import (
     add_engine_arguments,
     attach_toe,
@@ -95,7 +103,7 @@ def build_parser(prog: str = "ToE/EfficientTrain/main.py", stage: bool = True) -
     g.add_argument("--lr", type=non_negative, default=4e-3, help="peak learning rate (not scaled by the batch)")
     g.add_argument("--min_lr", type=non_negative, default=1e-6)
     g.add_argument("--warmup_epochs", type=int, default=20)
-    g.add_argument("--use_amp", type=str2bool, default=False, help="mixed precision (true/false)")
+    may_change_on_resume(g.add_argument("--use_amp", type=str2bool, default=False, help="mixed precision (true/false)"))
 
     g = p.add_argument_group("augmentation")
     g.add_argument("--color_jitter", type=non_negative, default=0.4)
@@ -121,8 +129,12 @@ def build_parser(prog: str = "ToE/EfficientTrain/main.py", stage: bool = True) -
     )
 
     g = p.add_argument_group("data and run")
-    g.add_argument("--data_path", default="data/imagenet", type=str, help="dataset root (train/ and val/)")
-    g.add_argument("--eval_data_path", default=None, type=str, help="validation folder (--data_set image_folder)")
+    may_change_on_resume(
+        g.add_argument("--data_path", default="data/imagenet", type=str, help="dataset root (train/ and val/)")
+    )
+    may_change_on_resume(
+        g.add_argument("--eval_data_path", default=None, type=str, help="validation folder (--data_set image_folder)")
+    )
     g.add_argument(
         "--data_set",
         default="IMNET",
@@ -130,14 +142,18 @@ def build_parser(prog: str = "ToE/EfficientTrain/main.py", stage: bool = True) -
         help="IMNET = ImageNet layout (class count inferred), CIFAR = CIFAR-100, image_folder = "
         "--data_path and --eval_data_path as class folders",
     )
-    g.add_argument("--output_dir", default="", help="where to save checkpoints and logs")
-    g.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
+    may_change_on_resume(g.add_argument("--output_dir", default="", help="where to save checkpoints and logs"))
+    may_change_on_resume(
+        g.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
+    )
     g.add_argument("--seed", default=0, type=int)
-    g.add_argument("--auto_resume", type=str2bool, default=True, help="continue from <output_dir>/checkpoint.pth")
-    g.add_argument("--dist_eval", type=str2bool, default=True, help="distributed evaluation")
-    g.add_argument("--num_workers", default=10, type=int)
-    g.add_argument("--pin_mem", type=str2bool, default=True)
-    g.add_argument("--dist_url", default="env://", help="distributed rendezvous")
+    may_change_on_resume(
+        g.add_argument("--auto_resume", type=str2bool, default=True, help="continue from <output_dir>/checkpoint.pth")
+    )
+    may_change_on_resume(g.add_argument("--dist_eval", type=str2bool, default=True, help="distributed evaluation"))
+    may_change_on_resume(g.add_argument("--num_workers", default=10, type=int))
+    may_change_on_resume(g.add_argument("--pin_mem", type=str2bool, default=True))
+    may_change_on_resume(g.add_argument("--dist_url", default="env://", help="distributed rendezvous"))
 
     add_engine_arguments(p, upstream_switches=False)  # --use_amp and --auto_resume are its own
     if stage:
@@ -156,9 +172,11 @@ def build_parser(prog: str = "ToE/EfficientTrain/main.py", stage: bool = True) -
         g.add_argument("--update_freq", default=1, type=int, help="gradient accumulation steps per update")
         g.add_argument("--end_epoch", default=None, type=int, help="stop before this epoch (default --epochs)")
         g.add_argument("--aa", type=str, default="rand-m9-mstd0.5-inc1", help="RandAugment policy ('none': off)")
-        g.add_argument("--resume", default="", help="checkpoint to resume from")
-        g.add_argument("--start_epoch", default=0, type=int, help="first epoch when not resuming")
-        g.add_argument("--eval", type=str2bool, default=False, help="evaluate --resume's checkpoint only")
+        may_change_on_resume(g.add_argument("--resume", default="", help="checkpoint to resume from"))
+        may_change_on_resume(g.add_argument("--start_epoch", default=0, type=int, help="first epoch when not resuming"))
+        may_change_on_resume(
+            g.add_argument("--eval", type=str2bool, default=False, help="evaluate --resume's checkpoint only")
+        )
     add_toe_arguments(p, "efficienttrain")
     return p
 
@@ -253,9 +271,11 @@ def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
     output_dir = prepare_output_dir(args.output_dir, bool(args.resume) or args.auto_resume, dist, "--output_dir")
     end_epoch = args.end_epoch or args.epochs
     found = find_checkpoint(args.resume, args.auto_resume, output_dir, auto_flag="--auto_resume", clean=dist.is_main)
-    spell = spelling(build_parser())
+    parser = build_parser()
+    spell = spelling(parser)
+    free = flags_that_may_change_on_resume(parser) | set(STAGE_FLAGS)  # a stage's own flags differ by design
     if found is not None:  # a plan change is refused before the curriculum moves on (or back)
-        resume_changes(plain_args(args), {}, found, STAGE_FLAGS, spell)
+        resume_changes(plain_args(args), {}, found, free, spell)
     if found is not None and not args.eval and int(found.state["epoch"]) + 1 >= end_epoch:
         RunLogger(None, dist.is_main).print(
             f"epochs before {end_epoch} already done ({found.path}: epoch {found.state['epoch']})"
@@ -295,7 +315,7 @@ def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
         """A checkpoint of another stage's input size: position embedding and its optimizer moments resampled."""
         return resample_checkpoint(state, model, run.parts.optimizer, found.source)
 
-    if message := resume_run(run, found, adapt, free=STAGE_FLAGS, spell=spell):
+    if message := resume_run(run, found, adapt, free=free, spell=spell):
         log.print(message)
 
     if args.eval:

@@ -29,7 +29,7 @@ from ..flag_types import below_one, non_negative, probability
 from ..flag_types import device as device_name
 from ..models import LVViT
 from ..models.factory import create_model, parse_model_kwargs
-from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main
+from ..options import ArgumentParser, add_toe_arguments, check_at_least, may_change_on_resume, run_main
 from .common import (
     add_engine_arguments,
     attach_toe,
@@ -51,8 +51,12 @@ def build_parser() -> ArgumentParser:
         description="LV-ViT training with token labeling and MixToken, with Token Expansion (ToE).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("-c", "--config", default="", metavar="FILE", help="YAML of flag defaults (keys: flag names)")
-    p.add_argument("data_dir", metavar="DIR", help="dataset root with train/ and val/ (one folder per class)")
+    may_change_on_resume(
+        p.add_argument("-c", "--config", default="", metavar="FILE", help="YAML of flag defaults (keys: flag names)")
+    )
+    may_change_on_resume(
+        p.add_argument("data_dir", metavar="DIR", help="dataset root with train/ and val/ (one folder per class)")
+    )
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default="lvvit_s", help="model name (lvvit_t/s/m/l or any timm model)")
@@ -64,8 +68,8 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights")
     g.add_argument("--model-ema-decay", type=probability, default=0.99992)
     g.add_argument("--model-ema-force-cpu", action="store_true")
-    g.add_argument("--finetune", default="", help="weights to fine-tune from (file or https URL)")
-    g.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
+    may_change_on_resume(g.add_argument("--finetune", default="", help="weights to fine-tune from (file or https URL)"))
+    may_change_on_resume(g.add_argument("--channels-last", action="store_true", help="channels-last memory layout"))
 
     g = p.add_argument_group("optimizer")
     g.add_argument("--opt", default="adamw")
@@ -87,7 +91,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--warmup-lr", type=non_negative, default=1e-6)
     g.add_argument("--min-lr", type=non_negative, default=1e-5)
     g.add_argument("--epochs", type=int, default=300, help="epochs before the cool-down")
-    g.add_argument("--start-epoch", type=int, default=0, help="first epoch when not resuming")
+    may_change_on_resume(g.add_argument("--start-epoch", type=int, default=0, help="first epoch when not resuming"))
     g.add_argument("--decay-epochs", type=float, default=30)
     g.add_argument("--warmup-epochs", type=int, default=5)
     g.add_argument("--cooldown-epochs", type=int, default=10, help="epochs at --min-lr after --epochs")
@@ -114,7 +118,9 @@ def build_parser() -> ArgumentParser:
 
     g = p.add_argument_group("token labeling")
     g.add_argument("--token-label", action="store_true", help="train on token labels (dense loss and MixToken)")
-    g.add_argument("--token-label-data", default="", help="folder of label files (see generate_label.py)")
+    may_change_on_resume(
+        g.add_argument("--token-label-data", default="", help="folder of label files (see generate_label.py)")
+    )
     g.add_argument(
         "--token-label-size",
         type=int,
@@ -140,29 +146,41 @@ def build_parser() -> ArgumentParser:
 
     g = p.add_argument_group("run")
     g.add_argument("-b", "--batch-size", type=int, default=32, help="batch size per process")
-    g.add_argument("-vb", "--validation-batch-size", type=int, default=None, help="default: --batch-size")
-    g.add_argument("-j", "--workers", type=int, default=4, help="data loading processes per training process")
-    g.add_argument("--pin-mem", action="store_true", help="pin loader memory (CUDA)")
-    g.add_argument("--output", default="", help="run folder for checkpoints and logs (nothing saved if empty)")
+    may_change_on_resume(
+        g.add_argument("-vb", "--validation-batch-size", type=int, default=None, help="default: --batch-size")
+    )
+    may_change_on_resume(
+        g.add_argument("-j", "--workers", type=int, default=4, help="data loading processes per training process")
+    )
+    may_change_on_resume(g.add_argument("--pin-mem", action="store_true", help="pin loader memory (CUDA)"))
+    may_change_on_resume(
+        g.add_argument("--output", default="", help="run folder for checkpoints and logs (nothing saved if empty)")
+    )
     g.add_argument("--eval-metric", default="top1", choices=["top1"], help="metric of the best checkpoints")
     g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--resume", default="", help="checkpoint to resume from")
-    g.add_argument(
-        "--eval",
-        action="store_true",
-        help="evaluate the --resume (or --auto-resume) checkpoint or the --finetune weights and stop; with "
-        "--sparse-eval at the ToE stage of the checkpoint's epoch",
+    may_change_on_resume(g.add_argument("--resume", default="", help="checkpoint to resume from"))
+    may_change_on_resume(
+        g.add_argument(
+            "--eval",
+            action="store_true",
+            help="evaluate the --resume (or --auto-resume) checkpoint or the --finetune weights and stop; with "
+            "--sparse-eval at the ToE stage of the checkpoint's epoch",
+        )
     )
-    g.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--amp", action="store_true", help="mixed precision (native AMP)")
-    g.add_argument("--native-amp", action="store_true", help="same as --amp")
-    g.add_argument(
-        "--local-rank",
-        "--local_rank",
-        dest="local_rank",
-        type=int,
-        default=int(os.environ.get("LOCAL_RANK", "0")),
-        help="set by the launcher (torchrun sets LOCAL_RANK)",
+    may_change_on_resume(
+        g.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
+    )
+    may_change_on_resume(g.add_argument("--amp", action="store_true", help="mixed precision (native AMP)"))
+    may_change_on_resume(g.add_argument("--native-amp", action="store_true", help="same as --amp"))
+    may_change_on_resume(
+        g.add_argument(
+            "--local-rank",
+            "--local_rank",
+            dest="local_rank",
+            type=int,
+            default=int(os.environ.get("LOCAL_RANK", "0")),
+            help="set by the launcher (torchrun sets LOCAL_RANK)",
+        )
     )
 
     add_engine_arguments(p)
@@ -223,12 +241,13 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parse_with_config(parser, argv)
     check_args(args)
     if args.local_rank and "LOCAL_RANK" not in os.environ:  # torch.distributed.launch passes --local_rank
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     try:
-        return run_recipe(args, _build, output=(args.output, "--output"))
+        return run_recipe(parser, args, _build, output=(args.output, "--output"))
     except UserError as error:
         raise _without_worker_traceback(error) from None
 

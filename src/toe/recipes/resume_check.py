@@ -3,9 +3,10 @@
 Resuming with another ``--batch-size`` makes a mid-epoch checkpoint skip the wrong samples, other ToE
 flags make the report show stages that never happened, another ``--epochs`` moves the LR schedule,
 another model, seed, number of processes or data set trains something else. Every recorded flag is
-compared, except those that say where and how the run executes rather than what it trains
-(:data:`FREE`: paths, workers, device, progress bars, checkpoint interval, ...); the number of
-processes and the training images (class list, image count, fingerprint) are compared too.
+compared, except those that say where and how the run executes rather than what it trains (paths,
+workers, device, progress bars, checkpoint interval, ...): each recipe marks them where it defines them
+(:func:`toe.options.may_change_on_resume`) and passes them as ``free``. The number of processes and the
+training images (class list, image count, fingerprint) are compared too.
 
 A difference is refused with one line listing each flag, its recorded and its new value, unless the
 flag is named in ``--change-on-resume`` (a deliberate change, e.g. extending ``--epochs``): then the run
@@ -21,46 +22,6 @@ from collections.abc import Callable, Iterable
 
 from ..errors import UserError
 
-# flags that may differ on resume: where and how the run executes, not what it trains
-FREE = frozenset(
-    {
-        "output_dir",
-        "output",
-        "resume",
-        "auto_resume",
-        "change_on_resume",
-        "eval",
-        "start_epoch",
-        "data_path",
-        "data_dir",
-        "eval_data_path",
-        "token_label_data",
-        "finetune",
-        "teacher_path",
-        "config",
-        "download",
-        "device",
-        "dist_url",
-        "dist_eval",
-        "local_rank",
-        "num_workers",
-        "workers",
-        "pin_mem",
-        "no_progress",
-        "save_every_steps",
-        "skip_corrupt",
-        "compile",
-        "synchronize_step",
-        "validation_batch_size",
-        "amp_dtype",
-        "no_amp",
-        "amp",
-        "apex_amp",
-        "native_amp",
-        "use_amp",
-        "channels_last",
-    }
-)
 # changes that move the samples of an epoch: a mid-epoch checkpoint cannot continue with them
 SAMPLE_ORDER = frozenset({"batch_size", "accum_iter", "update_freq", "seed", "repeated_aug", "world_size", "data"})
 
@@ -84,8 +45,8 @@ def flag_key(name: str) -> str:
 
 def differences(recorded: dict, current: dict, free: Iterable[str] = ()) -> dict[str, tuple]:
     """``{key: (recorded value, current value)}`` for every flag of ``current`` recorded with another value
-    (flags in :data:`FREE` or ``free`` aside; a flag the checkpoint does not record is not compared)."""
-    skip = FREE | set(free)
+    (flags in ``free`` aside; a flag the checkpoint does not record is not compared)."""
+    skip = set(free)
     return {
         key: (recorded[key], value)
         for key, value in current.items()

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..engine import DistInfo, FoundCheckpoint, RunLogger, evaluate_checkpoint, find_checkpoint, init_distributed
 from ..engine.distributed import cleanup
-from ..options import token_select_from_args
+from ..options import flags_that_may_change_on_resume, token_select_from_args
 from ..token_select import TokenSelect
 from .common import TrainingRun, check_eval_weights, prepare_output_dir, resume_run, save_args, train_and_log
 
@@ -42,7 +42,8 @@ class Recipe:
         header: the line printed before training (called after the resume).
         eval_report: ``--eval``'s metrics -> the lines to print.
         save_flags: writes the flags into the run folder (``args.json`` unless the recipe keeps another file).
-        resume_options: ``free`` / ``spell`` for :func:`~toe.recipes.common.resume_run`.
+        resume_options: more keywords for :func:`~toe.recipes.common.resume_run` (``spell``: how messages
+            write a flag, for recipes whose flags use underscores).
         after_resume: a check of the checkpoint found (None: a fresh start), before evaluating or training.
         evaluate: ``--eval`` done the recipe's own way (YOLOS: weights of any upstream file); returns the
             metrics. None: evaluate the checkpoint found (or the ``--finetune`` weights).
@@ -61,20 +62,24 @@ Build = Callable[[argparse.Namespace, DistInfo, "TokenSelect | None", "Path | No
 
 
 def run_recipe(
+    parser: argparse.ArgumentParser,
     args: argparse.Namespace,
     build: Build,
     output: tuple[str, str] | None = None,
     dist_url: str | None = None,
 ) -> dict | None:
-    """Train or evaluate with checked ``args``: the last epoch's log record, or the evaluation's metrics.
+    """Train or evaluate with ``args``, parsed by ``parser`` and checked: the last epoch's log record, or the
+    evaluation's metrics.
 
     ``build(args, dist, token_select, output_dir, say)`` makes the recipe's :class:`Recipe`; ``output`` is
     the run folder and how the recipe spells its flag (default ``args.output_dir``, ``--output_dir``);
-    ``dist_url`` the rendezvous of ``--dist_url`` (None: torchrun's environment)."""
+    ``dist_url`` the rendezvous of ``--dist_url`` (None: torchrun's environment). A resume may change the
+    flags ``parser`` marks with :func:`~toe.options.may_change_on_resume`, no other."""
     token_select = token_select_from_args(args)
     dist = init_distributed(args.device, dist_url) if dist_url is not None else init_distributed(args.device)
+    free = flags_that_may_change_on_resume(parser)
     try:
-        return _train_or_evaluate(args, dist, token_select, build, output or (args.output_dir, "--output_dir"))
+        return _train_or_evaluate(args, dist, token_select, build, output or (args.output_dir, "--output_dir"), free)
     finally:
         cleanup(dist)
 
@@ -85,6 +90,7 @@ def _train_or_evaluate(
     token_select: TokenSelect | None,
     build: Build,
     output: tuple[str, str],
+    free: frozenset[str],
 ) -> dict | None:
     resuming = bool(args.resume) or args.auto_resume or args.eval
     output_dir = prepare_output_dir(output[0], resuming, dist, output[1])
@@ -98,7 +104,7 @@ def _train_or_evaluate(
         return metrics
 
     found = find_checkpoint(args.resume, args.auto_resume, output_dir, clean=dist.is_main)
-    if message := resume_run(run, found, **recipe.resume_options):
+    if message := resume_run(run, found, **{"free": free, **recipe.resume_options}):
         say(message)
     if recipe.after_resume is not None:
         recipe.after_resume(found)

@@ -34,7 +34,7 @@ from ..errors import UserError
 from ..flag_types import below_one, non_negative, probability
 from ..flag_types import device as device_name
 from ..models.factory import check_input_size, create_model, parse_model_kwargs
-from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main
+from ..options import ArgumentParser, add_toe_arguments, check_at_least, may_change_on_resume, run_main
 from ..vpt import HEAD_PREFIXES, apply_vpt
 from .common import (
     add_engine_arguments,
@@ -69,13 +69,15 @@ def build_parser() -> ArgumentParser:
         "vit_base_patch16_224.orig_in21k weights)",
     )
     g.add_argument("--input-size", default=224, type=int, help="image size")
-    g.add_argument(
-        "--finetune",
-        default="",
-        help="the pre-trained backbone (required unless resuming): a timm .safetensors/.pth weights file, an "
-        "official DeiT/ViT checkpoint or one of this project's checkpoints, or an https URL; its classification "
-        "head is left out (a new head per task, as VPT) unless the file is a prompt-tuning checkpoint of this "
-        "recipe, whose prompts and head load when they fit",
+    may_change_on_resume(
+        g.add_argument(
+            "--finetune",
+            default="",
+            help="the pre-trained backbone (required unless resuming): a timm .safetensors/.pth weights file, an "
+            "official DeiT/ViT checkpoint or one of this project's checkpoints, or an https URL; its classification "
+            "head is left out (a new head per task, as VPT) unless the file is a prompt-tuning checkpoint of this "
+            "recipe, whose prompts and head load when they fit",
+        )
     )
     g.add_argument(
         "--vpt", choices=("shallow", "deep"), default="deep", help="prompts at block 0 only, or at every block"
@@ -114,7 +116,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--smoothing", type=below_one, default=0.0, help="label smoothing (VPT: none)")
 
     g = p.add_argument_group("data and run")
-    g.add_argument("--data-path", default="data/vtab-1k/dtd", type=str, help="dataset root")
+    may_change_on_resume(g.add_argument("--data-path", default="data/vtab-1k/dtd", type=str, help="dataset root"))
     g.add_argument(
         "--data-set",
         default="IMNET",
@@ -139,18 +141,26 @@ def build_parser() -> ArgumentParser:
         help="vtab: resize to --input-size, no augmentation; fgvc: resize to 8/7 of it, random crop and flip "
         "(centre crop to evaluate); ImageNet mean and std for both, as VPT",
     )
-    g.add_argument("--download", action="store_true", help="download CIFAR into --data-path")
-    g.add_argument("--output_dir", default="", help="where to save checkpoints and logs (nothing saved if empty)")
-    g.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
+    may_change_on_resume(g.add_argument("--download", action="store_true", help="download CIFAR into --data-path"))
+    may_change_on_resume(
+        g.add_argument("--output_dir", default="", help="where to save checkpoints and logs (nothing saved if empty)")
+    )
+    may_change_on_resume(
+        g.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
+    )
     g.add_argument("--seed", default=0, type=int)
-    g.add_argument("--resume", default="", help="checkpoint to resume from")
-    g.add_argument("--start_epoch", default=0, type=int, help="first epoch when not resuming")
-    g.add_argument("--eval", action="store_true", help="evaluate the --resume (or --auto-resume) checkpoint and stop")
-    g.add_argument("--dist-eval", action="store_true", help="distributed evaluation")
-    g.add_argument("--num_workers", default=4, type=int, help="VPT: 4")
-    g.add_argument("--pin-mem", action=argparse.BooleanOptionalAction, default=True)
+    may_change_on_resume(g.add_argument("--resume", default="", help="checkpoint to resume from"))
+    may_change_on_resume(g.add_argument("--start_epoch", default=0, type=int, help="first epoch when not resuming"))
+    may_change_on_resume(
+        g.add_argument(
+            "--eval", action="store_true", help="evaluate the --resume (or --auto-resume) checkpoint and stop"
+        )
+    )
+    may_change_on_resume(g.add_argument("--dist-eval", action="store_true", help="distributed evaluation"))
+    may_change_on_resume(g.add_argument("--num_workers", default=4, type=int, help="VPT: 4"))
+    may_change_on_resume(g.add_argument("--pin-mem", action=argparse.BooleanOptionalAction, default=True))
     g.add_argument("--world_size", default=1, type=int, help="set by torchrun (WORLD_SIZE)")
-    g.add_argument("--dist_url", default="env://", help="distributed rendezvous")
+    may_change_on_resume(g.add_argument("--dist_url", default="env://", help="distributed rendezvous"))
 
     add_engine_arguments(p)
     add_toe_arguments(p, "vpt")
@@ -188,9 +198,10 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     check_args(args)
-    return run_recipe(args, _build, dist_url=args.dist_url)
+    return run_recipe(parser, args, _build, dist_url=args.dist_url)
 
 
 def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: Path | None, say: Say) -> Recipe:

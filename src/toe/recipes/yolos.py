@@ -31,7 +31,14 @@ from ..figures import check_output, save_figure
 from ..flag_types import device as device_name
 from ..flag_types import non_negative
 from ..models.factory import parse_model_kwargs
-from ..options import ArgumentParser, add_toe_arguments, check_at_least, run_main
+from ..options import (
+    ArgumentParser,
+    add_toe_arguments,
+    check_at_least,
+    flags_that_may_change_on_resume,
+    may_change_on_resume,
+    run_main,
+)
 from ..token_select import TokenSelect
 from .common import (
     add_engine_arguments,
@@ -43,8 +50,6 @@ from .resume_check import spelling
 from .skeleton import Recipe, Say, run_recipe
 
 SCHEDULES = ("warmupcos", "step")
-# flags besides the shared ones that may differ on resume: where the data is (the images are compared)
-FREE_ON_RESUME = ("coco_path", "world_size")
 
 
 def build_parser() -> ArgumentParser:
@@ -112,7 +117,9 @@ def build_parser() -> ArgumentParser:
 
     g = p.add_argument_group("data and run")
     g.add_argument("--dataset_file", default="coco", choices=["coco"], help="only COCO-layout data")
-    g.add_argument("--coco_path", type=str, default=None, help="COCO-layout folder (see datasets/README.md)")
+    may_change_on_resume(
+        g.add_argument("--coco_path", type=str, default=None, help="COCO-layout folder (see datasets/README.md)")
+    )
     g.add_argument(
         "--aug-scale",
         type=float,
@@ -125,28 +132,34 @@ def build_parser() -> ArgumentParser:
         help="train at --eval_size (random horizontal flip only), not with DETR's multi-scale resize and crop: "
         "for tiny data, where the padding of mixed sizes in a batch hides where each image ends (not upstream)",
     )
-    g.add_argument("--output_dir", default="", help="where to save checkpoints and logs (nothing saved if empty)")
-    g.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
+    may_change_on_resume(
+        g.add_argument("--output_dir", default="", help="where to save checkpoints and logs (nothing saved if empty)")
+    )
+    may_change_on_resume(
+        g.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
+    )
     g.add_argument("--seed", default=42, type=int)
-    g.add_argument("--resume", default="", help="checkpoint to resume from")
-    g.add_argument("--start_epoch", default=0, type=int, help="first epoch when not resuming")
-    g.add_argument("--eval", action="store_true", help="evaluation only")
+    may_change_on_resume(g.add_argument("--resume", default="", help="checkpoint to resume from"))
+    may_change_on_resume(g.add_argument("--start_epoch", default=0, type=int, help="first epoch when not resuming"))
+    may_change_on_resume(g.add_argument("--eval", action="store_true", help="evaluation only"))
     g.add_argument(
         "--predictions-figure",
         default=None,
         metavar="PNG",
         help="with --eval: also draw the predictions (score >= 0.5) on the first 6 validation images into PNG",
     )
-    g.add_argument("--num_workers", default=2, type=int)
-    g.add_argument("--world_size", default=1, type=int, help="set by torchrun (WORLD_SIZE)")
-    g.add_argument("--dist_url", default="env://", help="distributed rendezvous")
+    may_change_on_resume(g.add_argument("--num_workers", default=2, type=int))
+    may_change_on_resume(g.add_argument("--world_size", default=1, type=int, help="set by torchrun (WORLD_SIZE)"))
+    may_change_on_resume(g.add_argument("--dist_url", default="env://", help="distributed rendezvous"))
 
     add_engine_arguments(p)
-    p.add_argument(
-        "--amp",
-        action="store_true",
-        help="mixed precision (fp16 with a gradient scaler on CUDA; --amp-dtype bf16 for bf16); off by default: "
-        "upstream YOLOS trains in fp32",
+    may_change_on_resume(
+        p.add_argument(
+            "--amp",
+            action="store_true",
+            help="mixed precision (fp16 with a gradient scaler on CUDA; --amp-dtype bf16 for bf16); off by default: "
+            "upstream YOLOS trains in fp32",
+        )
     )
     add_toe_arguments(p, "yolos")
     p.set_defaults(pin_mem=True)  # the shared run builder reads it; upstream YOLOS pins memory
@@ -311,9 +324,10 @@ def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer):
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     check_args(args)
-    return run_recipe(args, _build, dist_url=args.dist_url)
+    return run_recipe(parser, args, _build, dist_url=args.dist_url)
 
 
 def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: Path | None, say: Say) -> Recipe:
@@ -341,7 +355,8 @@ def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: P
         collate_fn=collate_detection,
         optimizer=lambda m: build_optimizer(m, args),
     )
-    resume_options: dict[str, Any] = {"free": FREE_ON_RESUME, "spell": spelling(build_parser())}
+    parser = build_parser()
+    resume_options: dict[str, Any] = {"free": flags_that_may_change_on_resume(parser), "spell": spelling(parser)}
 
     def evaluate() -> dict:
         """--resume FILE: its weights as they are (ours or upstream YOLOS's); --auto-resume: the run folder's
