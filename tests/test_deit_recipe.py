@@ -20,7 +20,7 @@ from helpers import (
 )
 
 from toe.recipes import deit
-from toe.recipes.common import load_finetune_weights
+from toe.recipes.build import load_finetune_weights
 
 
 def deit_run(capsys, tiny_data, output, *extra):

@@ -35,7 +35,7 @@ from toe.engine.loop import accumulation_divisor, batches_to_train
 from toe.engine.losses import BaseLoss
 from toe.errors import UserError
 from toe.recipes import deit, lvvit
-from toe.recipes.common import precision_from_args
+from toe.recipes.flags import precision_from_args
 
 CPU = Precision(torch.device("cpu"), None)
 TIMING = {"train_compute_time", "train_data_time", "epoch_time", "train_images_per_sec"}

@@ -17,7 +17,7 @@ from toe.engine import FoundCheckpoint
 from toe.errors import UserError
 from toe.options import flags_that_may_change_on_resume, run_main
 from toe.recipes import deit
-from toe.recipes.common import resume_changes
+from toe.recipes.resume import resume_changes
 
 DEIT_FREE = flags_that_may_change_on_resume(deit.build_parser())  # what DeiT's resume may change
 

@@ -1,7 +1,7 @@
 """The shared training engine: distributed set-up, precision, losses, checkpoints, logging, loops.
 
 It imports nothing from the data, the recipes or the command line; recipes build a :class:`TrainingRun`
-(``toe.recipes.common.build_run``) and call :func:`fit`.
+(``toe.recipes.build.build_run``) and call :func:`fit`.
 """
 
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint

@@ -67,7 +67,7 @@ class RunSettings:
 
 @dataclass
 class RunParts:
-    """The collaborators a recipe builds (see ``toe.recipes.common.build_run``) and the engine uses."""
+    """The collaborators a recipe builds (see ``toe.recipes.build.build_run``) and the engine uses."""
 
     model: nn.Module  # what runs the forward: possibly DDP- and/or torch.compile-wrapped
     module: nn.Module  # the plain model: state_dict, ToE stage

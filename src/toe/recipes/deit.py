@@ -23,17 +23,8 @@ from ..flag_types import below_one, non_negative, probability
 from ..flag_types import device as device_name
 from ..models.factory import check_input_size, create_model, parse_model_kwargs
 from ..options import ArgumentParser, add_toe_arguments, check_at_least, may_change_on_resume, run_main
-from .common import (
-    add_engine_arguments,
-    attach_toe,
-    build_run,
-    check_model_kwargs,
-    epoch_schedule,
-    load_finetune_weights,
-    mixup_active,
-    mixup_from_args,
-    n_parameters,
-)
+from .build import attach_toe, build_run, load_finetune_weights, n_parameters
+from .flags import add_engine_arguments, check_model_kwargs, epoch_schedule, mixup_active, mixup_from_args
 from .skeleton import Recipe, Say, run_recipe
 
 

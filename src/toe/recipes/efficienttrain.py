@@ -40,22 +40,12 @@ from ..options import (
     run_main,
     token_select_from_args,
 )
-from .common import (
-    add_engine_arguments,
-    attach_toe,
-    build_run,
-    mixup_active,
-    mixup_from_args,
-    n_parameters,
-    plain_args,
-    prepare_output_dir,
-    resume_changes,
-    resume_run,
-    save_args,
-    train_and_log,
-)
+from .build import attach_toe, build_run, n_parameters, train_and_log
+from .flags import add_engine_arguments, mixup_active, mixup_from_args
 from .resample import resample_checkpoint
+from .resume import resume_changes, resume_run
 from .resume_check import spelling
+from .run_folder import plain_args, prepare_output_dir, save_args
 
 DATA_SETS = ("IMNET", "CIFAR", "image_folder")
 # flags the curriculum sets per stage (ET_training.py): they differ between the stages of one run

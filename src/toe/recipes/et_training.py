@@ -29,8 +29,8 @@ from ..engine.distributed import DistInfo, barrier, cleanup
 from ..errors import UserError
 from ..options import ArgumentParser, check_at_least, run_main, schedule_from_args, toe_enabled
 from . import efficienttrain
-from .common import mixup_active
 from .efficienttrain_plan import NUM_STAGES, Stage, format_plan, plan_stages, stage_input_sizes
+from .flags import mixup_active
 
 # models the ToE paper trained with EfficientTrain: ToE with its settings, AMP and clipping appended
 TOE_MODELS = ("deit_tiny_patch16_224", "deit_small_patch16_224")

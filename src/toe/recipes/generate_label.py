@@ -42,7 +42,7 @@ from ..flag_types import device as device_name
 from ..models import LVViT
 from ..models.factory import create_model, parse_model_kwargs
 from ..options import ArgumentParser, run_main
-from .common import make_folder
+from .run_folder import make_folder
 
 MAX_CLASSES = 2048  # class indices are stored as float16, exact up to 2048
 

@@ -24,11 +24,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engine import DistInfo, FoundCheckpoint, RunLogger, evaluate_checkpoint, find_checkpoint, init_distributed
+from ..engine import (
+    DistInfo,
+    FoundCheckpoint,
+    RunLogger,
+    TrainingRun,
+    evaluate_checkpoint,
+    find_checkpoint,
+    init_distributed,
+)
 from ..engine.distributed import cleanup
 from ..options import flags_that_may_change_on_resume, token_select_from_args
 from ..token_select import TokenSelect
-from .common import TrainingRun, check_eval_weights, prepare_output_dir, resume_run, save_args, train_and_log
+from .build import train_and_log
+from .resume import check_eval_weights, resume_run
+from .run_folder import prepare_output_dir, save_args
 
 Say = Callable[[str], None]
 
@@ -42,7 +52,7 @@ class Recipe:
         header: the line printed before training (called after the resume).
         eval_report: ``--eval``'s metrics -> the lines to print.
         save_flags: writes the flags into the run folder (``args.json`` unless the recipe keeps another file).
-        resume_options: more keywords for :func:`~toe.recipes.common.resume_run` (``spell``: how messages
+        resume_options: more keywords for :func:`~toe.recipes.resume.resume_run` (``spell``: how messages
             write a flag, for recipes whose flags use underscores).
         after_resume: a check of the checkpoint found (None: a fresh start), before evaluating or training.
         evaluate: ``--eval`` done the recipe's own way (YOLOS: weights of any upstream file); returns the

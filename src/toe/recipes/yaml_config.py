@@ -13,7 +13,7 @@ from ..engine import DistInfo
 from ..errors import UserError
 from ..files import write_text_atomically
 from ..options import ArgumentParser
-from .common import plain_args
+from .run_folder import plain_args
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

@@ -40,12 +40,9 @@ from ..options import (
     run_main,
 )
 from ..token_select import TokenSelect
-from .common import (
-    add_engine_arguments,
-    build_run,
-    n_parameters,
-    resume_run,
-)
+from .build import build_run, n_parameters
+from .flags import add_engine_arguments
+from .resume import resume_run
 from .resume_check import spelling
 from .skeleton import Recipe, Say, run_recipe
 
