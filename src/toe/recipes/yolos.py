@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -353,7 +352,7 @@ def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: P
         optimizer=lambda m: build_optimizer(m, args),
     )
     parser = build_parser()
-    resume_options: dict[str, Any] = {"free": flags_that_may_change_on_resume(parser), "spell": spelling(parser)}
+    spell = spelling(parser)  # YOLOS's flags use underscores: --batch_size
 
     def evaluate() -> dict:
         """--resume FILE: its weights as they are (ours or upstream YOLOS's); --auto-resume: the run folder's
@@ -367,7 +366,7 @@ def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: P
                     "--eval needs weights to evaluate: --resume FILE, or --auto-resume with a checkpoint in "
                     "--output_dir"
                 )
-            if message := resume_run(run, found, **resume_options):
+            if message := resume_run(run, found, free=flags_that_may_change_on_resume(parser), spell=spell):
                 say(message)
         metrics = evaluate_run(run)
         say(
@@ -390,7 +389,7 @@ def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: P
         )
 
     # evaluate() prints its own lines (the figure's after the metrics)
-    return Recipe(run, header, lambda metrics: [], resume_options=resume_options, evaluate=evaluate)
+    return Recipe(run, header, lambda metrics: [], resume_options={"spell": spell}, evaluate=evaluate)
 
 
 def load_detector_weights(model: YOLOS, path: str, flag: str = "--resume") -> str:
