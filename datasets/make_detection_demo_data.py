@@ -52,7 +52,7 @@ def render(
     objects of ``object_size`` (smallest, largest side in pixels): ``category_id`` 1-5, COCO ``bbox``
     [x, y, w, h], ``area``."""
     rng = np.random.default_rng(seed)
-    width, height = (int(v) for v in rng.integers(56, 81, size=2))
+    width, height = (int(v) for v in rng.integers(56, 81, size=2))  # drawn either way: one random stream
     if image_size is not None:
         width = height = image_size
     image = Image.new("RGB", (width, height), _colour(rng, 0, 100))

@@ -7,11 +7,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def temporary_path(path: str | Path) -> Path:
+    """Where an atomic write of ``path`` writes first: ``.<name>.tmp-<pid>`` beside it (one per process)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
 def write_atomically(path: str | Path, write: Callable[[Path], object]) -> None:
     """Call ``write(temp)`` on a temporary file beside ``path``, then rename it over ``path`` (atomic on POSIX
     within a folder). The temporary file is removed if the write fails; the old file then stays."""
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temp = temporary_path(path)
     try:
         write(temp)
         os.replace(temp, path)

@@ -175,7 +175,7 @@ def train_transforms(backbone_name: str, patch_size: int, aug_scale: float = 1.0
 def single_scale_train_transforms(size: int, patch_size: int) -> Compose:
     """Training at one size (``--single-scale``, not upstream): random horizontal flip, then the shorter side to
     ``size`` as in evaluation. Images of one shape then need no padding in a batch (YOLOS has no padding mask)."""
-    return Compose([RandomHorizontalFlip(), RandomResize([size], size * 1333 // 800, patch_size), ToNormalizedTensor()])
+    return Compose([RandomHorizontalFlip(), *eval_transforms(size, patch_size).transforms])
 
 
 def eval_transforms(eval_size: int, patch_size: int) -> Compose:

@@ -28,6 +28,7 @@ from typing import Any, TypeGuard, cast
 import torch
 
 from ..errors import UserError
+from ..files import temporary_path
 from ..models.lvvit import rename_upstream_keys
 from .failpoints import failpoint
 
@@ -49,7 +50,7 @@ def save_checkpoint(state: dict, path: str | Path, keep_previous: bool = False) 
     """Write ``state`` (plus the format tag) to ``path`` atomically; optionally keep the old file. A write
     that fails (full disk, read-only file system) is a :class:`UserError`; the file it would replace stays."""
     path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temp = temporary_path(path)
     with _ctrl_c_held():
         _write_atomically(state, path, temp, keep_previous)
     _fsync_folder(path.parent)
