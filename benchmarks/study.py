@@ -78,7 +78,8 @@ from study_report import (
 
 from toe.figures import save_figure
 from toe.files import write_text_atomically
-from toe.options import ArgumentParser, UserError, check_at_least, run_main
+from toe.flag_types import count, positive
+from toe.options import ArgumentParser, UserError, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATOR = ROOT / "datasets" / "make_demo_data.py"
@@ -180,7 +181,7 @@ def build_parser() -> ArgumentParser:
         metavar="VARIANT",
         help=f"any of {', '.join(VARIANTS)} (default: all four)",
     )
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="SEED", help="default: 0 1 2")
+    p.add_argument("--seeds", nargs="+", type=count, default=[0, 1, 2], metavar="SEED", help="default: 0 1 2")
     p.add_argument(
         "--epochs",
         nargs="+",
@@ -196,10 +197,12 @@ def build_parser() -> ArgumentParser:
         help="dataset in ImageNet layout (default data/demo, or data/demo-transfer with --recipe vpt: the demo "
         "data, made with datasets/make_demo_data.py when it does not exist)",
     )
-    p.add_argument("--parallel", type=int, default=1, metavar="N", help="cells trained at the same time (default 1)")
+    p.add_argument(
+        "--parallel", type=positive, default=1, metavar="N", help="cells trained at the same time (default 1)"
+    )
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive,
         default=None,
         metavar="T",
         help="threads per cell: OMP_NUM_THREADS and MKL_NUM_THREADS of its process (default: the machine's cores "
@@ -277,8 +280,6 @@ def parse(argv: list[str]) -> Study:
     split = argv.index("--") if "--" in argv else len(argv)
     args = build_parser().parse_args(argv[:split])
     pass_through = argv[split + 1 :]
-    check_at_least(("--parallel", args.parallel, 1), ("--threads", args.threads, 1))
-    check_at_least(*(("--seeds", s, 0) for s in args.seeds))
     for length in args.epochs:
         stage_starts(length)
     recipe = RECIPES[args.recipe]

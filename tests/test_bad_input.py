@@ -101,7 +101,7 @@ CASES = {
     ),
     "finetune file missing": case(["--finetune", "{root}/missing.pth"], "--finetune", "no such file"),
     "CUDA asked on a CPU machine": case(["--device", "cuda"], "--device cuda", "no CUDA device"),
-    "zero epochs": case(["--epochs", "0"], "--epochs must be at least 1"),
+    "zero epochs": case(["--epochs", "0"], "argument --epochs: must be at least 1"),
     "bad eval crop ratio": case(["--eval-crop-ratio", "0"], "--eval-crop-ratio"),
     "negative checkpoint interval": case(["--save-every-steps", "-1"], "--save-every-steps"),
     "evaluation without weights": case(["--eval"], "--eval needs weights", "--resume FILE", "--finetune FILE"),

@@ -51,8 +51,8 @@ def test_bench_measures_every_stage_next_to_the_analytic_ratio(tmp_path, capsys)
 @pytest.mark.parametrize(
     "extra,fragments",
     [
-        (["--batch-size", "0"], ["--batch-size must be at least 1"]),
-        (["--rounds", "0"], ["--rounds must be at least 1"]),
+        (["--batch-size", "0"], ["argument --batch-size: must be at least 1"]),
+        (["--rounds", "0"], ["argument --rounds: must be at least 1"]),
         (["--model", "not_a_model"], ["--model not_a_model"]),
         (["--keep-rate", "0.75", "0.5", "1.0"], ["--keep-rate"]),
         (["--plot", "{tmp}/no/speedup.png"], ["--plot", "does not exist"]),
@@ -66,7 +66,7 @@ def test_bench_measures_every_stage_next_to_the_analytic_ratio(tmp_path, capsys)
         (["--batch-size", "1000000000"], ["out of memory at --batch-size 1000000000", "smaller batch"]),
         (["--model-kwargs", "num_heads=0"], ["cannot be built with", "num_heads=0"]),
         (["--model-kwargs", "depth=-1"], ["cannot be built with", "depth=-1"]),
-        (["--vpt", "deep", "--prompt-tokens", "0"], ["--prompt-tokens must be at least 1"]),
+        (["--vpt", "deep", "--prompt-tokens", "0"], ["argument --prompt-tokens: must be at least 1"]),
     ],
 )
 def test_bench_bad_input_is_one_line(extra, fragments, tmp_path, capsys):

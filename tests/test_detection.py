@@ -641,7 +641,7 @@ def test_toe_flops_for_yolos_counts_det_tokens_at_the_input_size(capsys):
         (["--yolos", "huge"], "--yolos must be one of tiny, small, base, small_dWr"),
         (["--yolos", "tiny", "--input-size", "8", "8"], "--input-size 8 8 is smaller than one 16 px patch"),
         (["--yolos", "tiny", "--input-size", "1", "2", "3"], "--input-size takes one or two"),
-        (["--yolos", "tiny", "--det-token-num", "0"], "--det-token-num must be at least 1"),
+        (["--yolos", "tiny", "--det-token-num", "0"], "argument --det-token-num: must be at least 1"),
         (["--input-size", "224", "224"], "--input-size takes one size for a classifier"),
         (["--yolos", "tiny", "--embed-dim", "64"], "--embed-dim describes a plain ViT"),
         (["--yolos", "tiny", "--initialization-keep-rate", "0.05", "--input-size", "32"], "cannot train with ToE"),

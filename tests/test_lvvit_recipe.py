@@ -173,7 +173,7 @@ def test_config_file_values_are_checked_like_flags(tmp_path, tiny_data, capsys):
     for text, fragment in (
         ("lr_typo: 1\n", "unknown key 'lr_typo'"),
         ("lr: fast\n", "lr: expected a number, got 'fast'"),
-        ("epochs: 2.5\n", "epochs: 2.5 is not a valid value"),
+        ("epochs: 2.5\n", "epochs: expected a whole number, got '2.5'"),
         ('amp: "no"\n', "amp must be true or false, got 'no'"),
         ('model_ema: "false"\n', "model_ema must be true or false, got 'false'"),
         ("weight_decay: true\n", "weight_decay must be a single number, got True"),

@@ -99,7 +99,7 @@ def test_a_killed_run_resumes_bit_for_bit_and_eval_repeats_the_log(tiny_data, ba
 def test_bad_input_is_one_line(tiny_data, backbone, tmp_path, capsys):
     base = [*TINY, "--data-path", tiny_data]
     cases = [
-        ([*base, "--finetune", backbone, "--prompt-tokens", "0"], ["--prompt-tokens must be at least 1"]),
+        ([*base, "--finetune", backbone, "--prompt-tokens", "0"], ["argument --prompt-tokens: must be at least 1"]),
         (base, ["--finetune is required", "frozen pre-trained backbone"]),
         ([*base, "--finetune", backbone, "--warmup-epochs", "3"], ["--warmup-epochs 3 leaves no epoch"]),
         ([*base, "--finetune", backbone, "--eval"], ["--eval evaluates a prompt-tuning checkpoint"]),

@@ -39,10 +39,11 @@ from .engine.memory import SavedTensorMeter, cuda_peak, mebibytes, reset_peak
 from .errors import UserError
 from .figures import check_output, save_figure
 from .flag_types import device as device_name
+from .flag_types import positive
 from .flops import ViTShape, forward_macs, vit_shape
 from .integration import apply_toe
 from .models.factory import check_input_size, create_model, parse_model_kwargs
-from .options import check_at_least, token_select_from_args
+from .options import token_select_from_args
 from .schedule import REDUCTIONS, ToESchedule
 from .token_select import TokenSelect
 from .vpt import apply_vpt
@@ -65,7 +66,7 @@ class Variant:
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="deit_small_patch16_224", help="timm model name")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive, default=64)
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument(
         "--model-kwargs",
@@ -79,14 +80,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (once per stage)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant before timing")
-    parser.add_argument("--rounds", type=int, default=10, help="timed rounds of one step per variant")
+    parser.add_argument("--rounds", type=positive, default=10, help="timed rounds of one step per variant")
     parser.add_argument(
         "--vpt",
         choices=("shallow", "deep"),
         default=None,
         help="measure Visual Prompt Tuning (frozen backbone; prompts at block 0 or at every block)",
     )
-    parser.add_argument("--prompt-tokens", type=int, default=50, metavar="N", help="prompt tokens with --vpt")
+    parser.add_argument("--prompt-tokens", type=positive, default=50, metavar="N", help="prompt tokens with --vpt")
     parser.add_argument(
         "--memory",
         action="store_true",
@@ -98,9 +99,6 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def bench_main(args: argparse.Namespace) -> list[Variant]:
     """Run the benchmark described by ``args`` and print the table."""
-    check_at_least(
-        ("--batch-size", args.batch_size, 1), ("--rounds", args.rounds, 1), ("--prompt-tokens", args.prompt_tokens, 1)
-    )
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
         if path:
             check_output(Path(path), flag)

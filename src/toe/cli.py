@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from typing import cast
 
 from .errors import UserError
-from .options import ArgumentParser, add_toe_arguments, check_at_least, flag_names, run_main, token_select_from_args
+from .flag_types import count, positive
+from .options import ArgumentParser, add_toe_arguments, flag_names, run_main, token_select_from_args
 from .schedule import REDUCTIONS
 from .token_select import TokenSelect
 
@@ -24,13 +25,6 @@ def _build_flops_model(args: argparse.Namespace):
     from .integration import apply_toe
     from .models.factory import check_input_size, create_model, parse_model_kwargs
 
-    check_at_least(
-        ("--input-size", args.input_size, 1),
-        ("--embed-dim", args.embed_dim, 1),
-        ("--depth", args.depth, 1),
-        ("--patch-size", args.patch_size, 1),
-        ("--num-classes", args.num_classes, 0),
-    )
     if args.mlp_ratio <= 0:
         raise UserError(f"--mlp-ratio must be above 0, got {args.mlp_ratio}")
     model: torch.nn.Module
@@ -79,7 +73,6 @@ def _yolos_flops(args: argparse.Namespace):
         raise UserError(f"--yolos must be one of {', '.join(BACKBONES)}, got {args.yolos}")
     if args.embed_dim is not None:
         raise UserError("--embed-dim describes a plain ViT; give the --yolos backbone's shape with --model-kwargs")
-    check_at_least(("--det-token-num", args.det_token_num, 1), ("--patch-size", args.patch_size, 1))
     size = args.input_size or [800, 1333]
     if len(size) > 2 or min(size) < 1:
         raise UserError(f"--input-size takes one or two positive sizes in pixels (H W), got {' '.join(map(str, size))}")
@@ -187,7 +180,7 @@ def _add_visualize_parser(commands) -> None:
     visualize.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     visualize.add_argument("--image", action="extend", nargs="+", default=[], metavar="FILE", help="image file(s)")
     visualize.add_argument("--data-path", default=None, help="take images from this dataset folder (val/ first)")
-    visualize.add_argument("--num-images", type=int, default=4, help="images taken from --data-path (default 4)")
+    visualize.add_argument("--num-images", type=positive, default=4, help="images taken from --data-path (default 4)")
     visualize.add_argument(
         "--stage", action="extend", nargs="+", type=int, default=[], metavar="S", help="stage(s) to draw (default: all)"
     )
@@ -196,8 +189,8 @@ def _add_visualize_parser(commands) -> None:
     )
     model = visualize.add_argument_group("the model (a fresh one, or the one of a weights-only --checkpoint)")
     model.add_argument("--model", default=None, help="timm model name (default deit_small_patch16_224)")
-    model.add_argument("--input-size", type=int, default=None, help="image size (default: the model's)")
-    model.add_argument("--patch-size", type=int, default=None, help="patch size (default: the model's)")
+    model.add_argument("--input-size", type=positive, default=None, help="image size (default: the model's)")
+    model.add_argument("--patch-size", type=positive, default=None, help="patch size (default: the model's)")
     model.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="more timm.create_model args")
     model.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
     add_toe_arguments(visualize, "deit", always_on=True)
@@ -230,7 +223,7 @@ def build_parser() -> ArgumentParser:
     flops.add_argument("--model", default="deit_small_patch16_224", help="timm model name")
     flops.add_argument(
         "--input-size",
-        type=int,
+        type=positive,
         nargs="+",
         default=None,
         metavar="SIZE",
@@ -244,18 +237,18 @@ def build_parser() -> ArgumentParser:
         "shape changed by --patch-size and --model-kwargs; ToE flags left out take the paper's YOLOS-Ti "
         "settings (stages at epochs 5 100 200)",
     )
-    flops.add_argument("--det-token-num", type=int, default=100, help="YOLOS [DET] tokens (with --yolos)")
+    flops.add_argument("--det-token-num", type=positive, default=100, help="YOLOS [DET] tokens (with --yolos)")
     flops.add_argument(
-        "--patch-size", type=int, default=None, help="patch size (default: the model's; 16 for a plain ViT)"
+        "--patch-size", type=positive, default=None, help="patch size (default: the model's; 16 for a plain ViT)"
     )
     flops.add_argument(
         "--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="more timm.create_model args, e.g. depth=6"
     )
-    flops.add_argument("--embed-dim", type=int, default=None, help="plain ViT width (instead of --model)")
-    flops.add_argument("--depth", type=int, default=12, help="plain ViT depth (with --embed-dim)")
+    flops.add_argument("--embed-dim", type=positive, default=None, help="plain ViT width (instead of --model)")
+    flops.add_argument("--depth", type=positive, default=12, help="plain ViT depth (with --embed-dim)")
     flops.add_argument("--mlp-ratio", type=float, default=4.0, help="plain ViT MLP ratio (with --embed-dim)")
-    flops.add_argument("--num-classes", type=int, default=None, help="classes (default 1000; with --yolos 91)")
-    flops.add_argument("--epochs", type=int, default=300)
+    flops.add_argument("--num-classes", type=count, default=None, help="classes (default 1000; with --yolos 91)")
+    flops.add_argument("--epochs", type=positive, default=300)
     add_toe_arguments(flops, "deit", always_on=True)
     flops.set_defaults(handler=flops_main)
 
@@ -279,7 +272,6 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    check_at_least(("--epochs", getattr(args, "epochs", None), 1))
     args.handler(args)
 
 

@@ -1,9 +1,10 @@
 """argparse ``type=`` converters that reject values no run can use, at parse time, naming the flag.
 
-``--lr nan`` or ``-1``, ``--drop-path 1.5``, ``--smoothing 1.5``, ``--model-ema-decay 2.0``, ``--mixup nan``
+``--lr nan`` or ``-1``, ``--drop-path 1.5``, ``--batch-size 0``, ``--model-ema-decay 2.0``, ``--mixup nan``
 or ``--device foo`` would otherwise fail deep inside torch (a traceback) or, worse, train silently
-wrong. With these types argparse reports ``argument --drop-path: must lie in [0, 1), got 1.5`` and
-exits with status 2; the YAML configs of the timm-style recipes go through the same converters.
+wrong. With these types argparse reports ``argument --drop-path: must lie in [0, 1), got 1.5`` (or
+``argument --batch-size: must be at least 1, got 0``) and exits with status 2; the YAML configs of the
+timm-style recipes go through the same converters. A flag's range is written once, where it is defined.
 """
 
 from __future__ import annotations
@@ -33,9 +34,35 @@ def bounded(low: float, high: float = math.inf, *, high_open: bool = False) -> C
     return convert
 
 
+def at_least(low: int) -> Callable[[str], int]:
+    """A converter to a whole number of at least ``low`` (a count: batch size, epochs, workers, ...)."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    convert.__name__ = "whole number"
+    return convert
+
+
+def fraction(text: str) -> float:
+    """A converter to a fraction in (0, 1] (a crop ratio: 0 keeps nothing)."""
+    value = bounded(0.0, 1.0)(text)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return value
+
+
 non_negative = bounded(0.0)  # learning rates, weight decay, mixup/cutmix alphas, jitter strength, ...
 probability = bounded(0.0, 1.0)  # probabilities, EMA decay, momentum
 below_one = bounded(0.0, 1.0, high_open=True)  # dropout and drop-path rates, label smoothing, Adam betas
+positive = at_least(1)  # batch sizes, epochs, image and patch sizes, counts of things
+count = at_least(0)  # worker processes, warm-up epochs, checkpoint intervals (0: none)
 
 
 def device(text: str) -> str:

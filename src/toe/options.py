@@ -138,14 +138,6 @@ def flags_that_may_change_on_resume(parser: argparse.ArgumentParser) -> frozense
     return frozenset(a.dest for a in parser._actions if getattr(a, "may_change_on_resume", False))
 
 
-def check_at_least(*checks: tuple[str, int | None, int]) -> None:
-    """One :class:`UserError` for the first ``(flag, value, lowest)`` whose value is below its lowest
-    (None values are not checked)."""
-    for flag, value, low in checks:
-        if value is not None and value < low:
-            raise UserError(f"{flag} must be at least {low}, got {value}")
-
-
 def add_toe_arguments(parser: argparse.ArgumentParser, recipe: str = "deit", always_on: bool = False) -> None:
     """Add the ToE flags. Unless ``always_on``, ToE is off until ``--toe`` or a schedule flag is given."""
     paper = PAPER_SETTINGS[recipe]

@@ -37,7 +37,7 @@ from .errors import UserError
 from .figures import check_output, save_figure
 from .integration import apply_toe
 from .models.factory import check_input_size
-from .options import check_at_least, token_select_from_args
+from .options import token_select_from_args
 from .saved_run import TOE_FLAGS, build_model, model_from_checkpoint, toe_namespace, trained_with_toe
 from .token_select import TokenSelect
 
@@ -298,8 +298,6 @@ MAX_IMAGES = 64  # rows of one picture
 
 def visualize_main(args: argparse.Namespace) -> Path:
     """The ``toe visualize`` command: write the selection picture and return its path."""
-    check_at_least(("--num-images", args.num_images, 1), ("--input-size", args.input_size, 1))
-    check_at_least(("--patch-size", args.patch_size, 1))
     if args.num_images > MAX_IMAGES:
         raise UserError(f"--num-images {args.num_images}: the picture has a row per image; draw at most {MAX_IMAGES}")
     default_folder = Path(args.checkpoint).parent if args.checkpoint else Path(".")

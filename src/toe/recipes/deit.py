@@ -19,10 +19,10 @@ from ..data import DATA_SETS, build_dataset, build_eval_transform, build_train_t
 from ..engine import DistInfo, StepHooks, load_weights
 from ..engine.losses import DISTILLATION_TYPES, BaseLoss, DistillationLoss, classification_loss
 from ..errors import UserError, state_dict_mismatch
-from ..flag_types import below_one, non_negative, probability
+from ..flag_types import at_least, below_one, count, fraction, non_negative, positive, probability
 from ..flag_types import device as device_name
 from ..models.factory import check_input_size, create_model, parse_model_kwargs
-from ..options import ArgumentParser, add_toe_arguments, check_at_least, may_change_on_resume, run_main
+from ..options import ArgumentParser, add_toe_arguments, may_change_on_resume, run_main
 from .build import attach_toe, build_run, load_finetune_weights, n_parameters
 from .flags import add_engine_arguments, check_model_kwargs, epoch_schedule, mixup_active, mixup_from_args
 from .skeleton import Recipe, Say, run_recipe
@@ -34,8 +34,8 @@ def build_parser() -> ArgumentParser:
         description="DeiT training and evaluation with Token Expansion (ToE).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--batch-size", default=64, type=int, help="batch size per process")
-    p.add_argument("--epochs", default=300, type=int)
+    p.add_argument("--batch-size", default=64, type=positive, help="batch size per process")
+    p.add_argument("--epochs", default=300, type=positive)
     p.add_argument(
         "--bce-loss",
         action="store_true",
@@ -43,7 +43,7 @@ def build_parser() -> ArgumentParser:
         "DeiT III uses it with --smoothing 0, as smoothed targets are all positive)",
     )
     p.add_argument("--unscale-lr", action="store_true", help="do not scale --lr by total batch / 512")
-    p.add_argument("--accum-iter", default=1, type=int, help="gradient accumulation steps per update")
+    p.add_argument("--accum-iter", default=1, type=positive, help="gradient accumulation steps per update")
 
     g = p.add_argument_group("model")
     g.add_argument(
@@ -53,7 +53,7 @@ def build_parser() -> ArgumentParser:
         help="timm model name; ToE also works with distilled deit_* and vit_* models (upstream's ToE patches "
         "deit_* only and fails with distillation)",
     )
-    g.add_argument("--input-size", default=224, type=int, help="image size")
+    g.add_argument("--input-size", default=224, type=at_least(8), help="image size")
     g.add_argument("--patch-size", default=None, type=int, help="patch size (default: the model's, 16 for deit_*)")
     g.add_argument("--drop", type=below_one, default=0.0, help="dropout rate")
     g.add_argument("--drop-path", type=below_one, default=0.1, help="drop path rate")
@@ -172,9 +172,9 @@ def build_parser() -> ArgumentParser:
             "--sparse-eval at the ToE stage of the checkpoint's epoch",
         )
     )
-    g.add_argument("--eval-crop-ratio", default=0.875, type=float)
+    g.add_argument("--eval-crop-ratio", default=0.875, type=fraction)
     may_change_on_resume(g.add_argument("--dist-eval", action="store_true", help="distributed evaluation"))
-    may_change_on_resume(g.add_argument("--num_workers", default=10, type=int))
+    may_change_on_resume(g.add_argument("--num_workers", default=10, type=count))
     may_change_on_resume(g.add_argument("--pin-mem", action=argparse.BooleanOptionalAction, default=True))
     g.add_argument(
         "--train-mode",
@@ -198,14 +198,6 @@ def build_parser() -> ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Flag combinations that make no sense, caught before any work."""
-    check_at_least(
-        ("--batch-size", args.batch_size, 1),
-        ("--epochs", args.epochs, 1),
-        ("--accum-iter", args.accum_iter, 1),
-        ("--input-size", args.input_size, 8),
-        ("--num_workers", args.num_workers, 0),
-        ("--save-every-steps", args.save_every_steps, 0),
-    )
     if mixup_active(args) and args.batch_size % 2:
         raise UserError(f"--batch-size {args.batch_size} must be even with --mixup/--cutmix (or set both to 0)")
     if args.distillation_type != "none" and not args.teacher_path:
@@ -222,8 +214,6 @@ def check_args(args: argparse.Namespace) -> None:
         )
     if args.src and not args.ThreeAugment:
         raise UserError("--src only applies with --ThreeAugment")
-    if not 0 < args.eval_crop_ratio <= 1:
-        raise UserError(f"--eval-crop-ratio must lie in (0, 1], got {args.eval_crop_ratio}")
     if args.data_set == "IMNET" and not Path(args.data_path).is_dir():
         raise UserError(f"--data-path {args.data_path} does not exist")
     if not args.resume and not args.eval and args.start_epoch >= args.epochs:

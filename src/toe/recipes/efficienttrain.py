@@ -28,13 +28,12 @@ from ..engine import LRSchedule, RunLogger, StepHooks, evaluate_checkpoint, find
 from ..engine.distributed import DistInfo, cleanup
 from ..engine.losses import BaseLoss, classification_loss
 from ..errors import UserError
-from ..flag_types import below_one, non_negative, probability
+from ..flag_types import below_one, count, fraction, non_negative, positive, probability
 from ..flag_types import device as device_name
 from ..models.factory import create_model, parse_model_kwargs
 from ..options import (
     ArgumentParser,
     add_toe_arguments,
-    check_at_least,
     flags_that_may_change_on_resume,
     may_change_on_resume,
     run_main,
@@ -72,7 +71,7 @@ def build_parser(prog: str = "ToE/EfficientTrain/main.py", stage: bool = True) -
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,  # --eval must not be read as --eval_data_path
     )
-    p.add_argument("--epochs", default=300, type=int, help="length of the whole run (the LR schedule)")
+    p.add_argument("--epochs", default=300, type=positive, help="length of the whole run (the LR schedule)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="convnext_tiny", type=str, help="timm model name")
     drop_path_help = "drop path rate" + (
@@ -92,14 +91,14 @@ def build_parser(prog: str = "ToE/EfficientTrain/main.py", stage: bool = True) -
     g.add_argument("--weight_decay", type=non_negative, default=0.05)
     g.add_argument("--lr", type=non_negative, default=4e-3, help="peak learning rate (not scaled by the batch)")
     g.add_argument("--min_lr", type=non_negative, default=1e-6)
-    g.add_argument("--warmup_epochs", type=int, default=20)
+    g.add_argument("--warmup_epochs", type=count, default=20)
     may_change_on_resume(g.add_argument("--use_amp", type=str2bool, default=False, help="mixed precision (true/false)"))
 
     g = p.add_argument_group("augmentation")
     g.add_argument("--color_jitter", type=non_negative, default=0.4)
     g.add_argument("--smoothing", type=below_one, default=0.1, help="label smoothing")
     g.add_argument("--train_interpolation", type=str, default="bicubic")
-    g.add_argument("--crop_pct", type=float, default=0.875, help="eval: resize to size / crop_pct, centre crop")
+    g.add_argument("--crop_pct", type=fraction, default=0.875, help="eval: resize to size / crop_pct, centre crop")
     g.add_argument("--reprob", type=probability, default=0.25, help="random erase probability")
     g.add_argument("--remode", type=str, default="pixel")
     g.add_argument("--recount", type=int, default=1)
@@ -141,14 +140,14 @@ def build_parser(prog: str = "ToE/EfficientTrain/main.py", stage: bool = True) -
         g.add_argument("--auto_resume", type=str2bool, default=True, help="continue from <output_dir>/checkpoint.pth")
     )
     may_change_on_resume(g.add_argument("--dist_eval", type=str2bool, default=True, help="distributed evaluation"))
-    may_change_on_resume(g.add_argument("--num_workers", default=10, type=int))
+    may_change_on_resume(g.add_argument("--num_workers", default=10, type=count))
     may_change_on_resume(g.add_argument("--pin_mem", type=str2bool, default=True))
     may_change_on_resume(g.add_argument("--dist_url", default="env://", help="distributed rendezvous"))
 
     add_engine_arguments(p, upstream_switches=False)  # --use_amp and --auto_resume are its own
     if stage:
         g = p.add_argument_group("this stage")
-        g.add_argument("--input_size", default=224, type=int, help="input size the model is built for")
+        g.add_argument("--input_size", default=224, type=positive, help="input size the model is built for")
         g.add_argument(
             "--load_size",
             "--base_input_size",
@@ -158,8 +157,8 @@ def build_parser(prog: str = "ToE/EfficientTrain/main.py", stage: bool = True) -
             help=f"size images are loaded at, Fourier-cropped to a smaller --input_size (upstream's --base_input_size; "
             f"default {BASE_INPUT_SIZE} as upstream, or --input_size when larger)",
         )
-        g.add_argument("--batch_size", default=64, type=int, help="batch size per process")
-        g.add_argument("--update_freq", default=1, type=int, help="gradient accumulation steps per update")
+        g.add_argument("--batch_size", default=64, type=positive, help="batch size per process")
+        g.add_argument("--update_freq", default=1, type=positive, help="gradient accumulation steps per update")
         g.add_argument("--end_epoch", default=None, type=int, help="stop before this epoch (default --epochs)")
         g.add_argument("--aa", type=str, default="rand-m9-mstd0.5-inc1", help="RandAugment policy ('none': off)")
         may_change_on_resume(g.add_argument("--resume", default="", help="checkpoint to resume from"))
@@ -173,16 +172,8 @@ def build_parser(prog: str = "ToE/EfficientTrain/main.py", stage: bool = True) -
 
 def check_args(args: argparse.Namespace) -> None:
     """Mistakes in the flags every stage shares, caught before any work."""
-    check_at_least(
-        ("--epochs", args.epochs, 1),
-        ("--warmup_epochs", args.warmup_epochs, 0),
-        ("--num_workers", args.num_workers, 0),
-        ("--save-every-steps", args.save_every_steps, 0),
-    )
     if args.warmup_epochs >= args.epochs:
         raise UserError(f"--warmup_epochs {args.warmup_epochs} must be below --epochs {args.epochs}")
-    if not 0 < args.crop_pct <= 1:
-        raise UserError(f"--crop_pct must lie in (0, 1], got {args.crop_pct}")
     if args.data_set in ("IMNET", "image_folder") and not Path(args.data_path).is_dir():
         raise UserError(f"--data_path {args.data_path} does not exist")
     if args.data_set == "image_folder" and not (args.eval_data_path and Path(args.eval_data_path).is_dir()):
@@ -193,11 +184,6 @@ def check_args(args: argparse.Namespace) -> None:
 
 def check_stage_args(args: argparse.Namespace) -> None:
     """Mistakes in the per-stage flags."""
-    check_at_least(
-        ("--batch_size", args.batch_size, 1),
-        ("--update_freq", args.update_freq, 1),
-        ("--input_size", args.input_size, 1),
-    )
     if args.load_size is not None and args.load_size < args.input_size:
         raise UserError(f"--load_size {args.load_size} must not be below --input_size {args.input_size}")
     if args.end_epoch is not None and not 1 <= args.end_epoch <= args.epochs:

@@ -27,7 +27,8 @@ import torch
 from ..engine import RunLogger, init_distributed
 from ..engine.distributed import DistInfo, barrier, cleanup
 from ..errors import UserError
-from ..options import ArgumentParser, check_at_least, run_main, schedule_from_args, toe_enabled
+from ..flag_types import positive
+from ..options import ArgumentParser, run_main, schedule_from_args, toe_enabled
 from . import efficienttrain
 from .efficienttrain_plan import NUM_STAGES, Stage, format_plan, plan_stages, stage_input_sizes
 from .flags import mixup_active
@@ -59,11 +60,11 @@ def build_parser() -> ArgumentParser:
         metavar="SIZE",
         help="the five stage sizes (default: 5/7, 5/7, 5/7, 6/7, 7/7 of --input_size, rounded to the patch size)",
     )
-    g.add_argument("--final_bs", type=int, default=256, help="batch per process at the final size (2x below it)")
-    g.add_argument("--effective_bs", type=int, default=4096, help="images per optimizer update (by accumulation)")
+    g.add_argument("--final_bs", type=positive, default=256, help="batch per process at the final size (2x below it)")
+    g.add_argument("--effective_bs", type=positive, default=4096, help="images per optimizer update (by accumulation)")
     g.add_argument(
         "--num_gpus",
-        type=int,
+        type=positive,
         default=None,
         help="processes; more than 1 without torchrun restarts this command under torchrun (default: torchrun's)",
     )
@@ -96,9 +97,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     efficienttrain.check_args(args)
-    check_at_least(
-        ("--final_bs", args.final_bs, 1), ("--effective_bs", args.effective_bs, 1), ("--num_gpus", args.num_gpus, 1)
-    )
     if not args.output_dir:
         raise UserError("--output_dir is required: each stage resumes from the checkpoint the previous one left there")
     if args.input_sizes is not None and args.input_sizes[-1] != args.input_size:

@@ -17,6 +17,7 @@ from ..engine import (
 )
 from ..engine.precision import AMP_DTYPES
 from ..errors import UserError
+from ..flag_types import count
 from ..models.factory import parse_model_kwargs
 from ..options import may_change_on_resume
 
@@ -67,7 +68,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, upstream_switches: boo
     may_change_on_resume(
         group.add_argument(
             "--save-every-steps",
-            type=int,
+            type=count,
             default=0,
             metavar="N",
             help="also write checkpoint.pth every N optimizer updates within an epoch (0: off)",

@@ -38,6 +38,7 @@ from ..engine.checkpoint import as_our_layout, torch_load
 from ..engine.run_lock import lock_run_folder
 from ..errors import UserError, state_dict_mismatch
 from ..files import write_atomically
+from ..flag_types import count, fraction, positive
 from ..flag_types import device as device_name
 from ..models import LVViT
 from ..models.factory import create_model, parse_model_kwargs
@@ -60,11 +61,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--checkpoint", default="", help="annotator weights: a checkpoint of this project or a state_dict")
     p.add_argument("--pretrained", action="store_true", help="use timm's pretrained weights of --model (downloads)")
     p.add_argument(
-        "--img-size", type=int, default=None, help="annotator input size (default: the checkpoint's/model's)"
+        "--img-size", type=positive, default=None, help="annotator input size (default: the checkpoint's/model's)"
     )
     p.add_argument(
         "--crop-pct",
-        type=float,
+        type=fraction,
         default=None,
         help="centre-crop ratio: images are resized to img-size / crop-pct, then centre-cropped (default: the "
         "annotator's own, as upstream; TokenLabeling's README uses 1.0, the central square)",
@@ -72,8 +73,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="extra arguments for timm.create_model"
     )
-    p.add_argument("-b", "--batch-size", type=int, default=64)
-    p.add_argument("-j", "--workers", type=int, default=4, help="data loading processes")
+    p.add_argument("-b", "--batch-size", type=positive, default=64)
+    p.add_argument("-j", "--workers", type=count, default=4, help="data loading processes")
     p.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", action="store_true", help="fp16 autocast on CUDA (as upstream; the CPU stays fp32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -83,10 +84,6 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Label every image of DIR/--split that has no label file yet; returns the number labelled."""
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1 or args.workers < 0:
-        raise UserError("--batch-size must be at least 1 and --workers at least 0")
-    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
-        raise UserError(f"--crop-pct must lie in (0, 1], got {args.crop_pct}")
     if bool(args.checkpoint) == args.pretrained:
         raise UserError("give the annotator's weights: --checkpoint FILE or --pretrained (one of them)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -25,11 +25,11 @@ from ..data.token_label import TokenLabelDataset, TokenLabelTargets
 from ..engine import DistInfo, StepHooks
 from ..engine.losses import BaseLoss, TokenLabelCrossEntropy, classification_loss
 from ..errors import UserError
-from ..flag_types import below_one, non_negative, probability
+from ..flag_types import at_least, below_one, count, non_negative, positive, probability
 from ..flag_types import device as device_name
 from ..models import LVViT
 from ..models.factory import create_model, parse_model_kwargs
-from ..options import ArgumentParser, add_toe_arguments, check_at_least, may_change_on_resume, run_main
+from ..options import ArgumentParser, add_toe_arguments, may_change_on_resume, run_main
 from .build import attach_toe, build_run, load_finetune_weights, n_parameters
 from .flags import add_engine_arguments, check_model_kwargs, epoch_schedule, mixup_active, mixup_from_args
 from .skeleton import Recipe, Say, run_recipe
@@ -51,7 +51,7 @@ def build_parser() -> ArgumentParser:
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default="lvvit_s", help="model name (lvvit_t/s/m/l or any timm model)")
-    g.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
+    g.add_argument("--img-size", type=at_least(8), default=None, help="input size (default: the model's)")
     g.add_argument("--crop-pct", type=float, default=None, help="validation centre-crop ratio (default: the model's)")
     g.add_argument("--num-classes", type=int, default=None, help="number of classes (default: from the data)")
     g.add_argument("--drop", type=below_one, default=0.0, help="dropout rate")
@@ -81,11 +81,11 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--lr-cycle-limit", type=int, default=1)
     g.add_argument("--warmup-lr", type=non_negative, default=1e-6)
     g.add_argument("--min-lr", type=non_negative, default=1e-5)
-    g.add_argument("--epochs", type=int, default=300, help="epochs before the cool-down")
+    g.add_argument("--epochs", type=positive, default=300, help="epochs before the cool-down")
     may_change_on_resume(g.add_argument("--start-epoch", type=int, default=0, help="first epoch when not resuming"))
     g.add_argument("--decay-epochs", type=float, default=30)
     g.add_argument("--warmup-epochs", type=int, default=5)
-    g.add_argument("--cooldown-epochs", type=int, default=10, help="epochs at --min-lr after --epochs")
+    g.add_argument("--cooldown-epochs", type=count, default=10, help="epochs at --min-lr after --epochs")
     g.add_argument("--patience-epochs", type=int, default=10)
     g.add_argument("--decay-rate", "--dr", type=float, default=0.1)
 
@@ -114,7 +114,7 @@ def build_parser() -> ArgumentParser:
     )
     g.add_argument(
         "--token-label-size",
-        type=int,
+        type=positive,
         default=None,
         help="token-label grid (default: the model's token grid, 14 at 224 px; 1: class-level soft labels only)",
     )
@@ -136,12 +136,12 @@ def build_parser() -> ArgumentParser:
     )
 
     g = p.add_argument_group("run")
-    g.add_argument("-b", "--batch-size", type=int, default=32, help="batch size per process")
+    g.add_argument("-b", "--batch-size", type=positive, default=32, help="batch size per process")
     may_change_on_resume(
         g.add_argument("-vb", "--validation-batch-size", type=int, default=None, help="default: --batch-size")
     )
     may_change_on_resume(
-        g.add_argument("-j", "--workers", type=int, default=4, help="data loading processes per training process")
+        g.add_argument("-j", "--workers", type=count, default=4, help="data loading processes per training process")
     )
     may_change_on_resume(g.add_argument("--pin-mem", action="store_true", help="pin loader memory (CUDA)"))
     may_change_on_resume(
@@ -186,15 +186,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     """Flag combinations that make no sense, caught before any work."""
-    check_at_least(
-        ("--batch-size", args.batch_size, 1),
-        ("--epochs", args.epochs, 1),
-        ("--cooldown-epochs", args.cooldown_epochs, 0),
-        ("--workers", args.workers, 0),
-        ("--save-every-steps", args.save_every_steps, 0),
-        ("--img-size", args.img_size, 8),
-        ("--token-label-size", args.token_label_size, 1),
-    )
     if not Path(args.data_dir).is_dir():
         raise UserError(f"data folder {args.data_dir} does not exist (expected DIR/train and DIR/val)")
     if args.token_label:

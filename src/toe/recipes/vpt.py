@@ -31,10 +31,10 @@ from ..data.datasets import image_folder
 from ..engine import DistInfo, FoundCheckpoint, LRSchedule
 from ..engine.losses import BaseLoss, classification_loss
 from ..errors import UserError
-from ..flag_types import below_one, non_negative, probability
+from ..flag_types import at_least, below_one, count, non_negative, positive, probability
 from ..flag_types import device as device_name
 from ..models.factory import check_input_size, create_model, parse_model_kwargs
-from ..options import ArgumentParser, add_toe_arguments, check_at_least, may_change_on_resume, run_main
+from ..options import ArgumentParser, add_toe_arguments, may_change_on_resume, run_main
 from ..vpt import HEAD_PREFIXES, apply_vpt
 from .build import attach_toe, build_run, load_finetune_weights, n_parameters
 from .flags import add_engine_arguments, check_model_kwargs
@@ -50,10 +50,10 @@ def build_parser() -> ArgumentParser:
         description="Visual Prompt Tuning of a frozen pre-trained ViT, with Token Expansion (ToE).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--batch-size", default=128, type=int, help="batch size per process (VPT: 128)")
-    p.add_argument("--epochs", default=100, type=int, help="VPT: 100")
+    p.add_argument("--batch-size", default=128, type=positive, help="batch size per process (VPT: 128)")
+    p.add_argument("--epochs", default=100, type=positive, help="VPT: 100")
     p.add_argument("--unscale-lr", action="store_true", help="do not scale --lr by total batch / 256")
-    p.add_argument("--accum-iter", default=1, type=int, help="gradient accumulation steps per update")
+    p.add_argument("--accum-iter", default=1, type=positive, help="gradient accumulation steps per update")
 
     g = p.add_argument_group("model and prompts")
     g.add_argument(
@@ -62,7 +62,7 @@ def build_parser() -> ArgumentParser:
         help="timm VisionTransformer name (VPT: ViT-B/16 pre-trained on ImageNet-21k, timm's "
         "vit_base_patch16_224.orig_in21k weights)",
     )
-    g.add_argument("--input-size", default=224, type=int, help="image size")
+    g.add_argument("--input-size", default=224, type=at_least(8), help="image size")
     may_change_on_resume(
         g.add_argument(
             "--finetune",
@@ -78,7 +78,7 @@ def build_parser() -> ArgumentParser:
     )
     g.add_argument(
         "--prompt-tokens",
-        type=int,
+        type=positive,
         default=50,
         metavar="N",
         help="prompt tokens per prompted block (VPT searches 1, 5, 10, 50, 100, 200 per task)",
@@ -105,7 +105,7 @@ def build_parser() -> ArgumentParser:
     )
     g.add_argument("--warmup-lr", type=non_negative, default=0.0, help="VPT warms up linearly from 0")
     g.add_argument("--min-lr", type=non_negative, default=0.0, help="VPT's cosine ends at 0")
-    g.add_argument("--warmup-epochs", type=int, default=10, help="VPT: 10")
+    g.add_argument("--warmup-epochs", type=count, default=10, help="VPT: 10")
     g.add_argument("--cooldown-epochs", type=int, default=0)
     g.add_argument("--smoothing", type=below_one, default=0.0, help="label smoothing (VPT: none)")
 
@@ -151,7 +151,7 @@ def build_parser() -> ArgumentParser:
         )
     )
     may_change_on_resume(g.add_argument("--dist-eval", action="store_true", help="distributed evaluation"))
-    may_change_on_resume(g.add_argument("--num_workers", default=4, type=int, help="VPT: 4"))
+    may_change_on_resume(g.add_argument("--num_workers", default=4, type=count, help="VPT: 4"))
     may_change_on_resume(g.add_argument("--pin-mem", action=argparse.BooleanOptionalAction, default=True))
     g.add_argument("--world_size", default=1, type=int, help="set by torchrun (WORLD_SIZE)")
     may_change_on_resume(g.add_argument("--dist_url", default="env://", help="distributed rendezvous"))
@@ -163,16 +163,6 @@ def build_parser() -> ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Flag combinations that make no sense, caught before any work."""
-    check_at_least(
-        ("--batch-size", args.batch_size, 1),
-        ("--epochs", args.epochs, 1),
-        ("--accum-iter", args.accum_iter, 1),
-        ("--input-size", args.input_size, 8),
-        ("--num_workers", args.num_workers, 0),
-        ("--save-every-steps", args.save_every_steps, 0),
-        ("--prompt-tokens", args.prompt_tokens, 1),
-        ("--warmup-epochs", args.warmup_epochs, 0),
-    )
     if args.warmup_epochs >= args.epochs:
         raise UserError(
             f"--warmup-epochs {args.warmup_epochs} leaves no epoch of the schedule: --epochs is {args.epochs}"

@@ -102,4 +102,5 @@ def _scalar(action: argparse.Action, value, where: str):
 
 def _type_name(action: argparse.Action) -> str:
     names = {int: "whole number", float: "number", None: "string"}
-    return names.get(action.type, "number" if getattr(action.type, "__name__", "") == "number" else "value")
+    named = getattr(action.type, "__name__", "")  # the converters of toe.flag_types
+    return names.get(action.type) or (named if named in ("number", "whole number") else "value")

@@ -27,13 +27,12 @@ from ..detection.transforms import eval_transforms, single_scale_train_transform
 from ..engine import DistInfo, LRSchedule, evaluate_run, find_checkpoint, load_weights
 from ..errors import UserError, state_dict_mismatch
 from ..figures import check_output, save_figure
+from ..flag_types import count, non_negative, positive
 from ..flag_types import device as device_name
-from ..flag_types import non_negative
 from ..models.factory import parse_model_kwargs
 from ..options import (
     ArgumentParser,
     add_toe_arguments,
-    check_at_least,
     flags_that_may_change_on_resume,
     may_change_on_resume,
     run_main,
@@ -58,23 +57,23 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--lr_backbone", default=1e-5, type=non_negative, help="accepted for compatibility: unused, as upstream"
     )
-    p.add_argument("--batch_size", default=2, type=int, help="batch size per process")
+    p.add_argument("--batch_size", default=2, type=positive, help="batch size per process")
     p.add_argument("--weight_decay", default=1e-4, type=non_negative)
-    p.add_argument("--epochs", default=150, type=int)
-    p.add_argument("--eval_size", default=800, type=int, help="shorter side of the evaluation images")
+    p.add_argument("--epochs", default=150, type=positive)
+    p.add_argument("--eval_size", default=800, type=positive, help="shorter side of the evaluation images")
     p.add_argument("--clip_max_norm", default=0.1, type=non_negative, help="gradient clipping max norm (0: off)")
     p.add_argument("--use_checkpoint", action="store_true", help="recompute the blocks in backward (less memory)")
 
     g = p.add_argument_group("learning-rate schedule")
     g.add_argument("--sched", default="warmupcos", choices=SCHEDULES, help="cosine with warm-up, or step")
-    g.add_argument("--lr_drop", default=100, type=int, help="step schedule: epochs between x0.1 drops")
+    g.add_argument("--lr_drop", default=100, type=positive, help="step schedule: epochs between x0.1 drops")
     g.add_argument("--warmup-lr", type=non_negative, default=1e-6)
     g.add_argument("--min-lr", type=non_negative, default=1e-7)
     g.add_argument("--warmup-epochs", type=int, default=0)
     g.add_argument("--decay-rate", "--dr", type=non_negative, default=0.1, help="cosine: decay per cycle (one cycle)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--det_token_num", default=100, type=int, help="number of [DET] tokens")
+    g.add_argument("--det_token_num", default=100, type=positive, help="number of [DET] tokens")
     g.add_argument("--backbone_name", default="tiny", choices=list(BACKBONES), help="DeiT backbone")
     g.add_argument("--pre_trained", default="", help="ImageNet weights of the backbone (DeiT/timm file)")
     g.add_argument(
@@ -144,7 +143,7 @@ def build_parser() -> ArgumentParser:
         metavar="PNG",
         help="with --eval: also draw the predictions (score >= 0.5) on the first 6 validation images into PNG",
     )
-    may_change_on_resume(g.add_argument("--num_workers", default=2, type=int))
+    may_change_on_resume(g.add_argument("--num_workers", default=2, type=count))
     may_change_on_resume(g.add_argument("--world_size", default=1, type=int, help="set by torchrun (WORLD_SIZE)"))
     may_change_on_resume(g.add_argument("--dist_url", default="env://", help="distributed rendezvous"))
 
@@ -180,15 +179,6 @@ def pe_size(values: list[int] | None, flag: str, default: tuple[int, int] | None
 
 def check_args(args: argparse.Namespace) -> None:
     """Flag combinations that make no sense, caught before any work."""
-    check_at_least(
-        ("--batch_size", args.batch_size, 1),
-        ("--epochs", args.epochs, 1),
-        ("--eval_size", args.eval_size, 1),
-        ("--det_token_num", args.det_token_num, 1),
-        ("--num_workers", args.num_workers, 0),
-        ("--lr_drop", args.lr_drop, 1),
-        ("--save-every-steps", args.save_every_steps, 0),
-    )
     if not args.aug_scale > 0:
         raise UserError(f"--aug-scale must be positive, got {args.aug_scale}")
     if args.single_scale and args.aug_scale != 1.0:
