@@ -196,8 +196,8 @@ BAD = [
     (["--model", "resnet18", "--image", "{files}/ok.png"], "--model resnet18", "VisionTransformer"),
     (["--model", "deit_tiny_patch16_224", "--input-size", "30", "--patch-size", "4"], "--input-size 30"),
     ([*TINY_FRESH[:2], "--input-size", "4", "--patch-size", "4", "--image", "{files}/ok.png"], "1 patch token"),
-    ([*TINY_FRESH[:2], "--input-size", "0", "--image", "{files}/ok.png"], "argument --input-size: must be at least 1, got 0"),
-    ([*TINY_FRESH[:2], "--patch-size", "0", "--image", "{files}/ok.png"], "argument --patch-size: must be at least 1, got 0"),
+    ([*TINY_FRESH[:2], "--input-size", "0", "--image", "{files}/ok.png"], "argument --input-size: must be at least 1"),
+    ([*TINY_FRESH[:2], "--patch-size", "0", "--image", "{files}/ok.png"], "argument --patch-size: must be at least 1"),
     ([*TINY_FRESH, "--data-path", "{files}", "--num-images", "100000"], "--num-images 100000", "at most 64"),
 ]
 

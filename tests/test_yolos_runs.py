@@ -142,6 +142,15 @@ def test_resume_refuses_other_flags_and_eval_needs_weights(full_run, tiny_coco, 
     assert_one_line_error(status, err, "--eval needs weights")
 
 
+def test_the_libraries_errors_name_flags_as_yolos_spells_them(tiny_coco, tmp_path, capsys):
+    """The data loader and the ToE schedule name --batch-size and initialization_keep_rate; a YOLOS user reads
+    the flags typed: --batch_size, --initialization-keep-rate."""
+    status, _, err = yolos_run(capsys, tiny_coco, tmp_path / "a", "--batch_size", "64")
+    assert_one_line_error(status, err, "--batch_size 64 is larger than the 16 training images")
+    status, _, err = yolos_run(capsys, tiny_coco, tmp_path / "b", *TOE_3_EPOCHS, "--initialization-keep-rate", "0.01")
+    assert_one_line_error(status, err, "--initialization-keep-rate 0.01 of")
+
+
 @pytest.mark.slow
 def test_demo_script_killed_and_resumed(tiny_coco, tmp_path):
     """demo.sh on the tiny data with a tiny backbone checkpoint: killed in epoch 1 of its ToE run, run again,

@@ -43,7 +43,7 @@ from .flag_types import positive
 from .flops import ViTShape, forward_macs, vit_shape
 from .integration import apply_toe
 from .models.factory import check_input_size, create_model, parse_model_kwargs
-from .options import token_select_from_args
+from .options import flag_names, token_select_from_args
 from .schedule import REDUCTIONS, ToESchedule
 from .token_select import TokenSelect
 from .vpt import apply_vpt
@@ -119,7 +119,7 @@ def bench_main(args: argparse.Namespace) -> list[Variant]:
     try:
         with_toe = apply_toe(copy.deepcopy(plain), select)
     except (TypeError, ValueError) as error:
-        raise UserError(f"--model {args.model} cannot train with ToE: {error}") from None
+        raise UserError(f"--model {args.model} cannot train with ToE: {flag_names(str(error))}") from None
     shape = vit_shape(plain)
     variants = plan_variants(shape, schedule)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp_dtype]

@@ -55,7 +55,7 @@ def _build_flops_model(args: argparse.Namespace):
     try:
         apply_toe(model, token_select_from_args(args))
     except (TypeError, ValueError) as error:
-        raise UserError(f"{subject} cannot train with ToE: {error}") from None
+        raise UserError(f"{subject} cannot train with ToE: {flag_names(str(error))}") from None
     return name, model
 
 
@@ -93,7 +93,9 @@ def _yolos_flops(args: argparse.Namespace):
     try:
         selector.token_counts(shape.num_patches)
     except ValueError as error:
-        raise UserError(f"--yolos {args.yolos} at {height} x {width} px cannot train with ToE: {error}") from None
+        raise UserError(
+            f"--yolos {args.yolos} at {height} x {width} px cannot train with ToE: {flag_names(str(error))}"
+        ) from None
     return f"YOLOS-{args.yolos} at {height} x {width} px", shape, selector.schedule
 
 

@@ -12,7 +12,8 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -136,6 +137,39 @@ def may_change_on_resume(action: argparse.Action) -> argparse.Action:
 def flags_that_may_change_on_resume(parser: argparse.ArgumentParser) -> frozenset[str]:
     """The destinations (``num_workers``, ...) of ``parser``'s flags marked by :func:`may_change_on_resume`."""
     return frozenset(a.dest for a in parser._actions if getattr(a, "may_change_on_resume", False))
+
+
+def spelling(parser: argparse.ArgumentParser) -> Callable[[str], str]:
+    """How ``parser`` writes each flag (``batch_size`` -> ``--batch_size`` for YOLOS and EfficientTrain, the
+    longest option string), for messages; flags it lacks are written with underscores."""
+    names = {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
+    return lambda key: names.get(key, f"--{key}")
+
+
+def in_spelling_of(parser: argparse.ArgumentParser, message: str) -> str:
+    """``message`` with each flag it names written as ``parser`` writes it: the library's errors use the
+    dashed spelling (``--batch-size``, ``--data-path``), YOLOS and EfficientTrain users typed ``--batch_size``.
+    A flag ``parser`` has, or has no counterpart of, is left as it is. The ToE schedule's parameter names
+    (``initialization_keep_rate``) become their flags."""
+    message = re.sub(r"(?<![\w-])(" + "|".join(k for k in TOE_FLAGS if "_" in k) + r")\b", _toe_flag, message)
+    own = {option for action in parser._actions for option in action.option_strings}
+    names = {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
+
+    def respell(match: re.Match) -> str:
+        flag = match.group(0)
+        return flag if flag in own else names.get(flag[2:].replace("-", "_"), flag)
+
+    return re.sub(r"(?<![\w-])--[A-Za-z][\w-]*", respell, message)
+
+
+@contextmanager
+def flags_spelled_by(parser: argparse.ArgumentParser) -> Iterator[None]:
+    """A :class:`UserError` raised inside names its flags as ``parser`` writes them (:func:`in_spelling_of`)."""
+    try:
+        yield
+    except UserError as error:
+        error.args = (in_spelling_of(parser, str(error)),)  # the same error (its class kept), respelled
+        raise
 
 
 def add_toe_arguments(parser: argparse.ArgumentParser, recipe: str = "deit", always_on: bool = False) -> None:
@@ -264,6 +298,10 @@ TOE_FLAGS = {
     "seeding": "--seeding",
     "reduction": "--token-reduction",
 }
+
+
+def _toe_flag(match: re.Match) -> str:
+    return TOE_FLAGS[match.group(1)]
 
 
 def flag_names(message: str) -> str:

@@ -118,7 +118,7 @@ class ToESchedule:
                 else "the model has too few patch tokens for ToE (use a larger input or a smaller patch)"
             )
             raise ValueError(
-                f"ToE would keep no patch token: --initialization-keep-rate {r0} of {num_patches} patch "
+                f"ToE would keep no patch token: initialization_keep_rate {r0} of {num_patches} patch "
                 f"token{'s' if num_patches > 1 else ''} gives 0 seeds; {fix}"
             )
         increments = [rates[0] - r0] + [rates[s] - rates[s - 1] for s in range(1, len(rates))]

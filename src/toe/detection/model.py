@@ -27,6 +27,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import UserError
 from ..token_select import TokenSelect
 
 # --backbone_name -> timm model and the keyword arguments that make it upstream's backbone
@@ -205,7 +206,12 @@ class YOLOS(nn.Module):
         tokens are put back after them untouched. Returns [B, 1 + M + D, C] and the selector's index
         [B, 1 + M] (None when it is inactive)."""
         body, det = x[:, : -self.det_token_num], x[:, -self.det_token_num :]
-        body, index = self.token_select(body, num_prefix_tokens=1)
+        try:
+            body, index = self.token_select(body, num_prefix_tokens=1)
+        except ValueError as error:  # the schedule keeps no token of this (small) batch's patch grid
+            raise UserError(
+                f"{error} (a batch of {body.shape[1] - 1} patch tokens; the smallest images decide)"
+            ) from None
         return torch.cat((body, det), dim=1), index
 
     def gather_position(self, pos: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:

@@ -39,6 +39,7 @@ from ..engine.distributed import check_same_everywhere
 from ..engine.loop import batches_to_train
 from ..errors import UserError
 from ..integration import apply_toe
+from ..options import flag_names
 from ..token_select import TokenSelect
 from .flags import precision_from_args
 from .run_folder import plain_args
@@ -51,7 +52,7 @@ def attach_toe(model: nn.Module, token_select: TokenSelect | None, model_name: s
         try:
             apply_toe(model, token_select)
         except (TypeError, ValueError) as error:
-            raise UserError(f"--model {model_name} cannot train with ToE: {error}") from None
+            raise UserError(f"--model {model_name} cannot train with ToE: {flag_names(str(error))}") from None
     return model
 
 

@@ -24,7 +24,15 @@ from ..flag_types import device as device_name
 from ..models.factory import check_input_size, create_model, parse_model_kwargs
 from ..options import ArgumentParser, add_toe_arguments, may_change_on_resume, run_main
 from .build import attach_toe, build_run, load_finetune_weights, n_parameters
-from .flags import add_engine_arguments, check_model_kwargs, epoch_schedule, mixup_active, mixup_from_args
+from .flags import (
+    add_engine_arguments,
+    check_even_batch,
+    check_model_kwargs,
+    check_start_epoch,
+    epoch_schedule,
+    mixup_active,
+    mixup_from_args,
+)
 from .skeleton import Recipe, Say, run_recipe
 
 
@@ -198,8 +206,7 @@ def build_parser() -> ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Flag combinations that make no sense, caught before any work."""
-    if mixup_active(args) and args.batch_size % 2:
-        raise UserError(f"--batch-size {args.batch_size} must be even with --mixup/--cutmix (or set both to 0)")
+    check_even_batch(args)
     if args.distillation_type != "none" and not args.teacher_path:
         raise UserError(f"--distillation-type {args.distillation_type} needs --teacher-path")
     if args.distillation_type != "none" and not args.train_mode:
@@ -216,8 +223,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--src only applies with --ThreeAugment")
     if args.data_set == "IMNET" and not Path(args.data_path).is_dir():
         raise UserError(f"--data-path {args.data_path} does not exist")
-    if not args.resume and not args.eval and args.start_epoch >= args.epochs:
-        raise UserError(f"--start_epoch {args.start_epoch} leaves nothing to train: --epochs is {args.epochs}")
+    check_start_epoch(args, args.epochs, f"--epochs is {args.epochs}")
     check_model_kwargs(
         args.model_kwargs,
         {
@@ -232,8 +238,7 @@ def check_args(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> dict | None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    check_args(args)
-    return run_recipe(parser, args, _build, dist_url=args.dist_url)
+    return run_recipe(parser, args, _build, check_args, dist_url=args.dist_url)
 
 
 def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: Path | None, say: Say) -> Recipe:

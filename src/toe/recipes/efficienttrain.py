@@ -34,16 +34,17 @@ from ..models.factory import create_model, parse_model_kwargs
 from ..options import (
     ArgumentParser,
     add_toe_arguments,
+    flags_spelled_by,
     flags_that_may_change_on_resume,
     may_change_on_resume,
     run_main,
+    spelling,
     token_select_from_args,
 )
 from .build import attach_toe, build_run, n_parameters, train_and_log
-from .flags import add_engine_arguments, mixup_active, mixup_from_args
+from .flags import add_engine_arguments, check_even_batch, check_start_epoch, mixup_active, mixup_from_args
 from .resample import resample_checkpoint
 from .resume import resume_changes, resume_run
-from .resume_check import spelling
 from .run_folder import plain_args, prepare_output_dir, save_args
 
 DATA_SETS = ("IMNET", "CIFAR", "image_folder")
@@ -188,13 +189,9 @@ def check_stage_args(args: argparse.Namespace) -> None:
         raise UserError(f"--load_size {args.load_size} must not be below --input_size {args.input_size}")
     if args.end_epoch is not None and not 1 <= args.end_epoch <= args.epochs:
         raise UserError(f"--end_epoch must lie in [1, --epochs {args.epochs}], got {args.end_epoch}")
-    if not args.resume and not args.eval and args.start_epoch >= (args.end_epoch or args.epochs):
-        raise UserError(
-            f"--start_epoch {args.start_epoch} leaves nothing to train: this stage ends before epoch "
-            f"{args.end_epoch or args.epochs}"
-        )
-    if mixup_active(args) and args.batch_size % 2:
-        raise UserError(f"--batch_size {args.batch_size} must be even with --mixup/--cutmix (or set both to 0)")
+    end = args.end_epoch or args.epochs
+    check_start_epoch(args, end, f"this stage ends before epoch {end}")
+    check_even_batch(args)
 
 
 def model_patch_size(args: argparse.Namespace, num_classes: int = 1000) -> int | None:
@@ -231,14 +228,16 @@ def cosine_per_update(args: argparse.Namespace) -> Callable[[torch.optim.Optimiz
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
-    args = build_parser().parse_args(argv)
-    check_args(args)
-    check_stage_args(args)
-    dist = init_distributed(args.device, args.dist_url)
-    try:
-        return train_stage(args, dist)
-    finally:
-        cleanup(dist)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with flags_spelled_by(parser):
+        check_args(args)
+        check_stage_args(args)
+        dist = init_distributed(args.device, args.dist_url)
+        try:
+            return train_stage(args, dist)
+        finally:
+            cleanup(dist)
 
 
 def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:

@@ -28,10 +28,10 @@ from ..engine import RunLogger, init_distributed
 from ..engine.distributed import DistInfo, barrier, cleanup
 from ..errors import UserError
 from ..flag_types import positive
-from ..options import ArgumentParser, run_main, schedule_from_args, toe_enabled
+from ..options import ArgumentParser, flag_names, run_main, schedule_from_args, toe_enabled
 from . import efficienttrain
 from .efficienttrain_plan import NUM_STAGES, Stage, format_plan, plan_stages, stage_input_sizes
-from .flags import mixup_active
+from .flags import check_even_batch
 
 # models the ToE paper trained with EfficientTrain: ToE with its settings, AMP and clipping appended
 TOE_MODELS = ("deit_tiny_patch16_224", "deit_small_patch16_224")
@@ -104,8 +104,7 @@ def check_args(args: argparse.Namespace) -> None:
             f"--input_sizes must end with the final --input_size {args.input_size}, got "
             f"{' '.join(map(str, args.input_sizes))}"
         )
-    if mixup_active(args) and args.final_bs % 2:
-        raise UserError(f"--final_bs {args.final_bs} must be even with --mixup/--cutmix (or set both to 0)")
+    check_even_batch(args, args.final_bs, "--final_bs")
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict | None] | None:
@@ -145,7 +144,7 @@ def run_curriculum(args: argparse.Namespace, dist: DistInfo) -> list[dict | None
             try:
                 schedule.token_counts((size // patch) ** 2)
             except ValueError as error:
-                raise UserError(f"stage {index} at {size} px (--input_sizes): {error}") from None
+                raise UserError(f"stage {index} at {size} px (--input_sizes): {flag_names(str(error))}") from None
     stages = plan_stages(args.epochs, sizes, args.final_bs, dist.world_size, args.effective_bs)
     log = RunLogger(None, dist.is_main)
     log.print(

@@ -114,6 +114,21 @@ def mixup_active(args: argparse.Namespace) -> bool:
     return args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
 
 
+def check_even_batch(args: argparse.Namespace, batch_size: int | None = None, flag: str = "--batch-size") -> None:
+    """Mixup and CutMix pair each image with the flipped batch's: an odd batch (``--batch-size``, or the
+    ``batch_size`` that ``flag`` sets) is refused when they are on."""
+    batch = args.batch_size if batch_size is None else batch_size
+    if mixup_active(args) and batch % 2:
+        raise UserError(f"{flag} {batch} must be even with --mixup/--cutmix (or set both to 0)")
+
+
+def check_start_epoch(args: argparse.Namespace, end: int, why: str) -> None:
+    """A fresh run (no ``--resume``, no ``--eval``) must have an epoch to train before ``end``; ``why`` says
+    what sets the end (e.g. "--epochs is 300")."""
+    if not args.resume and not args.eval and args.start_epoch >= end:
+        raise UserError(f"--start_epoch {args.start_epoch} leaves nothing to train: {why}")
+
+
 def mixup_from_args(args: argparse.Namespace, num_classes: int) -> Mixup | None:
     """timm's Mixup from the mixup/cutmix flags (label smoothing included), or None when they ask for none."""
     if not mixup_active(args):

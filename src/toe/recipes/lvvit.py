@@ -25,13 +25,21 @@ from ..data.token_label import TokenLabelDataset, TokenLabelTargets
 from ..engine import DistInfo, StepHooks
 from ..engine.losses import BaseLoss, TokenLabelCrossEntropy, classification_loss
 from ..errors import UserError
-from ..flag_types import at_least, below_one, count, non_negative, positive, probability
+from ..flag_types import at_least, below_one, count, fraction, non_negative, positive, probability
 from ..flag_types import device as device_name
 from ..models import LVViT
 from ..models.factory import create_model, parse_model_kwargs
 from ..options import ArgumentParser, add_toe_arguments, may_change_on_resume, run_main
 from .build import attach_toe, build_run, load_finetune_weights, n_parameters
-from .flags import add_engine_arguments, check_model_kwargs, epoch_schedule, mixup_active, mixup_from_args
+from .flags import (
+    add_engine_arguments,
+    check_even_batch,
+    check_model_kwargs,
+    check_start_epoch,
+    epoch_schedule,
+    mixup_active,
+    mixup_from_args,
+)
 from .skeleton import Recipe, Say, run_recipe
 from .yaml_config import parse_with_config, save_args_yaml
 
@@ -52,7 +60,9 @@ def build_parser() -> ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="lvvit_s", help="model name (lvvit_t/s/m/l or any timm model)")
     g.add_argument("--img-size", type=at_least(8), default=None, help="input size (default: the model's)")
-    g.add_argument("--crop-pct", type=float, default=None, help="validation centre-crop ratio (default: the model's)")
+    g.add_argument(
+        "--crop-pct", type=fraction, default=None, help="validation centre-crop ratio (default: the model's)"
+    )
     g.add_argument("--num-classes", type=int, default=None, help="number of classes (default: from the data)")
     g.add_argument("--drop", type=below_one, default=0.0, help="dropout rate")
     g.add_argument("--drop-path", type=below_one, default=None, help="drop path rate (default: the model's)")
@@ -202,15 +212,9 @@ def check_args(args: argparse.Namespace) -> None:
         ):
             if given:
                 raise UserError(f"{flag} needs --token-label")
-    if mixup_active(args) and args.batch_size % 2:
-        raise UserError(f"--batch-size {args.batch_size} must be even with --mixup/--cutmix (or set both to 0)")
-    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
-        raise UserError(f"--crop-pct must lie in (0, 1], got {args.crop_pct}")
-    if not args.resume and not args.eval and args.start_epoch >= args.epochs + args.cooldown_epochs:
-        raise UserError(
-            f"--start-epoch {args.start_epoch} leaves nothing to train: --epochs {args.epochs} + --cooldown-epochs "
-            f"{args.cooldown_epochs}"
-        )
+    check_even_batch(args)
+    end = args.epochs + args.cooldown_epochs
+    check_start_epoch(args, end, f"--epochs {args.epochs} + --cooldown-epochs {args.cooldown_epochs}")
     check_model_kwargs(
         args.model_kwargs,
         {
@@ -225,11 +229,10 @@ def check_args(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> dict | None:
     parser = build_parser()
     args = parse_with_config(parser, argv)
-    check_args(args)
     if args.local_rank and "LOCAL_RANK" not in os.environ:  # torch.distributed.launch passes --local_rank
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     try:
-        return run_recipe(parser, args, _build, output=(args.output, "--output"))
+        return run_recipe(parser, args, _build, check_args, output=(args.output, "--output"))
     except UserError as error:
         raise _without_worker_traceback(error) from None
 

@@ -17,7 +17,6 @@ continues with the new value and the change is printed and written into the next
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Iterable
 
 from ..errors import UserError
@@ -29,13 +28,6 @@ SAMPLE_ORDER = frozenset({"batch_size", "accum_iter", "update_freq", "seed", "re
 def dashed(key: str) -> str:
     """``batch_size`` -> ``--batch-size`` (the DeiT and LV-ViT spelling)."""
     return f"--{key.replace('_', '-')}"
-
-
-def spelling(parser: argparse.ArgumentParser) -> Callable[[str], str]:
-    """How ``parser`` writes each flag (``batch_size`` -> ``--batch_size`` for EfficientTrain's), for messages;
-    flags it lacks are written with underscores."""
-    names = {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
-    return lambda key: names.get(key, f"--{key}")
 
 
 def flag_key(name: str) -> str:

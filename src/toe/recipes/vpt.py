@@ -37,7 +37,7 @@ from ..models.factory import check_input_size, create_model, parse_model_kwargs
 from ..options import ArgumentParser, add_toe_arguments, may_change_on_resume, run_main
 from ..vpt import HEAD_PREFIXES, apply_vpt
 from .build import attach_toe, build_run, load_finetune_weights, n_parameters
-from .flags import add_engine_arguments, check_model_kwargs
+from .flags import add_engine_arguments, check_model_kwargs, check_start_epoch
 from .skeleton import Recipe, Say, run_recipe
 
 DATA_SETS = ("IMNET", "CIFAR10", "CIFAR100")
@@ -176,16 +176,14 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--eval evaluates a prompt-tuning checkpoint: give --resume FILE or --auto-resume")
     if args.data_set == "IMNET" and not Path(args.data_path).is_dir():
         raise UserError(f"--data-path {args.data_path} does not exist")
-    if not args.resume and not args.eval and args.start_epoch >= args.epochs:
-        raise UserError(f"--start_epoch {args.start_epoch} leaves nothing to train: --epochs is {args.epochs}")
+    check_start_epoch(args, args.epochs, f"--epochs is {args.epochs}")
     check_model_kwargs(args.model_kwargs, {"img_size": ("--input-size", args.input_size)})
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    check_args(args)
-    return run_recipe(parser, args, _build, dist_url=args.dist_url)
+    return run_recipe(parser, args, _build, check_args, dist_url=args.dist_url)
 
 
 def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: Path | None, say: Say) -> Recipe:

@@ -33,15 +33,16 @@ from ..models.factory import parse_model_kwargs
 from ..options import (
     ArgumentParser,
     add_toe_arguments,
+    flag_names,
     flags_that_may_change_on_resume,
     may_change_on_resume,
     run_main,
+    spelling,
 )
 from ..token_select import TokenSelect
 from .build import build_run, n_parameters
-from .flags import add_engine_arguments
+from .flags import add_engine_arguments, check_start_epoch
 from .resume import resume_run
-from .resume_check import spelling
 from .skeleton import Recipe, Say, run_recipe
 
 SCHEDULES = ("warmupcos", "step")
@@ -187,8 +188,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--coco_path is required: a COCO-layout folder (train2017/, val2017/, annotations/)")
     if not Path(args.coco_path).is_dir():
         raise UserError(f"--coco_path {args.coco_path} does not exist")
-    if not args.resume and not args.eval and args.start_epoch >= args.epochs:
-        raise UserError(f"--start_epoch {args.start_epoch} leaves nothing to train: --epochs is {args.epochs}")
+    check_start_epoch(args, args.epochs, f"--epochs is {args.epochs}")
     if args.predictions_figure:
         if not args.eval:
             raise UserError("--predictions-figure draws an evaluation's predictions: add --eval")
@@ -225,7 +225,7 @@ def build_model(
             args.pos_embed_init,
         )
     except ValueError as error:
-        raise UserError(f"--backbone_name {args.backbone_name}: {error}") from None
+        raise UserError(f"--backbone_name {args.backbone_name}: {flag_names(str(error))}") from None
     model.token_select = token_select
     return model, report
 
@@ -312,8 +312,7 @@ def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer):
 def main(argv: Sequence[str] | None = None) -> dict | None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    check_args(args)
-    return run_recipe(parser, args, _build, dist_url=args.dist_url)
+    return run_recipe(parser, args, _build, check_args, dist_url=args.dist_url)
 
 
 def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: Path | None, say: Say) -> Recipe:
@@ -342,7 +341,7 @@ def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: P
         optimizer=lambda m: build_optimizer(m, args),
     )
     parser = build_parser()
-    spell = spelling(parser)  # YOLOS's flags use underscores: --batch_size
+    spell = spelling(parser)  # the lines evaluate() prints name flags as YOLOS does: --batch_size
 
     def evaluate() -> dict:
         """--resume FILE: its weights as they are (ours or upstream YOLOS's); --auto-resume: the run folder's
@@ -379,7 +378,7 @@ def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: P
         )
 
     # evaluate() prints its own lines (the figure's after the metrics)
-    return Recipe(run, header, lambda metrics: [], resume_options={"spell": spell}, evaluate=evaluate)
+    return Recipe(run, header, lambda metrics: [], evaluate=evaluate)
 
 
 def load_detector_weights(model: YOLOS, path: str, flag: str = "--resume") -> str:
