@@ -36,6 +36,7 @@ def test_reference_token_count_table(config, seeds, substeps, kept):
     assert tuple(counts.kept[s] for s in active) == kept
     if rates[-1] == 1.0:
         assert counts.kept[-1] == num_patches
+    assert [counts.kept_in(stage) for stage in range(4)] == [num_patches, *counts.kept]  # stage 0: no reduction
 
 
 @pytest.mark.parametrize(("config", "seeds", "substeps", "kept"), REFERENCE_TABLE)

@@ -172,7 +172,7 @@ def plan_variants(shape: ViTShape, schedule: ToESchedule) -> list[Variant]:
     variants = [Variant("plain timm", None, full_tokens, 1.0), Variant("ToE off", 0, full_tokens, 1.0)]
     for stage in range(1, schedule.num_stages + 1):
         if schedule.is_active(stage):
-            kept = counts.kept[stage - 1]
+            kept = counts.kept_in(stage)
             speedup = forward_macs(shape) / forward_macs(shape, kept)
             variants.append(Variant(f"stage {stage}", stage, shape.num_prefix_tokens + kept, speedup))
     return variants

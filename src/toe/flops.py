@@ -148,7 +148,7 @@ def schedule_costs(shape: ViTShape, schedule: ToESchedule | None, epochs: int) -
     rows = []
     for stage, first, end in schedule.stage_epochs(epochs):
         if schedule.is_active(stage):
-            kept = counts.kept[stage - 1]
+            kept = counts.kept_in(stage)
             tokens = shape.num_prefix_tokens + kept + shape.num_extra_tokens
             rows.append(StageCost(stage, first, end, tokens, forward_macs(shape, kept)))
         else:

@@ -37,6 +37,11 @@ class TokenCounts:
     substeps: tuple[tuple[int, ...], ...]
     kept: tuple[int, ...]
 
+    def kept_in(self, stage: int) -> int:
+        """Patch tokens fed to blocks 1.. in ``stage``: all of them before the first stage (stage 0) and in a
+        stage whose keep rate is 1.0."""
+        return self.kept[stage - 1] if stage >= 1 else self.num_patches
+
     def replayed_substeps(self, stage: int) -> tuple[int, ...]:
         """All sub-step sizes run in ``stage`` (>= 1): every earlier stage's expansion is replayed."""
         return tuple(m for s in range(stage) for m in self.substeps[s])

@@ -106,9 +106,7 @@ def toe_segments(stage: Stage, schedule: ToESchedule | None, patch_size: int | N
     bounds = [stage.first_epoch, *starts, stage.end_epoch]
     segments = []
     for first, end in zip(bounds[:-1], bounds[1:]):
-        toe_stage = schedule.stage(first)
-        kept = counts.kept[toe_stage - 1] if schedule.is_active(toe_stage) else num_patches
-        segments.append(Segment(first, end, kept, num_patches))
+        segments.append(Segment(first, end, counts.kept_in(schedule.stage(first)), num_patches))
     return segments
 
 

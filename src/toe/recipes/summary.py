@@ -38,8 +38,7 @@ def _describe(model: nn.Module, select, schedule, epochs: int) -> str:
     counts = schedule.token_counts(num_patches)
     parts = []
     for stage, first, end in schedule.stage_epochs(epochs):
-        kept = counts.kept[stage - 1] if schedule.is_active(stage) else num_patches
-        parts.append(f"stage {stage} (epochs {first}-{end - 1}) {kept} of {num_patches} patch tokens")
+        parts.append(f"stage {stage} (epochs {first}-{end - 1}) {counts.kept_in(stage)} of {num_patches} patch tokens")
     return (
         f"ToE: {'; '.join(parts)} after block 0, plus the {prefix} prefix token{'s' if prefix != 1 else ''}"
         + (f" and {prompts} prompt tokens" if prompts else "")
