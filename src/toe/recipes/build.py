@@ -113,7 +113,7 @@ def build_run(
         model_ema = ModelEmaV3(
             model, decay=args.model_ema_decay, device=torch.device("cpu") if args.model_ema_force_cpu else None
         )
-    optimizer = optimizer(model) if optimizer is not None else _timm_optimizer(model, args)
+    built_optimizer = optimizer(model) if optimizer is not None else _timm_optimizer(model, args)
     train_set, val_set = datasets
     train_loader = build_train_loader(
         train_set,
@@ -132,9 +132,12 @@ def build_run(
             val_set, eval_batch_size, dist, dist_eval, num_workers, args.pin_mem, args.skip_corrupt, collate_fn
         )
     updates_per_epoch = math.ceil(batches_to_train(len(train_loader), accum_steps, drop_last_group) / accum_steps)
-    schedule = lr_schedule(optimizer, updates_per_epoch)
+    schedule = lr_schedule(built_optimizer, updates_per_epoch)
+    run_epochs = epochs if epochs is not None else schedule.epochs
+    if run_epochs is None:
+        raise ValueError("build_run needs epochs= or an LR schedule that knows its length")
     settings = RunSettings(
-        epochs=epochs if epochs is not None else schedule.epochs,
+        epochs=run_epochs,
         seed=args.seed,
         output_dir=output_dir,
         args=plain_args(args),
@@ -155,7 +158,7 @@ def build_run(
         model=wrap_model(model, dist, args.compile),
         module=model,
         criterion=loss,
-        optimizer=optimizer,
+        optimizer=built_optimizer,
         precision=precision_from_args(args, device, amp),
         train_loader=train_loader,
         val_loader=val_loader,
