@@ -103,17 +103,17 @@ def assert_one_line_error(status: int, err: str, *fragments: str) -> None:
 
 
 @contextlib.contextmanager
-def killed_before_epoch(epoch: int) -> Iterator[None]:
+def killed_before_epoch(stop_epoch: int) -> Iterator[None]:
     """Within the block, training stops as a kill would (KeyboardInterrupt, exit status 130) when the engine
-    starts epoch ``epoch``."""
+    starts epoch ``stop_epoch``."""
     from toe.engine import trainer
 
     real_train = trainer.train_one_epoch
 
-    def interrupted(*args, **kwargs):
-        if args[6] == epoch:  # train_one_epoch's epoch argument
+    def interrupted(run, epoch, **options):
+        if epoch == stop_epoch:
             raise KeyboardInterrupt
-        return real_train(*args, **kwargs)
+        return real_train(run, epoch, **options)
 
     trainer.train_one_epoch = interrupted
     try:

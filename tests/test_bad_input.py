@@ -152,7 +152,7 @@ def test_mistake_is_one_clear_line_and_writes_nothing(name, cases_data, tiny_dat
 
 
 def test_out_of_memory_gives_a_hint(tiny_data, tmp_path, capsys, monkeypatch):
-    def out_of_memory(*args, **kwargs):
+    def out_of_memory(run, epoch, **options):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(trainer, "train_one_epoch", out_of_memory)

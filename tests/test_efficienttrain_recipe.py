@@ -51,12 +51,13 @@ def stop_at(monkeypatch, epoch, make_error=KeyboardInterrupt, times=None):
     """Make the engine raise ``make_error()`` when it starts training ``epoch`` (``times`` times; None: always)."""
     real = trainer.train_one_epoch
     left = [times]
+    stop_epoch = epoch
 
-    def train_one_epoch(*args, **kwargs):
-        if args[6] == epoch and left[0] != 0:  # args[6] is the epoch
+    def train_one_epoch(run, epoch, **options):
+        if epoch == stop_epoch and left[0] != 0:
             left[0] = None if left[0] is None else left[0] - 1
             raise make_error()
-        return real(*args, **kwargs)
+        return real(run, epoch, **options)
 
     monkeypatch.setattr(trainer, "train_one_epoch", train_one_epoch)
 

@@ -28,7 +28,7 @@ from toe.engine import (
     find_checkpoint,
     fit,
     restore,
-    train_one_epoch,
+    train_steps,
     trainer,
 )
 from toe.engine.loop import accumulation_divisor, batches_to_train
@@ -72,7 +72,7 @@ class CountingLoader:
 def one_epoch(model, loader, accum_steps, **options):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     loss = BaseLoss(nn.CrossEntropyLoss())
-    return train_one_epoch(
+    return train_steps(
         model, loss, loader, optimizer, CPU, DistInfo(), 0, accum_steps=accum_steps, show_progress=False, **options
     )
 

@@ -8,7 +8,7 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from toe.engine import DistInfo, Precision, train_one_epoch
+from toe.engine import DistInfo, Precision, train_steps
 from toe.engine.losses import BaseLoss
 
 
@@ -19,7 +19,7 @@ def test_ema_blends_with_the_configured_decay_from_the_first_update():
     ema = ModelEmaV3(model, decay=0.9)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     batch = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
-    train_one_epoch(
+    train_steps(
         model,
         BaseLoss(nn.CrossEntropyLoss()),
         batch,

@@ -171,7 +171,7 @@ def test_fp16_overflow_is_absorbed_by_the_grad_scaler(tiny_data):
     """A huge initial loss scale overflows the fp16 gradients: those steps are skipped, training goes on."""
 
     from toe.data import build_dataset, build_train_loader, build_train_transform
-    from toe.engine import DistInfo, Precision, train_one_epoch
+    from toe.engine import DistInfo, Precision, train_steps
     from toe.engine.losses import BaseLoss
 
     model = tiny_vit(seed=0, num_classes=10, depth=2)
@@ -182,7 +182,7 @@ def test_fp16_overflow_is_absorbed_by_the_grad_scaler(tiny_data):
     loader = build_train_loader(dataset, 16, DistInfo(), seed=0, num_workers=0)
     before = [p.detach().clone() for p in model.parameters()]
     for epoch in range(4):
-        stats = train_one_epoch(
+        stats = train_steps(
             model,
             BaseLoss(torch.nn.CrossEntropyLoss()),
             loader,

@@ -1,4 +1,8 @@
-"""One training epoch: forward, loss, backward, gradient accumulation, optimizer step, EMA, LR."""
+"""The steps of one training epoch: forward, loss, backward, gradient accumulation, optimizer step, EMA, LR.
+
+:func:`train_steps` takes its collaborators one by one, so it also runs without a :class:`TrainingRun`
+(``toe.engine.trainer.train_one_epoch`` passes those of a run).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -63,6 +68,14 @@ class StepHooks:
     mixup: Callable | None = None
 
 
+class ModelEma(Protocol):
+    """What the engine uses of an EMA of the weights (timm's ModelEmaV3)."""
+
+    module: nn.Module  # the averaged model
+
+    def update(self, model: nn.Module) -> None: ...
+
+
 def batches_to_train(batches: int, accum_steps: int, drop_last_group: bool) -> int:
     """How many of an epoch's ``batches`` are trained: all of them (a short last accumulation group makes
     a smaller update, as timm's train.py), or with ``drop_last_group`` only whole groups (EfficientTrain:
@@ -77,7 +90,7 @@ def accumulation_divisor(step: int, total_steps: int, accum_steps: int) -> int:
     return accum_steps if step < last_group_start else total_steps - last_group_start
 
 
-def train_one_epoch(
+def train_steps(
     model: nn.Module,
     criterion: nn.Module,
     loader: DataLoader,
@@ -92,7 +105,7 @@ def train_one_epoch(
     train_mode: bool = True,
     clip_grad: float | None = None,
     clip_mode: str = "norm",
-    model_ema=None,
+    model_ema: ModelEma | None = None,
     hooks: StepHooks | None = None,
     lr_schedule: LRSchedule | None = None,
     tokens_of: Callable[[], tuple[float, float] | None] | None = None,
