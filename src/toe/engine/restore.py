@@ -89,7 +89,8 @@ def restore(run: TrainingRun, state: dict, source: str, weights_only: bool = Fal
         example = (missing or unexpected)[0]
         raise UserError(
             f"{source} was saved for a different model ({len(missing)} missing and {len(unexpected)} "
-            f"unexpected weights, e.g. {example}); use the same --model as the run that wrote it"
+            f"unexpected weights, e.g. {example}); build the same model (architecture and --model-kwargs) as the run "
+            "that wrote it"
         )
     try:
         parts.module.load_state_dict(state["model"])
