@@ -329,3 +329,21 @@ def test_training_in_eval_mode_keeps_toe_reducing_the_tokens():
     with torch.no_grad():
         model.eval()(batches[0][0])
     assert seen == [(False, 1 + 32), (True, 1 + 32), (False, 1 + 64)]
+
+
+def test_a_checkpoint_of_another_model_is_refused_before_anything_is_restored(tmp_path):
+    """Weights of a model with one layer more are one clear line naming the mismatch; the run keeps its own
+    weights and state."""
+    (tmp_path / "run").mkdir()
+    fit(toy_run(tmp_path / "run", epochs=1), RunLogger(tmp_path / "run", True, tensorboard=False))
+    found = find_checkpoint(None, True, tmp_path / "run")
+    other = toy_run(epochs=2)
+    other.parts.module = other.parts.model = nn.Sequential(*toy_model(), nn.Linear(3, 3))
+    before = copy.deepcopy(other.parts.module.state_dict())
+    with pytest.raises(
+        UserError,
+        match=r"saved for a different model \(2 missing and 0 unexpected weights, e\.g\. 3\.bias\); build the same",
+    ):
+        restore(other, found.state, found.source)
+    assert all(torch.equal(value, other.parts.module.state_dict()[key]) for key, value in before.items())
+    assert other.state.start_epoch == 0
