@@ -399,3 +399,16 @@ def test_main_py_loads_at_224_and_crops_as_upstreams_base_input_size():
     assert efficienttrain.load_size_of(parse(["--input_size", "160", "--base_input_size", "192"])) == 192
     assert efficienttrain.load_size_of(parse(["--input_size", "32", "--load_size", "32"])) == 32
     assert efficienttrain.load_size_of(parse(["--input_size", "384"])) == 384  # never below the model's size
+
+
+def test_a_stage_finds_its_checkpoint_before_building(full_run, tiny_data, capsys, monkeypatch):
+    """A finished stage loads no data and builds no model; a changed plan is refused before any is loaded."""
+
+    def no_data(*_):
+        raise AssertionError("the stage loaded its data")
+
+    monkeypatch.setattr(efficienttrain, "_datasets", no_data)
+    status, out, err = et_run(capsys, tiny_data, full_run[0], *TEN_EPOCHS)
+    assert status == 0 and out.count("already done") == 5, err
+    status, _, err = et_run(capsys, tiny_data, full_run[0], *TEN_EPOCHS[2:], "--epochs", "12")
+    assert_one_line_error(status, err, "--auto_resume", "other settings: --epochs 10 (now 12)")

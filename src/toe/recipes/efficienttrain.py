@@ -24,28 +24,18 @@ from timm.scheduler import CosineLRScheduler
 from ..data import build_dataset, build_eval_transform, build_train_transform
 from ..data.datasets import check_same_classes, image_folder
 from ..data.fourier import FourierCrop
-from ..engine import LRSchedule, RunLogger, StepHooks, evaluate_checkpoint, find_checkpoint, init_distributed
-from ..engine.distributed import DistInfo, cleanup
+from ..engine import FoundCheckpoint, LRSchedule, StepHooks
+from ..engine.distributed import DistInfo
 from ..engine.losses import BaseLoss, classification_loss
 from ..errors import UserError
 from ..flag_types import below_one, count, fraction, non_negative, positive, probability
 from ..flag_types import device as device_name
 from ..models.factory import create_model, parse_model_kwargs
-from ..options import (
-    ArgumentParser,
-    add_toe_arguments,
-    flags_spelled_by,
-    flags_that_may_change_on_resume,
-    may_change_on_resume,
-    run_main,
-    spelling,
-    token_select_from_args,
-)
-from .build import attach_toe, build_run, n_parameters, train_and_log
+from ..options import ArgumentParser, add_toe_arguments, may_change_on_resume, run_main
+from .build import attach_toe, build_run, n_parameters
 from .flags import add_engine_arguments, check_even_batch, check_start_epoch, mixup_active, mixup_from_args
 from .resample import resample_checkpoint
-from .resume import resume_changes, resume_run
-from .run_folder import plain_args, prepare_output_dir, save_args
+from .skeleton import Recipe, Say, run_recipe
 
 DATA_SETS = ("IMNET", "CIFAR", "image_folder")
 # flags the curriculum sets per stage (ET_training.py): they differ between the stages of one run
@@ -184,7 +174,8 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def check_stage_args(args: argparse.Namespace) -> None:
-    """Mistakes in the per-stage flags."""
+    """Mistakes in a stage's flags: those every stage shares (:func:`check_args`), then its own."""
+    check_args(args)
     if args.load_size is not None and args.load_size < args.input_size:
         raise UserError(f"--load_size {args.load_size} must not be below --input_size {args.input_size}")
     if args.end_epoch is not None and not 1 <= args.end_epoch <= args.epochs:
@@ -228,37 +219,37 @@ def cosine_per_update(args: argparse.Namespace) -> Callable[[torch.optim.Optimiz
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    with flags_spelled_by(parser):
-        check_args(args)
-        check_stage_args(args)
-        dist = init_distributed(args.device, args.dist_url)
-        try:
-            return train_stage(args, dist)
-        finally:
-            cleanup(dist)
+    return train_stage(build_parser().parse_args(argv))
 
 
-def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
-    """Train (or with ``--eval true`` evaluate) one stage; returns its last log record (None if already done)."""
-    token_select = token_select_from_args(args)
-    output_dir = prepare_output_dir(args.output_dir, bool(args.resume) or args.auto_resume, dist, "--output_dir")
+def train_stage(args: argparse.Namespace, dist: DistInfo | None = None) -> dict | None:
+    """Train (or with ``--eval true`` evaluate) one stage in the processes ``dist`` (the curriculum driver's;
+    None: its own); returns its last log record (None if already done)."""
+    return run_recipe(
+        build_parser(),
+        args,
+        _build,
+        check_stage_args,
+        dist_url=args.dist_url,
+        dist=dist,
+        before_build=_anything_to_do,
+        also_free=STAGE_FLAGS,  # a stage's own flags differ by design
+    )
+
+
+def _anything_to_do(args: argparse.Namespace, found: FoundCheckpoint | None, say: Say) -> bool:
+    """Whether the stage has epochs to train after the checkpoint ``found`` (``--eval true``: one to evaluate)."""
     end_epoch = args.end_epoch or args.epochs
-    found = find_checkpoint(args.resume, args.auto_resume, output_dir, auto_flag="--auto_resume", clean=dist.is_main)
-    parser = build_parser()
-    spell = spelling(parser)
-    free = flags_that_may_change_on_resume(parser) | set(STAGE_FLAGS)  # a stage's own flags differ by design
-    if found is not None:  # a plan change is refused before the curriculum moves on (or back)
-        resume_changes(plain_args(args), {}, found, free, spell)
     if found is not None and not args.eval and int(found.state["epoch"]) + 1 >= end_epoch:
-        RunLogger(None, dist.is_main).print(
-            f"epochs before {end_epoch} already done ({found.path}: epoch {found.state['epoch']})"
-        )
-        return None
+        say(f"epochs before {end_epoch} already done ({found.path}: epoch {found.state['epoch']})")
+        return False
     if args.eval and found is None:
         raise UserError("--eval true needs a checkpoint: --resume FILE or --output_dir holding checkpoint.pth")
+    return True
 
+
+def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: Path | None, say: Say) -> Recipe:
+    end_epoch = args.end_epoch or args.epochs
     load_size = args.input_size if args.low_freq == "downsample" else load_size_of(args)
     crop = FourierCrop(args.input_size) if load_size > args.input_size else None
     train_set, val_set, num_classes = _datasets(args, load_size)
@@ -284,33 +275,27 @@ def train_stage(args: argparse.Namespace, dist: DistInfo) -> dict | None:
         eval_prepare=crop,
         extra_log={"input_size": args.input_size},
     )
-    log = RunLogger(output_dir, dist.is_main, tensorboard=not args.eval)
 
-    def adapt(state: dict) -> str | None:
+    def adapt(found: FoundCheckpoint) -> str | None:
         """A checkpoint of another stage's input size: position embedding and its optimizer moments resampled."""
-        return resample_checkpoint(state, model, run.parts.optimizer, found.source)
+        return resample_checkpoint(found.state, model, run.parts.optimizer, found.source)
 
-    if message := resume_run(run, found, adapt, free=free, spell=spell):
-        log.print(message)
-
-    if args.eval:
-        metrics = evaluate_checkpoint(run)
-        log.print(
+    def eval_report(metrics: dict) -> list[str]:
+        return [
             f"Accuracy of the network on the {len(val_set)} test images at {args.input_size} px: "
             f"{metrics['test_acc1']:.2f}% (top-5 {metrics['test_acc5']:.2f}%)"
-        )
-        log.close()
-        return metrics
+        ]
 
-    save_args(output_dir, args, dist)
-    low_freq = f"loaded at {load_size} px, " + ("Fourier-cropped on the device" if crop else "no crop")
-    header = (
-        f"{args.model}: {n_parameters(model) / 1e6:.2f}M parameters, {num_classes} classes, {len(train_set)} "
-        f"training images; epochs {run.state.start_epoch}-{end_epoch - 1} of {args.epochs} at {args.input_size} px "
-        f"({low_freq}), {args.aa}, batch {args.batch_size} x {args.update_freq} x {dist.world_size}, "
-        f"{run.parts.precision.name}, peak lr {args.lr:.2e}"
-    )
-    return train_and_log(run, log, header, toe_epochs=args.epochs)
+    def header() -> str:
+        low_freq = f"loaded at {load_size} px, " + ("Fourier-cropped on the device" if crop else "no crop")
+        return (
+            f"{args.model}: {n_parameters(model) / 1e6:.2f}M parameters, {num_classes} classes, {len(train_set)} "
+            f"training images; epochs {run.state.start_epoch}-{end_epoch - 1} of {args.epochs} at "
+            f"{args.input_size} px ({low_freq}), {args.aa}, batch {args.batch_size} x {args.update_freq} x "
+            f"{dist.world_size}, {run.parts.precision.name}, peak lr {args.lr:.2e}"
+        )
+
+    return Recipe(run, header, eval_report, adapt=adapt, toe_epochs=args.epochs)
 
 
 def load_size_of(args: argparse.Namespace) -> int:

@@ -181,7 +181,6 @@ def run_stage(args: argparse.Namespace, stage: Stage, dist: DistInfo, log: RunLo
             f"stage {stage.index}/{NUM_STAGES}: epochs {stage.first_epoch}-{stage.end_epoch - 1} at "
             f"{stage.input_size} px, {stage.aa}, batch {flags.batch_size} x {flags.update_freq} x {dist.world_size}"
         )
-        efficienttrain.check_stage_args(flags)
         try:
             return efficienttrain.train_stage(flags, dist)
         except torch.cuda.OutOfMemoryError:

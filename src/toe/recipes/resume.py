@@ -20,11 +20,11 @@ from .resume_check import check_resume, dashed, differences, display, show
 def resume_run(
     run: TrainingRun,
     found: FoundCheckpoint | None,
-    adapt: Callable[[dict], str | None] | None = None,
+    adapt: Callable[[FoundCheckpoint], str | None] | None = None,
     free: Iterable[str] = (),
     spell: Callable[[str], str] = dashed,
 ) -> str | None:
-    """Continue ``run`` from ``found`` (see :func:`toe.engine.find_checkpoint`), after ``adapt`` changed the
+    """Continue ``run`` from ``found`` (see :func:`toe.engine.find_checkpoint`), after ``adapt(found)`` changed the
     checkpoint's contents in place (returning a note to print, or None); returns the lines to print, or None
     for a fresh start.
 
@@ -42,7 +42,7 @@ def resume_run(
             f"{found.source} has finished epoch {epoch}, past the {run.settings.epochs} epochs of this run: "
             "it belongs to a longer run"
         )
-    note = adapt(found.state) if adapt is not None else None
+    note = adapt(found) if adapt is not None else None
     if changes:
         found.state["lr_scheduler"] = None  # the schedule follows the new flags from here
     restore(run, found.state, found.source, weights_only=evaluating)
