@@ -141,6 +141,7 @@ def test_toe_flops_for_a_plain_vit_shape(capsys):
         (["--input-size", "0"], "argument --input-size: must be at least 1, got 0"),
         (["--embed-dim", "64", "--depth", "0"], "argument --depth: must be at least 1, got 0"),
         (["--embed-dim", "-1"], "argument --embed-dim: must be at least 1, got -1"),
+        (["--embed-dim", "64", "--mlp-ratio", "0"], "argument --mlp-ratio: must be above 0, got 0"),
         (["--embed-dim", "64", "--depth", "1"], "at least 2 transformer blocks"),
         (["--model", "resnet18"], "--model resnet18 cannot train with ToE: ToE supports timm VisionTransformer"),
         (["--input-size", "30", "--patch-size", "4"], "--input-size 30 is not divisible by the patch size 4"),

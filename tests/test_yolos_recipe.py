@@ -101,7 +101,6 @@ def test_schedules_step_with_the_finished_epoch(tmp_path, sched, expected):
         ([], "--coco_path is required"),
         (["--coco_path", "/nowhere"], "--coco_path /nowhere does not exist"),
         (["--init_pe_size", "1", "2", "3"], "--init_pe_size takes one or two"),
-        (["--aug-scale", "0"], "--aug-scale must be positive"),
         (["--single-scale", "--aug-scale", "0.1"], "--aug-scale scales the multi-scale augmentation, which"),
         (["--start_epoch", "150"], "--start_epoch 150 leaves nothing to train: --epochs is 150"),
     ],
@@ -123,6 +122,7 @@ def test_bad_flags_are_one_sentence(tmp_path, flags, fragment):
         (["--device", "gpu0"], "argument --device: 'gpu0' is not a device"),
         (["--pos_embed_init", "learned"], "argument --pos_embed_init: invalid choice: 'learned'"),
         (["--batch_size", "0"], "argument --batch_size: must be at least 1, got 0"),
+        (["--aug-scale", "0"], "argument --aug-scale: must be above 0, got 0"),
     ],
 )
 def test_bad_values_stop_at_parse_time(tmp_path, capsys, flags, fragment):

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import cast
 
 from .errors import UserError
-from .flag_types import count, positive
+from .flag_types import above_zero, count, positive
 from .options import ArgumentParser, add_toe_arguments, flag_names, run_main, token_select_from_args
 from .schedule import REDUCTIONS
 from .token_select import TokenSelect
@@ -25,8 +25,6 @@ def _build_flops_model(args: argparse.Namespace):
     from .integration import apply_toe
     from .models.factory import check_input_size, create_model, parse_model_kwargs
 
-    if args.mlp_ratio <= 0:
-        raise UserError(f"--mlp-ratio must be above 0, got {args.mlp_ratio}")
     model: torch.nn.Module
     with torch.device("meta"):
         if args.embed_dim is not None:
@@ -248,7 +246,7 @@ def build_parser() -> ArgumentParser:
     )
     flops.add_argument("--embed-dim", type=positive, default=None, help="plain ViT width (instead of --model)")
     flops.add_argument("--depth", type=positive, default=12, help="plain ViT depth (with --embed-dim)")
-    flops.add_argument("--mlp-ratio", type=float, default=4.0, help="plain ViT MLP ratio (with --embed-dim)")
+    flops.add_argument("--mlp-ratio", type=above_zero, default=4.0, help="plain ViT MLP ratio (with --embed-dim)")
     flops.add_argument("--num-classes", type=count, default=None, help="classes (default 1000; with --yolos 91)")
     flops.add_argument("--epochs", type=positive, default=300)
     add_toe_arguments(flops, "deit", always_on=True)

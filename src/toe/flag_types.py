@@ -50,6 +50,14 @@ def at_least(low: int) -> Callable[[str], int]:
     return convert
 
 
+def above_zero(text: str) -> float:
+    """A converter to a finite number above 0 (a ratio or scale factor)."""
+    value = bounded(0.0)(text)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A converter to a fraction in (0, 1] (a crop ratio: 0 keeps nothing)."""
     value = bounded(0.0, 1.0)(text)

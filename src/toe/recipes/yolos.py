@@ -27,7 +27,7 @@ from ..detection.transforms import eval_transforms, single_scale_train_transform
 from ..engine import DistInfo, LRSchedule, evaluate_run, find_checkpoint, load_weights
 from ..errors import UserError, state_dict_mismatch
 from ..figures import check_output, save_figure
-from ..flag_types import count, non_negative, positive
+from ..flag_types import above_zero, count, non_negative, positive
 from ..flag_types import device as device_name
 from ..models.factory import parse_model_kwargs
 from ..options import (
@@ -118,7 +118,7 @@ def build_parser() -> ArgumentParser:
     )
     g.add_argument(
         "--aug-scale",
-        type=float,
+        type=above_zero,
         default=1.0,
         help="multiply every pixel size of the training augmentation (scales, crop sizes) by this, for small images",
     )
@@ -180,8 +180,6 @@ def pe_size(values: list[int] | None, flag: str, default: tuple[int, int] | None
 
 def check_args(args: argparse.Namespace) -> None:
     """Flag combinations that make no sense, caught before any work."""
-    if not args.aug_scale > 0:
-        raise UserError(f"--aug-scale must be positive, got {args.aug_scale}")
     if args.single_scale and args.aug_scale != 1.0:
         raise UserError("--aug-scale scales the multi-scale augmentation, which --single-scale turns off: give one")
     if not args.coco_path:
