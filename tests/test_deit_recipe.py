@@ -143,6 +143,7 @@ def test_upstream_deit_checkpoints_evaluate_resume_finetune_visualize_and_report
     assert "ema_best_checkpoint.pth" in out.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_and_schedule_as_an_uninterrupted_run(tiny_data, tmp_path, capsys):
     flags = ["--epochs", "3", "--toe", "--expansion-step", "0", "1", "2", "--seed", "7"]
     full = tmp_path / "full"

@@ -507,6 +507,7 @@ def test_coco_evaluation_gives_ap_one_for_perfect_predictions(shapes_coco):
     assert 0.0 < metrics["ap"] < 1.0
 
 
+@pytest.mark.slow
 def test_a_tiny_yolos_memorises_a_few_images(shapes_coco):
     """Model, matcher, set loss and COCO evaluation fit together: 200 AdamW steps on 6 images take their
     AP50 from about 0 to nearly 1 (the chain is what the demo trains; the demo itself is too short to learn

@@ -138,6 +138,7 @@ def test_the_learning_rate_follows_one_per_iteration_cosine_over_the_whole_run(f
     assert logged == pytest.approx([expected(5 * (epoch + 1)) for epoch in range(10)], rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_stop_in_the_middle_of_stage_3_then_rerun_gives_the_uninterrupted_weights(
     full_run, tiny_data, tmp_path, capsys, monkeypatch
 ):
@@ -164,6 +165,7 @@ def test_stop_in_the_middle_of_stage_3_then_rerun_gives_the_uninterrupted_weight
     assert status == 0 and out.count("already done") == 5
 
 
+@pytest.mark.slow
 def test_a_mid_epoch_checkpoint_resumes_with_the_right_learning_rate(
     full_run, tiny_data, tmp_path, capsys, monkeypatch
 ):
@@ -193,6 +195,7 @@ def test_a_mid_epoch_checkpoint_resumes_with_the_right_learning_rate(
         assert torch.equal(tensor, resumed_state["model"][name]), name
 
 
+@pytest.mark.slow
 def test_a_sigterm_in_stage_3_stops_with_a_checkpoint_and_the_rerun_ends_bit_for_bit(
     full_run, tiny_data, tmp_path, capsys, monkeypatch
 ):
@@ -234,6 +237,7 @@ def test_main_py_evaluates_a_checkpoint_at_its_size_and_at_a_smaller_one(full_ru
     assert "resampled from 8x8 to 4x4" in out and "40 test images at 16 px" in out
 
 
+@pytest.mark.slow
 def test_a_stage_out_of_memory_is_retried_with_half_the_batch(tiny_data, tmp_path, capsys, monkeypatch):
     """80 images, 12 per update: 6 updates per epoch at batch 12 x 1 (stages 1-4), at 6 x 2 (13 batches, the
     planned stage 5) and at 3 x 4 (26 batches, the retry): as upstream, the batches of a short last accumulation

@@ -75,6 +75,7 @@ def test_other_training_images_are_refused(after_epoch_0, tiny_data, tmp_path, c
     assert_one_line_error(status, err, "other settings: training images 80 images of 10 classes, fingerprint")
 
 
+@pytest.mark.slow
 def test_extending_the_epochs_on_purpose_is_logged_and_the_schedule_follows(after_epoch_0, tiny_data, tmp_path, capsys):
     argv = [*FLAGS, "--data-path", tiny_data, "--output_dir", after_epoch_0, "--auto-resume", "--epochs", "3"]
     status, out, err = run_cli(deit.main, [*argv, "--change-on-resume", "epochs"], capsys)

@@ -63,6 +63,7 @@ def test_only_prompts_and_head_train_and_the_schedule_is_vpts(tiny_data, backbon
     assert log[0]["train_memory_mb"] < log[1]["train_memory_mb"] < log[2]["train_memory_mb"]  # ToE saves memory
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_bit_for_bit_and_eval_repeats_the_log(tiny_data, backbone, tmp_path, capsys):
     train(tiny_data, backbone, tmp_path / "whole", *TOE, "--vpt", "shallow")
     with killed_before_epoch(2), pytest.raises(SystemExit):
