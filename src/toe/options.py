@@ -142,8 +142,13 @@ def flags_that_may_change_on_resume(parser: argparse.ArgumentParser) -> frozense
 def spelling(parser: argparse.ArgumentParser) -> Callable[[str], str]:
     """How ``parser`` writes each flag (``batch_size`` -> ``--batch_size`` for YOLOS and EfficientTrain, the
     longest option string), for messages; flags it lacks are written with underscores."""
-    names = {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
+    names = _option_names(parser)
     return lambda key: names.get(key, f"--{key}")
+
+
+def _option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each flag's destination -> its longest option string (``batch_size`` -> ``--batch-size``)."""
+    return {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
 
 
 def in_spelling_of(parser: argparse.ArgumentParser, message: str) -> str:
@@ -153,7 +158,7 @@ def in_spelling_of(parser: argparse.ArgumentParser, message: str) -> str:
     (``initialization_keep_rate``) become their flags."""
     message = re.sub(r"(?<![\w-])(" + "|".join(k for k in TOE_FLAGS if "_" in k) + r")\b", _toe_flag, message)
     own = {option for action in parser._actions for option in action.option_strings}
-    names = {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
+    names = _option_names(parser)
 
     def respell(match: re.Match) -> str:
         flag = match.group(0)
@@ -306,7 +311,7 @@ def _toe_flag(match: re.Match) -> str:
 
 def flag_names(message: str) -> str:
     """A ToE library error with its parameter names replaced by the command line's flags."""
-    return re.sub(r"\b(" + "|".join(TOE_FLAGS) + r")\b", lambda match: TOE_FLAGS[match.group(1)], message)
+    return re.sub(r"\b(" + "|".join(TOE_FLAGS) + r")\b", _toe_flag, message)
 
 
 def token_select_from_args(args: argparse.Namespace) -> TokenSelect | None:
