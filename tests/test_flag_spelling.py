@@ -10,6 +10,8 @@ import pytest
 from toe.data.guard import CorruptImageError
 from toe.errors import UserError
 from toe.options import flag_names, flags_spelled_by, in_spelling_of
+from toe.recipes import deit, efficienttrain, lvvit, vpt, yolos
+from toe.recipes.skeleton import out_of_memory_advice
 
 
 def underscored_parser() -> argparse.ArgumentParser:
@@ -56,3 +58,22 @@ def test_the_schedule_names_parameters_and_the_command_line_its_flags():
         flag_names("initialization_keep_rate 0.01 of 4 patch tokens")
         == "--initialization-keep-rate 0.01 of 4 patch tokens"
     )
+
+
+@pytest.mark.parametrize(
+    ("recipe", "batch", "accumulation"),
+    [
+        (deit, "--batch-size", "--accum-iter"),
+        (vpt, "--batch-size", "--accum-iter"),
+        (efficienttrain, "--batch_size", "--update_freq"),
+        (lvvit, "--batch-size", None),
+        (yolos, "--batch_size", None),
+    ],
+)
+def test_out_of_memory_advice_names_the_recipes_own_flags(recipe, batch, accumulation):
+    advice = out_of_memory_advice(recipe.build_parser())
+    assert f"smaller batch per process ({batch})" in advice and "(--amp-dtype bf16)" in advice
+    if accumulation:
+        assert f"gradient accumulation ({accumulation})" in advice
+    else:
+        assert "accumulation" not in advice

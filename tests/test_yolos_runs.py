@@ -15,7 +15,7 @@ import torch
 from helpers import ROOT, assert_one_line_error, detection_demo_generator, killed_before_epoch, run_cli
 from test_distributed import free_port
 
-from toe.engine import read_log
+from toe.engine import read_log, trainer
 from toe.recipes import yolos
 
 TINY_YOLOS = [
@@ -149,6 +149,16 @@ def test_the_libraries_errors_name_flags_as_yolos_spells_them(tiny_coco, tmp_pat
     assert_one_line_error(status, err, "--batch_size 64 is larger than the 16 training images")
     status, _, err = yolos_run(capsys, tiny_coco, tmp_path / "b", *TOE_3_EPOCHS, "--initialization-keep-rate", "0.01")
     assert_one_line_error(status, err, "--initialization-keep-rate 0.01 of")
+
+
+def test_out_of_memory_names_the_flags_yolos_has(tiny_coco, tmp_path, capsys, monkeypatch):
+    def out_of_memory(run, epoch, **options):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer, "train_one_epoch", out_of_memory)
+    status, _, err = yolos_run(capsys, tiny_coco, tmp_path / "oom")
+    assert_one_line_error(status, err, "out of memory", "(--batch_size)", "(--amp-dtype bf16)")
+    assert "accum" not in err  # YOLOS has no gradient accumulation
 
 
 @pytest.mark.slow

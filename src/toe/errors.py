@@ -7,6 +7,10 @@ class UserError(Exception):
     """A mistake of the user (flag, path, file): reported as one sentence, exit status 2."""
 
 
+class OutOfMemory(UserError):
+    """A recipe's training ran out of device memory; the message names the recipe's flags that lower it."""
+
+
 def state_dict_mismatch(error: RuntimeError) -> str:
     """The first problem ``load_state_dict`` reports (``Missing key(s) in state_dict: ...``, ``size mismatch
     for head.weight: ...``), for a one-line error; torch's message puts a header line before them."""

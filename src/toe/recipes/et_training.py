@@ -26,7 +26,7 @@ import torch
 
 from ..engine import RunLogger, init_distributed
 from ..engine.distributed import DistInfo, barrier, cleanup
-from ..errors import UserError
+from ..errors import OutOfMemory, UserError
 from ..flag_types import positive
 from ..options import ArgumentParser, flag_names, run_main, schedule_from_args, toe_enabled
 from . import efficienttrain
@@ -183,7 +183,7 @@ def run_stage(args: argparse.Namespace, stage: Stage, dist: DistInfo, log: RunLo
         )
         try:
             return efficienttrain.train_stage(flags, dist)
-        except torch.cuda.OutOfMemoryError:
+        except OutOfMemory:  # the stage's run_recipe turned torch's error into this one
             if retried or flags.batch_size < 2:
                 raise UserError(
                     f"stage {stage.index} ran out of GPU memory at batch {flags.batch_size} per process; "

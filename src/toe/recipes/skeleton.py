@@ -13,7 +13,9 @@ A recipe is its flags (a parser and a ``check`` of their combinations) plus a ``
 4. the checkpoint to continue from (``--resume FILE``, or ``--auto-resume`` in the run folder) and the
    resume with its checks;
 5. ``--eval``: evaluate (never a random model) and print the recipe's lines, or else save the flags,
-   print the header and the ToE schedule, train and log.
+   print the header and the ToE schedule, train and log;
+6. out of device memory anywhere in 3-5: one line naming the recipe's batch, accumulation and precision flags
+   (:class:`~toe.errors.OutOfMemory`).
 
 A recipe with a ``before_build`` hook (EfficientTrain's stages, :mod:`toe.recipes.efficienttrain`) finds and
 checks its checkpoint before step 3, and the hook says whether there is anything to build: a stage whose
@@ -29,6 +31,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..engine import (
     DistInfo,
     FoundCheckpoint,
@@ -39,6 +43,7 @@ from ..engine import (
     init_distributed,
 )
 from ..engine.distributed import cleanup
+from ..errors import OutOfMemory
 from ..options import flags_spelled_by, flags_that_may_change_on_resume, spelling, token_select_from_args
 from ..token_select import TokenSelect
 from .build import train_and_log
@@ -108,17 +113,39 @@ def run_recipe(
             check(args)
         token_select = token_select_from_args(args)
         free = flags_that_may_change_on_resume(parser) | set(also_free)
-        with _processes(args.device, dist_url, dist) as processes:
-            return _train_or_evaluate(
-                parser,
-                args,
-                processes,
-                token_select,
-                build,
-                output or (args.output_dir, "--output_dir"),
-                free,
-                before_build,
-            )
+        try:
+            with _processes(args.device, dist_url, dist) as processes:
+                return _train_or_evaluate(
+                    parser,
+                    args,
+                    processes,
+                    token_select,
+                    build,
+                    output or (args.output_dir, "--output_dir"),
+                    free,
+                    before_build,
+                )
+        except torch.OutOfMemoryError:
+            pass  # raised below, outside this block: the new error holds no frames of the failed run
+        raise OutOfMemory(out_of_memory_advice(parser))
+
+
+ACCUMULATION_FLAGS = ("accum_iter", "update_freq")  # DeiT and VPT; EfficientTrain
+
+
+def out_of_memory_advice(parser: argparse.ArgumentParser) -> str:
+    """What to lower when a run of ``parser``'s recipe is out of memory, in its spelling: the batch per process
+    (with its gradient accumulation flag, where it has one, to keep the effective batch) or the precision."""
+    spell = spelling(parser)
+    dests = {action.dest for action in parser._actions}
+    accumulation = next((dest for dest in ACCUMULATION_FLAGS if dest in dests), None)
+    keep = ""
+    if accumulation is not None:
+        keep = f" with more gradient accumulation ({spell(accumulation)}) to keep the effective batch"
+    return (
+        f"out of memory: use a smaller batch per process ({spell('batch_size')}){keep}, "
+        f"or bf16 autocast ({spell('amp_dtype')} bf16)"
+    )
 
 
 @contextmanager
