@@ -51,6 +51,7 @@ from .resume import check_eval_weights, resume_changes, resume_run
 from .run_folder import plain_args, prepare_output_dir, save_args
 
 Say = Callable[[str], None]
+Resume = Callable[[FoundCheckpoint], "str | None"]  # restores a checkpoint into the run; the line to print
 
 
 @dataclass
@@ -63,8 +64,9 @@ class Recipe:
         eval_report: ``--eval``'s metrics -> the lines to print.
         save_flags: writes the flags into the run folder (``args.json`` unless the recipe keeps another file).
         after_resume: a check of the checkpoint found (None: a fresh start), before evaluating or training.
-        evaluate: ``--eval`` done the recipe's own way (YOLOS: weights of any upstream file); returns the
-            metrics. None: evaluate the checkpoint found (or the ``--finetune`` weights).
+        evaluate: ``--eval`` done the recipe's own way (YOLOS: weights of any upstream file), given the
+            skeleton's resume (checks and all) for a checkpoint it finds; returns the metrics. None: evaluate the
+            checkpoint found (or the ``--finetune`` weights).
         adapt: changes the checkpoint found in place to fit the run before it is restored, returning a note
             for the resume's line (EfficientTrain: another stage's input size resampled to this one's).
         toe_epochs: the epochs the ToE schedule printed under the header spans (None: the run's).
@@ -75,7 +77,7 @@ class Recipe:
     eval_report: Callable[[dict], list[str]]
     save_flags: Callable[[Path | None, argparse.Namespace, DistInfo], None] = save_args
     after_resume: Callable[[FoundCheckpoint | None], None] | None = None
-    evaluate: Callable[[], dict] | None = None
+    evaluate: Callable[[Resume], dict] | None = None
     adapt: Callable[[FoundCheckpoint], str | None] | None = None
     toe_epochs: int | None = None
 
@@ -191,7 +193,7 @@ def _train_or_evaluate(
     recipe = build(args, dist, token_select, output_dir, say)
     run = recipe.run
     if args.eval and recipe.evaluate is not None:
-        metrics = recipe.evaluate()
+        metrics = recipe.evaluate(lambda checkpoint: resume_run(run, checkpoint, free=free, spell=spell))
         for line in recipe.eval_report(metrics):
             say(line)
         return metrics

@@ -34,16 +34,13 @@ from ..options import (
     ArgumentParser,
     add_toe_arguments,
     flag_names,
-    flags_that_may_change_on_resume,
     may_change_on_resume,
     run_main,
-    spelling,
 )
 from ..token_select import TokenSelect
 from .build import build_run, n_parameters
 from .flags import add_engine_arguments, check_start_epoch
-from .resume import resume_run
-from .skeleton import Recipe, Say, run_recipe
+from .skeleton import Recipe, Resume, Say, run_recipe
 
 SCHEDULES = ("warmupcos", "step")
 
@@ -338,10 +335,8 @@ def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: P
         collate_fn=collate_detection,
         optimizer=lambda m: build_optimizer(m, args),
     )
-    parser = build_parser()
-    spell = spelling(parser)  # the lines evaluate() prints name flags as YOLOS does: --batch_size
 
-    def evaluate() -> dict:
+    def evaluate(resume: Resume) -> dict:
         """--resume FILE: its weights as they are (ours or upstream YOLOS's); --auto-resume: the run folder's
         checkpoint, resumed with its checks."""
         if args.resume:
@@ -353,7 +348,7 @@ def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: P
                     "--eval needs weights to evaluate: --resume FILE, or --auto-resume with a checkpoint in "
                     "--output_dir"
                 )
-            if message := resume_run(run, found, free=flags_that_may_change_on_resume(parser), spell=spell):
+            if message := resume(found):
                 say(message)
         metrics = evaluate_run(run)
         say(
