@@ -12,12 +12,16 @@ counted (as in fvcore and torch.utils.flop_counter).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
 from torch import nn
 
 from .integration import prefix_tokens
 from .schedule import ToESchedule
+
+if TYPE_CHECKING:
+    from .detection.model import YOLOS
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,7 @@ class ViTShape:
     mlp_ratio: float
     num_patches: int
     num_prefix_tokens: int
-    stem_macs: int
+    stem_macs: float  # a whole number, but fractional in at_tokens' shapes at an epoch's mean patch count
     head_macs: int
     dense_head_macs: int = 0  # per-token heads that see the full (scattered-back) grid, e.g. LV-ViT
     num_extra_tokens: int = 0  # tokens every block sees and ToE never touches: YOLOS's [DET] tokens
@@ -85,32 +89,42 @@ def selection_macs(shape: ViTShape, kept: int) -> float:
     return shape.num_patches * kept * shape.embed_dim
 
 
+class PatchEmbedding(Protocol):
+    """What toe reads of a ViT's patch embedding (timm's PatchEmbed, LV-ViT's ConvStem)."""
+
+    img_size: tuple[int, int]
+    grid_size: tuple[int, int]
+    num_patches: int
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
 def vit_shape(model: nn.Module) -> ViTShape:
     """Read a :class:`ViTShape` off a timm VisionTransformer-family model (any device, meta too)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    fc1 = getattr(getattr(model.blocks[0], "mlp", None), "fc1", None)
+    blocks = cast(nn.Sequential, model.blocks)
+    fc1 = getattr(getattr(blocks[0], "mlp", None), "fc1", None)
     if not isinstance(fc1, nn.Linear):
         raise TypeError(f"cannot read the MLP width of {type(model).__name__}: blocks[0].mlp.fc1 is not a Linear")
     param = next(model.parameters())
-    in_chans = getattr(getattr(model.patch_embed, "proj", None), "in_channels", 3)
-    image = torch.zeros(1, in_chans, *model.patch_embed.img_size, device=param.device, dtype=param.dtype)
+    patch_embed = cast(PatchEmbedding, model.patch_embed)
+    in_chans = getattr(getattr(patch_embed, "proj", None), "in_channels", 3)
+    image = torch.zeros(1, in_chans, *patch_embed.img_size, device=param.device, dtype=param.dtype)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.patch_embed(image)
+        patch_embed(image)
     heads = [m for name in ("head", "head_dist") if isinstance(m := getattr(model, name, None), nn.Linear)]
     dense = getattr(model, "aux_head", None)
     return ViTShape(
-        embed_dim=model.embed_dim,
-        depth=len(model.blocks),
+        embed_dim=cast(int, model.embed_dim),
+        depth=len(blocks),
         mlp_ratio=fc1.out_features / fc1.in_features,
-        num_patches=model.patch_embed.num_patches,
+        num_patches=patch_embed.num_patches,
         num_prefix_tokens=prefix_tokens(model),  # VPT's prompts too: every block sees them
         stem_macs=counter.get_total_flops() // 2,
         head_macs=sum(h.in_features * h.out_features for h in heads),
         dense_head_macs=(
-            dense.in_features * dense.out_features * model.patch_embed.num_patches
-            if isinstance(dense, nn.Linear)
-            else 0
+            dense.in_features * dense.out_features * patch_embed.num_patches if isinstance(dense, nn.Linear) else 0
         ),
     )
 
@@ -119,13 +133,13 @@ def yolos_shape(model: nn.Module, height: int, width: int) -> ViTShape:
     """The :class:`ViTShape` of a YOLOS detector (:class:`toe.detection.model.YOLOS`) on ``height`` x ``width``
     images: its backbone's blocks on the image's patch grid, its [DET] tokens as extra tokens and its
     3-layer class and box heads on every [DET] token as the head."""
-    backbone = model.backbone
-    rows, cols = model.grid_of((height, width))
+    yolos = cast("YOLOS", model)
+    backbone = yolos.backbone
+    rows, cols = yolos.grid_of((height, width))
     plain = vit_shape(backbone)
     stem = plain.stem_macs * rows * cols // backbone.patch_embed.num_patches
-    heads = sum(
-        layer.in_features * layer.out_features for mlp in (model.class_embed, model.bbox_embed) for layer in mlp.layers
-    )
+    layers = (cast(nn.Linear, layer) for mlp in (yolos.class_embed, yolos.bbox_embed) for layer in mlp.layers)
+    heads = sum(layer.in_features * layer.out_features for layer in layers)
     return ViTShape(
         embed_dim=plain.embed_dim,
         depth=plain.depth,
@@ -133,8 +147,8 @@ def yolos_shape(model: nn.Module, height: int, width: int) -> ViTShape:
         num_patches=rows * cols,
         num_prefix_tokens=1,
         stem_macs=stem,
-        head_macs=heads * model.det_token_num,
-        num_extra_tokens=model.det_token_num,
+        head_macs=heads * yolos.det_token_num,
+        num_extra_tokens=yolos.det_token_num,
         size_per_batch=True,
     )
 
