@@ -19,15 +19,19 @@ import argparse
 import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from matplotlib import colormaps
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.typing import ColorType
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
@@ -35,6 +39,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .errors import UserError
 from .figures import check_output, save_figure
+from .flops import PatchEmbedding
 from .integration import apply_toe
 from .models.factory import check_input_size
 from .options import token_select_from_args
@@ -45,10 +50,17 @@ DEFAULT_MODEL = "deit_small_patch16_224"
 PANEL_INCHES = 2.6  # width and height of one image panel
 LEGEND_INCHES = 1.0  # room for the legend under the grid
 STEP_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "p", "h", "<", ">")  # seeds, sub-step 1, 2, ...
-GROUP_COLOURS = colormaps["tab20"].colors
+
+
+def _palette(name: str) -> tuple[tuple[float, float, float], ...]:
+    """The RGB colours of one of matplotlib's qualitative colour maps (a ListedColormap of RGB tuples)."""
+    return cast(tuple[tuple[float, float, float], ...], cast(ListedColormap, colormaps[name]).colors)
+
+
+GROUP_COLOURS = _palette("tab20")
 GROUP_ALPHA = 0.35
 DROPPED_ALPHA = 0.6  # darkening of discarded patches (toe-drop, random)
-STEP_COLOURS = ("white",) + colormaps["Set1"].colors
+STEP_COLOURS: tuple[ColorType, ...] = ("white",) + _palette("Set1")
 
 
 @dataclass(frozen=True)
@@ -93,7 +105,8 @@ def block0_tokens(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     whether or not ToE reduces tokens.
     """
     captured = []
-    handle = model.blocks[0].register_forward_hook(lambda module, args, out: captured.append(out), prepend=True)
+    blocks = cast(nn.Sequential, model.blocks)
+    handle = blocks[0].register_forward_hook(lambda module, args, out: captured.append(out), prepend=True)
     training = model.training
     try:
         model.eval()
@@ -177,10 +190,11 @@ def _draw_merge_groups(ax: Axes, slot: np.ndarray, kept: np.ndarray, centres: np
     owner = kept[slot.reshape(-1)]  # the kept patch every patch is averaged into
     merged = np.nonzero(owner != np.arange(rows * cols))[0]
     links = np.stack([centres[merged], centres[owner[merged]]], axis=1)
-    ax.add_collection(LineCollection(links, colors="black", linewidths=0.8, alpha=0.6))
+    # an (M, 2, 2) array is a sequence of segments, but not a typing.Sequence, which the stub asks for
+    ax.add_collection(LineCollection(links, colors="black", linewidths=0.8, alpha=0.6))  # type: ignore[arg-type]
 
 
-def _step_marker(k: int) -> tuple[str, object]:
+def _step_marker(k: int) -> tuple[str, ColorType]:
     """Marker shape and colour of the tokens chosen by step ``k`` (0 = seeds)."""
     return STEP_MARKERS[k % len(STEP_MARKERS)], STEP_COLOURS[k % len(STEP_COLOURS)]
 
@@ -204,7 +218,7 @@ def selection_figure(
     widest = max((s for row in selections for s in row), key=lambda s: len(s.step_sizes))
     if widest.full_token:
         return figure
-    handles = []
+    handles: list[Artist] = []
     for k, label in enumerate(widest.step_labels):
         marker, colour = _step_marker(k)
         handles.append(
@@ -317,7 +331,8 @@ def visualize_main(args: argparse.Namespace) -> Path:
         apply_toe(model, token_select_from_args(toe_namespace(recorded, args)))
     except (TypeError, ValueError) as error:
         raise UserError(f"--model {recorded['model']}: {error}") from None
-    schedule = model.token_select.schedule
+    selector = cast(TokenSelect, model.token_select)  # apply_toe attached it
+    schedule = selector.schedule
     stages = args.stage or list(range(1, schedule.num_stages + 1))
     for stage in stages:
         if not 1 <= stage <= schedule.num_stages:
@@ -330,7 +345,8 @@ def visualize_main(args: argparse.Namespace) -> Path:
         paths += [(p, "--data-path") for p in dataset_images(Path(args.data_path), args.num_images)]
     if not paths:
         raise UserError("give --image FILE or --data-path FOLDER")
-    size = tuple(model.patch_embed.img_size)
+    patch_embed = cast(PatchEmbedding, model.patch_embed)
+    size = patch_embed.img_size
     pictures = []
     for path, flag in paths:
         picture, note = load_image(path, size, flag)
@@ -338,12 +354,12 @@ def visualize_main(args: argparse.Namespace) -> Path:
             print(f"note: {note}")
         pictures.append(picture)
     tokens = block0_tokens(model, to_model_input(pictures))
-    selections = stage_selections(model.token_select, tokens, model.num_prefix_tokens, stages)
+    selections = stage_selections(selector, tokens, cast(int, model.num_prefix_tokens), stages)
     names = [path.name if flag == "--image" else f"{path.parent.name}/{path.name}" for path, flag in paths]
-    figure = selection_figure(pictures, names, selections, tuple(model.patch_embed.grid_size))
+    figure = selection_figure(pictures, names, selections, patch_embed.grid_size)
     out = save_figure(figure, out)
     shown = ", ".join(map(str, stages))
-    reduction = model.token_select.reduction
+    reduction = selector.reduction
     print(
         f"wrote {out}: the selection of token reduction {reduction} in stage(s) {shown} of {len(pictures)} "
         f"image(s), {source}"
