@@ -116,7 +116,7 @@ class YOLOS(nn.Module):
         self._last_tokens: tuple[int, int] | None = None  # the last training forward's (fed, full) lengths
         dim = backbone.embed_dim
 
-        pretrain = backbone.pos_embed.detach()
+        pretrain = cast(nn.Parameter, backbone.pos_embed).detach()  # a DeiT's: never None
         self.init_grid = self.grid_of(init_pe_size)
         if pos_embed_init == "sincos":
             patches = build_sincos2d_pos_embed(list(self.init_grid), dim).to(pretrain.dtype).unsqueeze(0)
@@ -156,7 +156,7 @@ class YOLOS(nn.Module):
 
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         """Position embedding [1, 1 + h*w + D, C] of ``[cls, patches, det]`` for a ``grid`` = (h, w) input."""
-        pos = self.backbone.pos_embed
+        pos = cast(nn.Parameter, self.backbone.pos_embed)  # set in __init__
         if tuple(grid) == self.init_grid:
             return pos
         patches = resample_abs_pos_embed(
@@ -168,7 +168,7 @@ class YOLOS(nn.Module):
         """Mid position embeddings [depth - 1, 1, 1 + h*w + D, C] for a ``grid`` input (None without them)."""
         if self.mid_grid is None:
             return None
-        pos = self.backbone.mid_pos_embed
+        pos = cast(nn.Parameter, self.backbone.mid_pos_embed)  # set in __init__ with the mid grid
         if tuple(grid) == self.mid_grid:
             return pos
         layers, _, _, dim = pos.shape
@@ -183,10 +183,8 @@ class YOLOS(nn.Module):
         backbone = self.backbone
         x = backbone.patch_embed(images)  # [B, h, w, C]
         batch, grid = x.shape[0], (x.shape[1], x.shape[2])
-        x = torch.cat(
-            (backbone.cls_token.expand(batch, -1, -1), x.flatten(1, 2), backbone.det_token.expand(batch, -1, -1)),
-            dim=1,
-        )
+        cls_token, det_token = cast(nn.Parameter, backbone.cls_token), cast(nn.Parameter, backbone.det_token)
+        x = torch.cat((cls_token.expand(batch, -1, -1), x.flatten(1, 2), det_token.expand(batch, -1, -1)), dim=1)
         x = backbone.norm_pre(backbone.pos_drop(x + self.position_embedding(grid)))
         mid = self.mid_position_embedding(grid)
         index = None  # the selector's index when it reduced the tokens (also its ``last_index``)
@@ -206,8 +204,9 @@ class YOLOS(nn.Module):
         tokens are put back after them untouched. Returns [B, 1 + M + D, C] and the selector's index
         [B, 1 + M] (None when it is inactive)."""
         body, det = x[:, : -self.det_token_num], x[:, -self.det_token_num :]
+        selector = cast(TokenSelect, self.token_select)  # forward_features calls this only with ToE on
         try:
-            body, index = self.token_select(body, num_prefix_tokens=1)
+            body, index = selector(body, num_prefix_tokens=1)
         except ValueError as error:  # the schedule keeps no token of this (small) batch's patch grid
             raise UserError(
                 f"{error} (a batch of {body.shape[1] - 1} patch tokens; the smallest images decide)"
