@@ -202,9 +202,10 @@ def measure_memory(variants: list[Variant], plain: _Trainer, with_toe: _Trainer,
     for variant in variants:
         variant.memory_mb = mebibytes((plain if variant.stage is None else with_toe).memory(variant.stage))
     full = variants[0]
+    full_mb = cast(float, full.memory_mb)  # measured just above
     for variant in variants:
         blocks = full.tokens + (shape.depth - 1) * variant.tokens
-        variant.memory_analytic_mb = full.memory_mb * blocks / (shape.depth * full.tokens)
+        variant.memory_analytic_mb = full_mb * blocks / (shape.depth * full.tokens)
 
 
 class _Trainer:
@@ -215,7 +216,7 @@ class _Trainer:
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         self.images = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
         self.images = self.images.contiguous(memory_format=memory_format)
-        self.labels = torch.randint(0, model.num_classes, (args.batch_size,), device=device)
+        self.labels = torch.randint(0, cast(int, model.num_classes), (args.batch_size,), device=device)
         self.forward = torch.compile(model) if args.compile else model
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
 
@@ -223,7 +224,7 @@ class _Trainer:
         """One training step (at ToE ``stage``; 0: attached but inactive); returns its seconds. ``meter``
         counts the activations its forward saves."""
         if stage is not None:  # epoch -1 is before every stage: ToE attached but inactive
-            select = self.model.token_select
+            select = cast(TokenSelect, self.model.token_select)  # attached by apply_toe
             select.update_current_stage(-1 if stage == 0 else select.schedule.expansion_step[stage - 1])
         start = time.perf_counter()
         counting = meter.measure() if meter is not None else contextlib.nullcontext()
@@ -298,8 +299,9 @@ def format_bench(args: argparse.Namespace, variants: list[Variant]) -> str:
     for v in variants:
         share = "-" if v.op_share is None else f"{100 * v.op_share:.3f}%"
         memory = ""
-        if args.memory:
-            memory = f" {v.memory_mb:>10.1f} {v.memory_mb / variants[0].memory_mb:>7.2f} {v.memory_analytic_mb:>8.1f}"
+        if args.memory:  # measure_memory filled them in
+            measured, full = cast(float, v.memory_mb), cast(float, variants[0].memory_mb)
+            memory = f" {measured:>10.1f} {measured / full:>7.2f} {v.memory_analytic_mb:>8.1f}"
         lines.append(
             f"{v.name:<11} {v.tokens:>6} {v.images_per_sec:>9.2f} {v.speedup:>8.2f}x {v.analytic_speedup:>8.2f}x "
             f"{v.speedup / v.analytic_speedup:>8.2f} {share:>8}{memory}"
