@@ -15,9 +15,11 @@ import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from timm.data import create_transform
+from torch.utils.data import Dataset
 
 from ..data import build_dataset, build_eval_transform, check_same_classes
 from ..data.label_transforms import build_token_label_transform
@@ -252,7 +254,7 @@ def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: P
     input_size = _input_size(model, args.img_size)
     label_size = _configure_token_labels(model, args)
 
-    crop_pct = args.crop_pct or model.pretrained_cfg.get("crop_pct", 0.875)
+    crop_pct = args.crop_pct or _pretrained_cfg(model).get("crop_pct", 0.875)
     train_set, val_set = _datasets(args, data, input_size, crop_pct, num_classes)
 
     if args.finetune:
@@ -268,7 +270,7 @@ def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: P
                 f"note: the label files hold {grid[0]}x{grid[1]} maps; each is resampled to the "
                 f"{label_size}x{label_size} token grid"
             )
-        loss = TokenLabelCrossEntropy(args.cls_weight, args.dense_weight)
+        loss: torch.nn.Module = TokenLabelCrossEntropy(args.cls_weight, args.dense_weight)
         hooks = StepHooks(
             prepare=TokenLabelTargets(num_classes, label_size, args.smoothing, args.ground_truth, args.token_label_roi)
         )
@@ -326,7 +328,7 @@ def _datasets(args: argparse.Namespace, data: Path, input_size: int, crop_pct: f
             tuple(args.scale),
             tuple(args.ratio),
         )
-        train_set = TokenLabelDataset(data / "train", args.token_label_data, transform)
+        train_set: Dataset = TokenLabelDataset(data / "train", args.token_label_data, transform)
     else:
         transform = create_transform(
             input_size,
@@ -359,9 +361,10 @@ def _configure_token_labels(model: torch.nn.Module, args: argparse.Namespace) ->
         model.return_dense = model.mix_token = dense
     elif dense:
         raise UserError(f"--token-label needs an LV-ViT model (lvvit_t/s/m/l), not {args.model}")
-    if dense and tuple(grid) != (size, size):
+    lvvit_grid = cast(tuple[int, int], grid)  # read only when dense: an LV-ViT's ConvStem grid (else raised above)
+    if dense and tuple(lvvit_grid) != (size, size):
         raise UserError(
-            f"--token-label-size {size} must be 1 or the model's token grid {grid[0]} (--img-size / patch size)"
+            f"--token-label-size {size} must be 1 or the model's token grid {lvvit_grid[0]} (--img-size / patch size)"
         )
     return size
 
@@ -371,7 +374,12 @@ def _input_size(model: torch.nn.Module, img_size: int | None) -> int:
     size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if size is not None:
         return int(size[0])
-    return img_size or int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+    return img_size or int(_pretrained_cfg(model).get("input_size", (3, 224, 224))[-1])
+
+
+def _pretrained_cfg(model: torch.nn.Module) -> dict[str, Any]:
+    """The default configuration timm's create_model attached to the model (a dict)."""
+    return cast(dict[str, Any], model.pretrained_cfg)
 
 
 def _class_count(folder: Path) -> int:
