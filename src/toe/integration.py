@@ -11,13 +11,16 @@ the hook at the new selector (a module-registration hook of torch follows the as
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
 
 import torch
 from torch import nn
 from torch.nn.modules.module import register_module_module_registration_hook
 
 from .token_select import TokenSelect
+
+if TYPE_CHECKING:
+    from .flops import PatchEmbedding
 
 
 class _ToEHook:
@@ -94,14 +97,16 @@ def apply_toe(model: nn.Module, token_select: TokenSelect | None = None) -> nn.M
     selector = token_select if token_select is not None else attached
     if not isinstance(selector, TokenSelect):
         selector = TokenSelect()
-    selector.token_counts(model.patch_embed.num_patches)  # ValueError for a schedule that keeps no token
+    patch_embed = cast("PatchEmbedding", model.patch_embed)
+    selector.token_counts(patch_embed.num_patches)  # ValueError for a schedule that keeps no token
     # torch.compile skips guards on module hooks by default, so a graph compiled for another instance of
     # the same model class (e.g. a plain baseline) would be reused for this one without the ToE hook
     torch._dynamo.config.skip_nnmodule_hook_guards = False
     if _registration is None:
         _registration = register_module_module_registration_hook(_follow_selector)
     if not _toe_hooks(model):
-        model.blocks[0].register_forward_hook(_ToEHook(selector, prefix_tokens(model)))
+        blocks = cast("nn.Sequential | nn.ModuleList", model.blocks)  # as _check_supported found them
+        blocks[0].register_forward_hook(_ToEHook(selector, prefix_tokens(model)))
     model.token_select = selector  # (re-)points the hook through _follow_selector
     selector.last_index = None
     return model
@@ -109,7 +114,7 @@ def apply_toe(model: nn.Module, token_select: TokenSelect | None = None) -> nn.M
 
 def remove_toe(model: nn.Module) -> nn.Module:
     """Detach ToE from ``model`` (in place): the model is a plain timm model again."""
-    hooks = model.blocks[0]._forward_hooks if hasattr(model, "blocks") else {}
+    hooks = cast("nn.Sequential | nn.ModuleList", model.blocks)[0]._forward_hooks if hasattr(model, "blocks") else {}
     for key in _toe_hooks(model):
         del hooks[key]
     if hasattr(model, "token_select"):
