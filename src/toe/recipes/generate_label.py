@@ -21,6 +21,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, cast
 
 import timm
 import torch
@@ -44,6 +45,9 @@ from ..models import LVViT
 from ..models.factory import create_model, parse_model_kwargs
 from ..options import ArgumentParser, run_main
 from .run_folder import make_folder
+
+if TYPE_CHECKING:
+    from ..flops import PatchEmbedding
 
 MAX_CLASSES = 2048  # class indices are stored as float16, exact up to 2048
 
@@ -238,6 +242,14 @@ def build_annotator(args: argparse.Namespace, num_classes: int) -> tuple[nn.Modu
     return model, size, json.loads(json.dumps(identity, default=str))
 
 
+class _TimmClassifier(Protocol):
+    """The two halves of a timm classifier's forward."""
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor: ...
+
+
 def dense_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Per-location logits [B, K, h, w] of a timm classifier with its global pooling removed.
 
@@ -251,22 +263,23 @@ def dense_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         h, w = model.patch_embed.grid_size
         logits = model.aux_head(model.forward_tokens(images)[:, model.num_prefix_tokens :])
         return logits.transpose(1, 2).reshape(images.shape[0], -1, h, w)
-    features = model.forward_features(images)
+    classifier = cast(_TimmClassifier, model)
+    features = classifier.forward_features(images)
     batch = features.shape[0]
     if features.dim() == 4:
         channels_last = getattr(model, "output_fmt", "NCHW") == "NHWC"
         cells = features if channels_last else features.permute(0, 2, 3, 1)
         _, h, w, channels = cells.shape
         cells = cells.reshape(batch * h * w, 1, 1, channels)
-        logits = model.forward_head(cells if channels_last else cells.permute(0, 3, 1, 2))
+        logits = classifier.forward_head(cells if channels_last else cells.permute(0, 3, 1, 2))
     elif features.dim() == 3 and hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens"):
-        prefix = model.num_prefix_tokens
-        h, w = model.patch_embed.grid_size
+        prefix = cast(int, model.num_prefix_tokens)
+        h, w = cast("PatchEmbedding", model.patch_embed).grid_size
         patches = features[:, prefix:]
         if patches.shape[1] != h * w:
             raise UserError(f"{type(model).__name__}: {patches.shape[1]} patch tokens do not fill its {h}x{w} grid")
         cells = patches.reshape(batch * h * w, 1, -1).expand(-1, prefix + 1, -1)
-        logits = model.forward_head(cells)
+        logits = classifier.forward_head(cells)
     else:
         raise UserError(
             f"{type(model).__name__} gives features of shape {list(features.shape)}; per-location labels need a "
