@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from .engine.logger import read_epoch_records
 from .errors import UserError
@@ -28,8 +29,8 @@ class StageRow:
     input_size: int | None  # None: not recorded (the recipes with a single input size)
     first_epoch: int
     last_epoch: int
-    tokens: int | None
-    full_tokens: int | None  # the sequence length without ToE, None in logs that did not record it
+    tokens: float | None  # the logged sequence length: an epoch's mean when the input size changes per batch (YOLOS)
+    full_tokens: float | None  # the sequence length without ToE, None in logs that did not record it
     compute_time: float  # median train compute seconds per epoch (data loading excluded)
     images_per_sec: float  # median
     memory_mb: float | None = None  # the largest logged train_memory_mb (None in logs that did not record it)
@@ -67,7 +68,7 @@ def full_token_row(rows: list[StageRow], input_size: int | None) -> StageRow | N
     stage with fewer tokens. Logs without ``full_tokens`` take the stage with the most tokens."""
     same_size = [row for row in rows if row.input_size == input_size and row.tokens is not None]
     if all(row.full_tokens is None for row in same_size):
-        most = max((row.tokens for row in same_size), default=None)
+        most = max((cast(float, row.tokens) for row in same_size), default=None)  # same_size: rows with tokens
         full = [row for row in same_size if row.tokens == most]
     else:
         full = [row for row in same_size if row.is_full_token]
@@ -132,10 +133,12 @@ def whole_run_speedups(
     measured = analytic = None
     references = {size: full_token_row(rows, size) for size in shapes}
     if all(reference is not None for reference in references.values()):
-        full_time = sum(references[r.get("input_size")].compute_time for r in records)
+        found = cast(dict[int | None, StageRow], references)  # every size has one (checked above)
+        full_time = sum(found[r.get("input_size")].compute_time for r in records)
         measured = full_time / sum(r["train_compute_time"] for r in records)
     if all(shapes.values()) and all(r.get("toe_tokens") is not None for r in records):
-        epoch_shapes = [at_tokens(shapes[r.get("input_size")], r.get("full_tokens")) for r in records]
+        known = cast(dict[int | None, ViTShape], shapes)  # every size has one (checked above)
+        epoch_shapes = [at_tokens(known[r.get("input_size")], r.get("full_tokens")) for r in records]
         full_cost = sum(forward_macs(shape) for shape in epoch_shapes)
         cost = sum(forward_macs(shape, kept_patches(shape, r["toe_tokens"])) for shape, r in zip(epoch_shapes, records))
         analytic = full_cost / cost
