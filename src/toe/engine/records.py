@@ -4,10 +4,12 @@ metrics; the token accounting behind its counts and the console line that sums i
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 from torch import nn
 
-from ..integration import has_toe, prefix_tokens
+from ..integration import SelectsTokensItself, has_toe, prefix_tokens
+from ..token_select import TokenSelect
 from .distributed import all_reduce_sum, replicas_in_sync
 from .loop import EpochStats
 from .memory import mebibytes
@@ -36,11 +38,11 @@ def step_tokens(module: nn.Module) -> tuple[float, float] | None:
     """(tokens fed to blocks 1.., tokens without ToE) of the model's last training forward: a model whose input
     size changes per batch (YOLOS) reports them (``last_token_counts()``); for a ViT, ToE's last index tells."""
     if hasattr(module, "last_token_counts"):
-        return module.last_token_counts()
+        return cast(SelectsTokensItself, module).last_token_counts()
     full = full_token_count(module)
     if full is None:
         return None
-    index = module.token_select.last_index if has_toe(module) else None
+    index = cast(TokenSelect, module.token_select).last_index if has_toe(module) else None
     return (int(index.shape[1]) if index is not None else full, full)
 
 
@@ -73,7 +75,7 @@ def epoch_record(
         "train_loss": loss_sum / steps,
         **metrics,
         "toe_stage": stage,
-        "token_reduction": parts.module.token_select.reduction if has_toe(parts.module) else None,
+        "token_reduction": cast(TokenSelect, parts.module.token_select).reduction if has_toe(parts.module) else None,
         "toe_tokens": mean_tokens(fed, int(token_steps)),
         "full_tokens": mean_tokens(full, int(token_steps)),
         "train_compute_time": stats.compute_time,

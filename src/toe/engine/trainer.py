@@ -21,10 +21,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import UserError
 from ..integration import has_toe
+from ..token_select import TokenSelect
 from .checkpoint import save_checkpoint
 from .distributed import gather_objects
 from .logger import RunLogger
@@ -35,6 +36,9 @@ from .restore import checkpoint_state
 from .rng import capture_rng, restore_rng, seed_epoch
 from .run import TrainingRun
 
+if TYPE_CHECKING:
+    from ..data.sampling import KeyedSampler
+
 
 def set_toe_stage(run: TrainingRun, epoch: int) -> int | None:
     """Set the ToE stage of the model (and EMA) for ``epoch``; returns the model's stage or None."""
@@ -42,7 +46,7 @@ def set_toe_stage(run: TrainingRun, epoch: int) -> int | None:
     stage = None
     for model in (parts.module, getattr(parts.model_ema, "module", None)):
         if model is not None and has_toe(model):
-            current = model.token_select.update_current_stage(epoch)
+            current = cast(TokenSelect, model.token_select).update_current_stage(epoch)
             stage = current if model is parts.module else stage
     return stage
 
@@ -66,8 +70,9 @@ def _fit(run: TrainingRun, log: RunLogger, watch: PreemptionWatch) -> dict | Non
         seed_epoch(settings.seed, epoch, parts.dist.rank)
         partial = state.partial if state.partial is not None and state.partial["epoch"] == epoch else None
         done = own_stats(partial, parts.dist.rank) if partial else None
-        loader = parts.train_loader
-        loader.sampler.set_epoch(epoch, skip=done.steps * loader.batch_size if done else 0)
+        loader = parts.train_loader  # build_train_loader's: a KeyedSampler and a batch size
+        sampler = cast("KeyedSampler", loader.sampler)
+        sampler.set_epoch(epoch, skip=done.steps * cast(int, loader.batch_size) if done else 0)
         if partial:
             if len(partial["rng"]) != parts.dist.world_size:
                 raise UserError(

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import nn
 
 from ..integration import has_toe, prefix_tokens
 from ..options import flag_names
 from ..schedule import REDUCTIONS
+from ..token_select import TokenSelect
 
 
 def describe_toe(model: nn.Module, epochs: int) -> str:
     """E.g. 'ToE: stage 1 (epochs 0-99) 98 of 196 patch tokens after block 0; ...' or the baseline note."""
     if not has_toe(model):
         return "ToE: off (full-token training)"
-    select = model.token_select
+    select = cast(TokenSelect, model.token_select)  # has_toe: there is one
     schedule = select.schedule
     warning = schedule.unreached_warning(epochs)
     return _describe(model, select, schedule, epochs) + (f"\n{flag_names(warning)}" if warning else "")
@@ -34,7 +37,7 @@ def _describe(model: nn.Module, select, schedule, epochs: int) -> str:
             f"{'sparse' if select.sparse_eval else 'full-token'} evaluation)"
         )
     num_patches = patch_embed.num_patches
-    prefix, prompts = model.num_prefix_tokens, prefix_tokens(model) - model.num_prefix_tokens
+    prefix, prompts = cast(int, model.num_prefix_tokens), prefix_tokens(model) - cast(int, model.num_prefix_tokens)
     counts = schedule.token_counts(num_patches)
     parts = []
     for stage, first, end in schedule.stage_epochs(epochs):
