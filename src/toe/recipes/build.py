@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from timm.optim import create_optimizer_v2, optimizer_kwargs
@@ -44,6 +45,9 @@ from ..token_select import TokenSelect
 from .flags import precision_from_args
 from .run_folder import plain_args
 from .summary import describe_toe
+
+if TYPE_CHECKING:
+    from ..flops import PatchEmbedding
 
 
 def attach_toe(model: nn.Module, token_select: TokenSelect | None, model_name: str) -> nn.Module:
@@ -188,7 +192,7 @@ def wrap_model(model: nn.Module, dist: DistInfo, compile_model: bool) -> nn.Modu
         device_ids = [dist.local_rank] if dist.device.type == "cuda" else None
         model = DistributedDataParallel(model, device_ids=device_ids)
     if compile_model:
-        model = torch.compile(model)
+        model = cast(nn.Module, torch.compile(model))  # an OptimizedModule; the stub says a callable
     return model
 
 
@@ -222,7 +226,7 @@ def load_finetune_weights(
         prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
         state["pos_embed"] = resample_abs_pos_embed(
             state["pos_embed"],
-            new_size=list(model.patch_embed.grid_size),
+            new_size=list(cast("PatchEmbedding", model.patch_embed).grid_size),
             num_prefix_tokens=prefix,
             interpolation="bicubic",
             antialias=False,

@@ -11,11 +11,16 @@ so the second moments stay non-negative). Models without an absolute position em
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..flops import PatchEmbedding
 
 
 def resample_checkpoint(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, source: str) -> str | None:
@@ -37,7 +42,7 @@ def resample_checkpoint(state: dict, model: nn.Module, optimizer: torch.optim.Op
     if saved.shape[0] != 1 or saved.shape[-1] != pos_embed.shape[-1]:
         raise UserError(f"{source} has a position embedding of shape {tuple(saved.shape)}, not one of this model")
     prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
-    grid = list(model.patch_embed.grid_size)
+    grid = list(cast("PatchEmbedding", model.patch_embed).grid_size)
 
     def resample(tensor: torch.Tensor) -> torch.Tensor:
         return resample_abs_pos_embed(
