@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
+from collections.abc import Sized
+from typing import cast
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -45,7 +47,7 @@ class GuardedDataset(Dataset):
         self._skipped = multiprocessing.Value("i", 0)  # shared with forked loader workers
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(cast(Sized, self.dataset))  # a map-style dataset: torch's Dataset type leaves __len__ out
 
     @property
     def skipped(self) -> int:
@@ -53,8 +55,8 @@ class GuardedDataset(Dataset):
         return self._skipped.value
 
     def __getitem__(self, index: int):
-        for offset in range(len(self.dataset)):
-            current = (index + offset) % len(self.dataset)
+        for offset in range(len(cast(Sized, self.dataset))):
+            current = (index + offset) % len(cast(Sized, self.dataset))
             try:
                 return self.dataset[current]
             except READ_ERRORS as error:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sized
+from typing import Any, cast
 
 import torch
 from timm.data.distributed_sampler import RepeatAugSampler
@@ -39,7 +39,7 @@ def build_train_loader(
     elif dist.enabled:
         base = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed)
     else:
-        base = EpochRandomSampler(len(dataset), seed)
+        base = EpochRandomSampler(len(cast(Sized, dataset)), seed)  # a map-style dataset
     if len(base) < batch_size:
         raise UserError(
             f"--batch-size {batch_size} is larger than the {len(base)} training images each process sees per epoch"
@@ -73,7 +73,7 @@ def build_eval_loader(
     if dist.enabled and dist_eval:
         sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=False)
     else:
-        sampler = SequentialSampler(dataset)
+        sampler = SequentialSampler(cast(Sized, dataset))
     return DataLoader(
         GuardedDataset(dataset, skip_corrupt),
         sampler=sampler,

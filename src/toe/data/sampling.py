@@ -11,7 +11,8 @@ workers, on persistent workers, on resuming, or on the number of processes shari
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
+from typing import cast
 
 import numpy as np
 import torch
@@ -59,7 +60,7 @@ class KeyedSampler(Sampler[tuple[int, int]]):
                 yield base + position * self.world_size + self.rank, index
 
     def __len__(self) -> int:
-        return len(self.sampler) - self.skip
+        return len(cast(Sized, self.sampler)) - self.skip  # the samplers of build_train_loader have a length
 
 
 class SeededDataset(Dataset):
@@ -69,7 +70,7 @@ class SeededDataset(Dataset):
         self.dataset, self.seed = dataset, seed
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(cast(Sized, self.dataset))  # a map-style dataset
 
     def __getitem__(self, item: tuple[int, int]):
         key, index = item

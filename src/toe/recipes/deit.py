@@ -9,8 +9,9 @@ Without the ToE flags this is plain DeiT training (the baseline).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch.utils.data import Dataset
@@ -34,6 +35,9 @@ from .flags import (
     mixup_from_args,
 )
 from .skeleton import Recipe, Say, run_recipe
+
+if TYPE_CHECKING:
+    from timm.models.deit import VisionTransformerDistilled
 
 
 def build_parser() -> ArgumentParser:
@@ -266,7 +270,7 @@ def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: P
         hooks=StepHooks(mixup=mixup_from_args(args, num_classes)),
         train_mode=args.train_mode,
     )
-    val_images = len(datasets[1])
+    val_images = len(cast(Sized, datasets[1]))
 
     def eval_report(metrics: dict) -> list[str]:
         lines = [
@@ -280,7 +284,7 @@ def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: P
     def header() -> str:
         return (
             f"{args.model}: {n_parameters(model) / 1e6:.2f}M parameters, {num_classes} classes, "
-            f"{len(datasets[0])} training images, {dist.world_size} process(es) on {dist.device}, "
+            f"{len(cast(Sized, datasets[0]))} training images, {dist.world_size} process(es) on {dist.device}, "
             f"{run.parts.precision.name}, lr {args.lr:.2e} at total batch {world_batch}"
         )
 
@@ -330,7 +334,7 @@ def _model(args: argparse.Namespace, num_classes: int, token_select, say) -> tor
                 f"--distillation-type {args.distillation_type} needs a distilled model "
                 f"(deit_*_distilled_*), not {args.model}"
             )
-        model.set_distilled_training(True)
+        cast("VisionTransformerDistilled", model).set_distilled_training(True)
     return model
 
 

@@ -16,8 +16,9 @@ Without the ToE flags this is plain VPT (the baseline).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from pathlib import Path
+from typing import cast
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -218,7 +219,7 @@ def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: P
 
     def eval_report(metrics: dict) -> list[str]:
         return [
-            f"Accuracy of the network on the {len(datasets[1])} test images: "
+            f"Accuracy of the network on the {len(cast(Sized, datasets[1]))} test images: "
             f"{metrics['test_acc1']:.2f}% (top-5 {metrics['test_acc5']:.2f}%, loss {metrics['test_loss']:.4f})"
         ]
 
@@ -226,9 +227,9 @@ def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: P
         total = sum(p.numel() for p in model.parameters())
         return (
             f"{args.model} + VPT-{args.vpt} ({args.prompt_tokens} prompt tokens): {n_parameters(model) / 1e6:.3f}M of "
-            f"{total / 1e6:.2f}M parameters train, {num_classes} classes, {len(datasets[0])} training images, "
-            f"{dist.world_size} process(es) on {dist.device}, {run.parts.precision.name}, lr {args.lr:.2e} at total "
-            f"batch {world_batch}"
+            f"{total / 1e6:.2f}M parameters train, {num_classes} classes, "
+            f"{len(cast(Sized, datasets[0]))} training images, {dist.world_size} process(es) on {dist.device}, "
+            f"{run.parts.precision.name}, lr {args.lr:.2e} at total batch {world_batch}"
         )
 
     return Recipe(run, header, eval_report, after_resume=needs_a_backbone)
