@@ -17,6 +17,7 @@ state make it reproducible).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -118,7 +119,7 @@ class TokenSelect(nn.Module):
             return x, None
         kept, slot = self._selection(x, num_prefix_tokens)
         if self.reduction == "toe":
-            tokens, index = merge_tokens(x, kept, slot, num_prefix_tokens)
+            tokens, index = merge_tokens(x, kept, cast(torch.Tensor, slot), num_prefix_tokens)  # None for random only
         else:
             tokens, index = gather_tokens(x, kept, num_prefix_tokens)
         self.last_index = index
@@ -139,7 +140,8 @@ class TokenSelect(nn.Module):
         if not self.schedule.is_active(self._stage):
             return None
         kept, slot = self._selection(x, num_prefix_tokens)
-        return kept, (slot if self.reduction == "toe" else kept_slots(kept, x.shape[1] - num_prefix_tokens))
+        toe_slot = cast(torch.Tensor, slot)  # read for "toe" only; None for random only
+        return kept, (toe_slot if self.reduction == "toe" else kept_slots(kept, x.shape[1] - num_prefix_tokens))
 
     def _selection(self, x: torch.Tensor, num_prefix_tokens: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(kept [B, M], slot [B, P]) of the current stage; slot is None for ``random``."""
