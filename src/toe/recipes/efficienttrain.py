@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from timm.scheduler import CosineLRScheduler
+from torch.utils.data import Dataset
 
 from ..data import build_dataset, build_eval_transform, build_train_transform
 from ..data.datasets import check_same_classes, image_folder
@@ -310,6 +311,8 @@ def _datasets(args: argparse.Namespace, load_size: int):
         load_size, args.color_jitter, args.aa, args.train_interpolation, args.reprob, args.remode, args.recount
     )
     eval_transform = build_eval_transform(load_size, args.crop_pct)
+    train_set: Dataset  # class folders, or a torchvision dataset (build_dataset)
+    val_set: Dataset
     if args.data_set == "image_folder":
         train_set, num_classes = image_folder(Path(args.data_path), train_transform)
         val_set, _ = image_folder(Path(args.eval_data_path), eval_transform)

@@ -4,8 +4,9 @@ the resolved flags are saved as ``args.yaml`` in the run folder (usable with ``-
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import yaml
 
@@ -88,7 +89,7 @@ def _scalar(action: argparse.Action, value, where: str):
         raise UserError(f"{where} must be a single {_type_name(action)}, got {value!r}")
     if action.type is not None:
         try:
-            value = action.type(str(value))
+            value = cast(Callable[[str], Any], action.type)(str(value))  # a converter, not a registered name
         except argparse.ArgumentTypeError as error:
             raise UserError(f"{where}: {error}") from None
         except (TypeError, ValueError):
@@ -101,6 +102,6 @@ def _scalar(action: argparse.Action, value, where: str):
 
 
 def _type_name(action: argparse.Action) -> str:
-    names = {int: "whole number", float: "number", None: "string"}
+    names: dict[object, str] = {int: "whole number", float: "number", None: "string"}
     named = getattr(action.type, "__name__", "")  # the converters of toe.flag_types
     return names.get(action.type) or (named if named in ("number", "whole number") else "value")

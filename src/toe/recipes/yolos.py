@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -333,7 +334,7 @@ def _build(args: argparse.Namespace, dist: DistInfo, token_select, output_dir: P
         epochs=args.epochs,
         evaluation=DetectionEvaluation(val_set.coco, criterion),
         collate_fn=collate_detection,
-        optimizer=lambda m: build_optimizer(m, args),
+        optimizer=lambda m: build_optimizer(cast(YOLOS, m), args),  # build_run calls it with the model above
     )
 
     def evaluate(resume: Resume) -> dict:
