@@ -19,11 +19,15 @@ With ToE attached (in either order), the prompts are prefix tokens for it: never
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from .integration import sync_prefix_tokens
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 HEAD_PREFIXES = ("head.", "head_dist.")  # the classification head(s) that train with the prompts
 
@@ -147,7 +151,8 @@ def remove_vpt(model: nn.Module) -> nn.Module:
     prompts = getattr(model, "vpt", None)
     if not isinstance(prompts, VisualPrompts):
         return model
-    for module in (*model.blocks, model.norm):  # by type, not by handle: a deepcopy's handles point at the original
+    vit = cast("VisionTransformer", model)  # apply_vpt's: it takes no other model
+    for module in (*vit.blocks, vit.norm):  # by type, not by handle: a deepcopy's handles point at the original
         for hooks in (module._forward_pre_hooks, module._forward_hooks):
             for key in [key for key, hook in hooks.items() if isinstance(hook, _VPT_HOOKS)]:
                 del hooks[key]

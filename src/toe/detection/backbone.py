@@ -11,6 +11,7 @@ may be of any square grid: the detector interpolates it to ``--init_pe_size``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -50,7 +51,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, flag: str = "--
     if "pos_embed" in state:
         backbone.pos_embed = nn.Parameter(state.pop("pos_embed").to(own["pos_embed"].dtype))
     missing, _ = backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    grid = backbone.pos_embed.shape[1] - 1
+    grid = cast(nn.Parameter, backbone.pos_embed).shape[1] - 1
     return (
         f"backbone weights from {path}: {len(loaded)} tensors loaded ({grid} patch positions), "
         f"{len(missing)} left at init, {len(ignored)} head/distillation tensors and {len(unknown)} unknown ignored"
