@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import cast
 
+from matplotlib import colormaps
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from .errors import UserError
 
 DPI = 100
+
+
+def palette(name: str) -> tuple[tuple[float, float, float], ...]:
+    """The RGB colours of one of matplotlib's qualitative colour maps (a ListedColormap of RGB tuples)."""
+    return cast(tuple[tuple[float, float, float], ...], cast(ListedColormap, colormaps[name]).colors)
 
 
 def check_output(path: Path, flag: str = "--out") -> Path:

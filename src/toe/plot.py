@@ -11,14 +11,13 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from .engine.logger import read_epoch_records
 from .errors import UserError
-from .figures import save_figure
+from .figures import palette, save_figure
 
-RUN_COLOURS = colormaps["tab10"].colors
+RUN_COLOURS = palette("tab10")
 
 
 def load_runs(output_dirs: list[str | Path]) -> list[tuple[str, list[dict]]]:

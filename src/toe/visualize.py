@@ -23,11 +23,9 @@ from typing import cast
 
 import numpy as np
 import torch
-from matplotlib import colormaps
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
-from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -38,7 +36,7 @@ from torch import nn
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .errors import UserError
-from .figures import check_output, save_figure
+from .figures import check_output, palette, save_figure
 from .flops import PatchEmbedding
 from .integration import apply_toe
 from .models.factory import check_input_size
@@ -52,15 +50,10 @@ LEGEND_INCHES = 1.0  # room for the legend under the grid
 STEP_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "p", "h", "<", ">")  # seeds, sub-step 1, 2, ...
 
 
-def _palette(name: str) -> tuple[tuple[float, float, float], ...]:
-    """The RGB colours of one of matplotlib's qualitative colour maps (a ListedColormap of RGB tuples)."""
-    return cast(tuple[tuple[float, float, float], ...], cast(ListedColormap, colormaps[name]).colors)
-
-
-GROUP_COLOURS = _palette("tab20")
+GROUP_COLOURS = palette("tab20")
 GROUP_ALPHA = 0.35
 DROPPED_ALPHA = 0.6  # darkening of discarded patches (toe-drop, random)
-STEP_COLOURS: tuple[ColorType, ...] = ("white",) + _palette("Set1")
+STEP_COLOURS: tuple[ColorType, ...] = ("white",) + palette("Set1")
 
 
 @dataclass(frozen=True)
