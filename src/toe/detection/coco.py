@@ -18,6 +18,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import Dataset
@@ -25,6 +26,9 @@ from torch.utils.data import Dataset
 from ..data.image_files import read_rgb
 from ..errors import UserError
 from .boxes import coco_to_xyxy
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SPLITS = {"train": "train2017", "val": "val2017"}
 
@@ -121,7 +125,7 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | Image.Image, dict]:  # a PIL image without transforms
         path, image_id = self.samples[index]
         image = read_rgb(path)  # the classification reader: 16-bit greyscale scaled, not clipped to white
         target = self.target(image_id, image.width, image.height)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -20,7 +22,7 @@ def predictions_figure(model: nn.Module, dataset: CocoDetection, count: int = 6,
     model.eval()
     device = next(model.parameters()).device
     count = min(count, len(dataset))
-    samples = [dataset[i] for i in range(count)]
+    samples = cast(list[tuple[torch.Tensor, dict]], [dataset[i] for i in range(count)])  # a set with transforms
     images, targets = collate_detection(samples)
     found = detections(model(images.to(device)), targets)
     names = {c["id"]: c["name"] for c in dataset.coco.dataset["categories"]}
