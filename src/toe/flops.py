@@ -12,12 +12,12 @@ counted (as in fvcore and torch.utils.flop_counter).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
-from .integration import prefix_tokens
+from .integration import PatchEmbedding, prefix_tokens
 from .schedule import ToESchedule
 
 if TYPE_CHECKING:
@@ -87,16 +87,6 @@ def at_tokens(shape: ViTShape, full_tokens: float | None) -> ViTShape:
 def selection_macs(shape: ViTShape, kept: int) -> float:
     """MACs of ToE's cosine scoring: every patch token against each of the ``kept`` selected tokens."""
     return shape.num_patches * kept * shape.embed_dim
-
-
-class PatchEmbedding(Protocol):
-    """What toe reads of a ViT's patch embedding (timm's PatchEmbed, LV-ViT's ConvStem)."""
-
-    img_size: tuple[int, int]
-    grid_size: tuple[int, int]
-    num_patches: int
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
 def vit_shape(model: nn.Module) -> ViTShape:

@@ -11,16 +11,13 @@ the hook at the new selector (a module-registration hook of torch follows the as
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import torch
 from torch import nn
 from torch.nn.modules.module import register_module_module_registration_hook
 
 from .token_select import TokenSelect
-
-if TYPE_CHECKING:
-    from .flops import PatchEmbedding
 
 
 class _ToEHook:
@@ -71,6 +68,16 @@ class SelectsTokensItself(Protocol):
     def last_token_counts(self) -> tuple[int, int] | None: ...
 
 
+class PatchEmbedding(Protocol):
+    """What toe reads of a ViT's patch embedding (timm's PatchEmbed, LV-ViT's ConvStem)."""
+
+    img_size: tuple[int, int]
+    grid_size: tuple[int, int]
+    num_patches: int
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
 _registration = None  # the process-wide handle of _follow_selector, registered by the first apply_toe
 
 
@@ -97,7 +104,7 @@ def apply_toe(model: nn.Module, token_select: TokenSelect | None = None) -> nn.M
     selector = token_select if token_select is not None else attached
     if not isinstance(selector, TokenSelect):
         selector = TokenSelect()
-    patch_embed = cast("PatchEmbedding", model.patch_embed)
+    patch_embed = cast(PatchEmbedding, model.patch_embed)
     selector.token_counts(patch_embed.num_patches)  # ValueError for a schedule that keeps no token
     # torch.compile skips guards on module hooks by default, so a graph compiled for another instance of
     # the same model class (e.g. a plain baseline) would be reused for this one without the ToE hook

@@ -37,8 +37,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .errors import UserError
 from .figures import check_output, palette, save_figure
-from .flops import PatchEmbedding
-from .integration import apply_toe
+from .integration import PatchEmbedding, apply_toe
 from .models.factory import check_input_size
 from .options import token_select_from_args
 from .saved_run import TOE_FLAGS, build_model, model_from_checkpoint, toe_namespace, trained_with_toe

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 from ..errors import UserError
 from ..integration import has_toe
@@ -36,8 +36,11 @@ from .restore import checkpoint_state
 from .rng import capture_rng, restore_rng, seed_epoch
 from .run import TrainingRun
 
-if TYPE_CHECKING:
-    from ..data.sampling import KeyedSampler
+
+class _ResumableSampler(Protocol):
+    """What the epoch loop asks of the train loader's sampler (build_train_loader's KeyedSampler)."""
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None: ...
 
 
 def set_toe_stage(run: TrainingRun, epoch: int) -> int | None:
@@ -71,7 +74,7 @@ def _fit(run: TrainingRun, log: RunLogger, watch: PreemptionWatch) -> dict | Non
         partial = state.partial if state.partial is not None and state.partial["epoch"] == epoch else None
         done = own_stats(partial, parts.dist.rank) if partial else None
         loader = parts.train_loader  # build_train_loader's: a KeyedSampler and a batch size
-        sampler = cast("KeyedSampler", loader.sampler)
+        sampler = cast(_ResumableSampler, loader.sampler)
         sampler.set_epoch(epoch, skip=done.steps * cast(int, loader.batch_size) if done else 0)
         if partial:
             if len(partial["rng"]) != parts.dist.world_size:

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import torch
 from timm.optim import create_optimizer_v2, optimizer_kwargs
@@ -39,15 +39,12 @@ from ..engine import (
 from ..engine.distributed import check_same_everywhere
 from ..engine.loop import batches_to_train
 from ..errors import UserError
-from ..integration import apply_toe
+from ..integration import PatchEmbedding, apply_toe
 from ..options import flag_names
 from ..token_select import TokenSelect
 from .flags import precision_from_args
 from .run_folder import plain_args
 from .summary import describe_toe
-
-if TYPE_CHECKING:
-    from ..flops import PatchEmbedding
 
 
 def attach_toe(model: nn.Module, token_select: TokenSelect | None, model_name: str) -> nn.Module:
@@ -226,7 +223,7 @@ def load_finetune_weights(
         prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
         state["pos_embed"] = resample_abs_pos_embed(
             state["pos_embed"],
-            new_size=list(cast("PatchEmbedding", model.patch_embed).grid_size),
+            new_size=list(cast(PatchEmbedding, model.patch_embed).grid_size),
             num_prefix_tokens=prefix,
             interpolation="bicubic",
             antialias=False,

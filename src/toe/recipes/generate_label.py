@@ -47,7 +47,7 @@ from ..options import ArgumentParser, run_main
 from .run_folder import make_folder
 
 if TYPE_CHECKING:
-    from ..flops import PatchEmbedding
+    from ..integration import PatchEmbedding
 
 MAX_CLASSES = 2048  # class indices are stored as float16, exact up to 2048
 

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import UserError
 
 if TYPE_CHECKING:
-    from ..flops import PatchEmbedding
+    from ..integration import PatchEmbedding
 
 
 def resample_checkpoint(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, source: str) -> str | None:
