@@ -55,8 +55,8 @@ class GuardedDataset(Dataset):
         return self._skipped.value
 
     def __getitem__(self, index: int):
-        for offset in range(len(cast(Sized, self.dataset))):
-            current = (index + offset) % len(cast(Sized, self.dataset))
+        for offset in range(len(self)):
+            current = (index + offset) % len(self)
             try:
                 return self.dataset[current]
             except READ_ERRORS as error:
