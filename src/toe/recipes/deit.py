@@ -27,6 +27,7 @@ from ..options import ArgumentParser, add_toe_arguments, may_change_on_resume, r
 from .build import attach_toe, build_run, load_finetune_weights, n_parameters
 from .flags import (
     add_engine_arguments,
+    add_eval_argument,
     check_even_batch,
     check_model_kwargs,
     check_start_epoch,
@@ -176,14 +177,7 @@ def build_parser() -> ArgumentParser:
         )
     )
     may_change_on_resume(g.add_argument("--start_epoch", default=0, type=int, help="first epoch when not resuming"))
-    may_change_on_resume(
-        g.add_argument(
-            "--eval",
-            action="store_true",
-            help="evaluate the --resume (or --auto-resume) checkpoint or the --finetune weights and stop; with "
-            "--sparse-eval at the ToE stage of the checkpoint's epoch",
-        )
-    )
+    add_eval_argument(g)
     g.add_argument("--eval-crop-ratio", default=0.875, type=fraction)
     may_change_on_resume(g.add_argument("--dist-eval", action="store_true", help="distributed evaluation"))
     may_change_on_resume(g.add_argument("--num_workers", default=10, type=count))

@@ -129,6 +129,18 @@ def check_start_epoch(args: argparse.Namespace, end: int, why: str) -> None:
         raise UserError(f"--start_epoch {args.start_epoch} leaves nothing to train: {why}")
 
 
+def add_eval_argument(group: argparse._ActionsContainer) -> None:
+    """``--eval`` of the classification recipes with ``--finetune`` and ``--sparse-eval`` (DeiT, LV-ViT)."""
+    may_change_on_resume(
+        group.add_argument(
+            "--eval",
+            action="store_true",
+            help="evaluate the --resume (or --auto-resume) checkpoint or the --finetune weights and stop; with "
+            "--sparse-eval at the ToE stage of the checkpoint's epoch",
+        )
+    )
+
+
 def mixup_from_args(args: argparse.Namespace, num_classes: int) -> Mixup | None:
     """timm's Mixup from the mixup/cutmix flags (label smoothing included), or None when they ask for none."""
     if not mixup_active(args):

@@ -35,6 +35,7 @@ from ..options import ArgumentParser, add_toe_arguments, may_change_on_resume, r
 from .build import attach_toe, build_run, load_finetune_weights, n_parameters
 from .flags import (
     add_engine_arguments,
+    add_eval_argument,
     check_even_batch,
     check_model_kwargs,
     check_start_epoch,
@@ -162,14 +163,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--eval-metric", default="top1", choices=["top1"], help="metric of the best checkpoints")
     g.add_argument("--seed", type=int, default=42)
     may_change_on_resume(g.add_argument("--resume", default="", help="checkpoint to resume from"))
-    may_change_on_resume(
-        g.add_argument(
-            "--eval",
-            action="store_true",
-            help="evaluate the --resume (or --auto-resume) checkpoint or the --finetune weights and stop; with "
-            "--sparse-eval at the ToE stage of the checkpoint's epoch",
-        )
-    )
+    add_eval_argument(g)
     may_change_on_resume(
         g.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
     )
